@@ -1,0 +1,23 @@
+"""Model classes; importing this package registers the pruning Llama with transformers' Auto classes."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from llava.model.language_model.pruning_config import PruningLlamaConfig
+from llava.model.language_model.pruning_llama import (
+    FastvAdvanced_LlamaModel,
+    Fastv_LlamaModel,
+    PruningLlamaForCausalLM,
+    PruningLlamaModel,
+)
+
+AutoConfig.register(PruningLlamaConfig.model_type, PruningLlamaConfig, exist_ok=True)
+AutoModel.register(PruningLlamaConfig, PruningLlamaModel, exist_ok=True)
+AutoModelForCausalLM.register(PruningLlamaConfig, PruningLlamaForCausalLM, exist_ok=True)
+
+__all__ = [
+    "FastvAdvanced_LlamaModel",
+    "Fastv_LlamaModel",
+    "PruningLlamaConfig",
+    "PruningLlamaForCausalLM",
+    "PruningLlamaModel",
+]

@@ -1,0 +1,71 @@
+"""Token budgets and theoretical FLOPs of in-LLM pruning.
+
+FLOPs of one decoder layer over ``n`` tokens, hidden size ``d``, MLP width ``m``:
+
+* ``fastv`` convention (FastV paper):   ``4 n d^2 + 2 n^2 d + 2 n d m``
+* ``swiglu`` convention (gate, up, down projections): ``4 n d^2 + 2 n^2 d + 3 n d m``
+
+"Equivalent tokens" of a pruning schedule = mean over layers of the span tokens each layer processes.
+A single prune at layer K of L layers that should equal T equivalent tokens keeps
+``R = (L * T - K * S) / (L - K)`` of the ``S`` span tokens (rounded to the nearest integer): for
+LLaVA-1.5-7B (L=32, S=576), K=2 gives 166 / 98 / 30 for T = 192 / 128 / 64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+FLOPS_CONVENTIONS = ("fastv", "swiglu")
+
+
+def layer_flops(n_tokens: int, hidden: int, mlp: int, convention: str = "fastv") -> int:
+    """FLOPs of one decoder layer over ``n_tokens`` tokens (see module docstring)."""
+    if convention not in FLOPS_CONVENTIONS:
+        raise ValueError(f"unknown FLOPs convention {convention!r}; valid: {', '.join(FLOPS_CONVENTIONS)}")
+    mlp_factor = 2 if convention == "fastv" else 3
+    return 4 * n_tokens * hidden**2 + 2 * n_tokens**2 * hidden + mlp_factor * n_tokens * hidden * mlp
+
+
+def span_tokens_per_layer(num_layers: int, span: int, stages: Sequence[tuple[int, int]]) -> list[int]:
+    """Span tokens each layer processes when, before each ``layer`` of ``stages``, the span shrinks to ``keep``.
+
+    ``stages`` is a list of ``(layer, keep)`` with increasing layers, e.g. FastV ``[(2, 144)]``.
+    """
+    per_layer = [span] * num_layers
+    for layer, keep in stages:
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"pruning layer {layer} outside [0, {num_layers - 1}]")
+        for i in range(layer, num_layers):
+            per_layer[i] = keep
+    return per_layer
+
+
+def equivalent_tokens(span_per_layer: Sequence[int]) -> float:
+    """Mean over layers of span tokens processed."""
+    return sum(span_per_layer) / len(span_per_layer)
+
+
+def prefill_flops(
+    span_per_layer: Sequence[int], other_tokens: int, hidden: int, mlp: int, convention: str = "fastv"
+) -> int:
+    """Prefill FLOPs of the decoder given the span tokens per layer and the non-span token count."""
+    return sum(layer_flops(n + other_tokens, hidden, mlp, convention) for n in span_per_layer)
+
+
+def flops_matched_keep(target_tokens: float, num_layers: int, prune_layer: int, span: int = 576) -> int:
+    """Tokens kept at ``prune_layer`` so that the schedule equals ``target_tokens`` equivalent tokens.
+
+    ``R = (L * T - K * S) / (L - K)``, rounded to the nearest integer.
+    """
+    if not 0 < prune_layer < num_layers:
+        raise ValueError(f"prune layer K={prune_layer} must lie in [1, {num_layers - 1}] for {num_layers} layers")
+    if not 0 < target_tokens <= span:
+        raise ValueError(f"target of {target_tokens} equivalent tokens must lie in (0, {span}]")
+    keep = round((num_layers * target_tokens - prune_layer * span) / (num_layers - prune_layer))
+    if keep < 1:
+        lowest = prune_layer * span / num_layers
+        raise ValueError(
+            f"{target_tokens} equivalent tokens are unreachable with a single prune at layer {prune_layer} of "
+            f"{num_layers}: the first {prune_layer} layers alone already cost {lowest:.1f}; lower K or raise the target"
+        )
+    return keep

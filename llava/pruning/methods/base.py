@@ -1,0 +1,83 @@
+"""The interface between the pruning engine and a method (a "selector")."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from llava.pruning.selection import TokenSelection
+
+AttentionFn = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class PruneStep:
+    """What the engine hands a method at one pruning boundary, during prefill.
+
+    Attributes:
+        layer: index of the decoder layer about to run on the shorter sequence.
+        stage: 0 for the first boundary of the method, 1 for the next, ...
+        span_index: ``[B, S]`` index in the current (possibly already compacted) sequence of each live
+            span token, ascending.
+        query_index: ``[B]`` current index of the selection query (the last prompt token).
+        hidden_states: ``[B, N, d]`` hidden states entering ``layer``.
+        attention: ``attention(layer, query_index [B, Q]) -> [B, H, Q, N]`` probabilities of those
+            query rows at ``layer`` (``layer - 1`` or ``layer``), from q.k, never the N x N map.
+    """
+
+    layer: int
+    stage: int
+    span_index: torch.Tensor
+    query_index: torch.Tensor
+    hidden_states: torch.Tensor
+    attention: AttentionFn
+
+    def query_attention_over_span(self, layer: int) -> torch.Tensor:
+        """Attention of the selection query over the live span tokens at ``layer``, ``[B, H, S]``."""
+        probs = self.attention(layer, self.query_index[:, None])[:, :, 0]  # [B, H, N]
+        index = self.span_index[:, None, :].expand(-1, probs.shape[1], -1)
+        return probs.gather(-1, index)
+
+
+class PruningMethod(ABC):
+    """A pruning method: where it prunes, how many tokens it keeps, and which ones.
+
+    Subclasses are small dataclasses registered by name (``llava.pruning.registry``).
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def schedule(self, span: int) -> list[tuple[int, int]]:
+        """``[(layer, keep), ...]``: before each ``layer`` the span shrinks to ``keep`` tokens."""
+
+    @abstractmethod
+    def select(self, step: PruneStep, keep: int) -> TokenSelection:
+        """Choose ``keep`` of the live span tokens; indices into ``step.span_index`` columns, ascending."""
+
+    def validate(self, num_layers: int, span: int | None) -> None:
+        """Raise ``ValueError`` for parameters that cannot work with this model (``span`` may be unknown)."""
+        stages = self.schedule(span if span is not None else 10**9)
+        for layer, keep in stages:
+            if not 0 < layer < num_layers:
+                raise ValueError(
+                    f"{self.name}: pruning layer {layer} must lie in [1, {num_layers - 1}] for a model with "
+                    f"{num_layers} layers"
+                )
+            if keep <= 0:
+                raise ValueError(f"{self.name}: tokens to keep must be >= 1, got {keep}")
+        if span is not None:
+            for _, keep in stages:
+                if keep > span:
+                    raise ValueError(
+                        f"{self.name}: cannot keep {keep} tokens of a span of {span}; valid range is [1, {span}]"
+                    )
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: Any) -> PruningMethod:
+        """Build from a ``PruningLlamaConfig`` (FastV field names, plus ``pruning_params``)."""

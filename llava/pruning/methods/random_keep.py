@@ -1,0 +1,40 @@
+"""Random baseline: a uniformly random, seeded keep set of R span tokens at layer K.
+
+Every sample draws from a generator seeded with ``seed``, so a sample's keep set does not depend on
+its position in the batch (batch size N == batch size 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from llava.pruning.methods.base import PruneStep, PruningMethod
+from llava.pruning.registry import register_method
+from llava.pruning.selection import TokenSelection, select_tokens_random
+
+
+@register_method
+@dataclass
+class RandomKeep(PruningMethod):
+    agg_layer: int = 2
+    keep: int = 144
+    seed: int = 0
+
+    name = "random"
+
+    def schedule(self, span: int) -> list[tuple[int, int]]:
+        return [(self.agg_layer, self.keep)]
+
+    def select(self, step: PruneStep, keep: int) -> TokenSelection:
+        span = step.span_index.shape[1]
+        rows = [select_tokens_random(1, span, keep, torch.Generator().manual_seed(self.seed)) for _ in step.span_index]
+        indices = torch.cat(rows).to(step.span_index.device)
+        return TokenSelection(indices=indices, scores=torch.zeros(0), metadata={"method": "random", "seed": self.seed})
+
+    @classmethod
+    def from_config(cls, config: Any) -> RandomKeep:
+        params = config.pruning_params or {}
+        return cls(agg_layer=config.fast_v_agg_layer, keep=config.fast_v_attention_rank, seed=params.get("seed", 0))
