@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from llava.pruning.budget import flops_matched_keep
 from llava.pruning.selection import TokenSelection
 
 AttentionFn = Callable[[int, torch.Tensor], torch.Tensor]
@@ -68,8 +69,11 @@ class PruningMethod(ABC):
                     f"{self.name}: pruning layer {layer} must lie in [1, {num_layers - 1}] for a model with "
                     f"{num_layers} layers"
                 )
-            if keep <= 0:
-                raise ValueError(f"{self.name}: tokens to keep must be >= 1, got {keep}")
+            if keep is None or keep <= 0:
+                raise ValueError(
+                    f"{self.name}: tokens to keep must be >= 1 (set fast_v_attention_rank or a visual_token_num "
+                    f"budget), got {keep}"
+                )
         if span is not None:
             for _, keep in stages:
                 if keep > span:
@@ -81,3 +85,25 @@ class PruningMethod(ABC):
     @abstractmethod
     def from_config(cls, config: Any) -> PruningMethod:
         """Build from a ``PruningLlamaConfig`` (FastV field names, plus ``pruning_params``)."""
+
+    @classmethod
+    @abstractmethod
+    def config_for_budget(cls, target_tokens: float, num_layers: int, span: int, config: Any) -> dict[str, Any]:
+        """Config fields (to set on ``config``) that make the method cost ``target_tokens`` equivalent tokens."""
+
+
+@dataclass
+class SinglePruneMethod(PruningMethod):
+    """A method that prunes once, before layer ``agg_layer`` (K), to ``keep`` (R) span tokens."""
+
+    agg_layer: int = 2
+    keep: int = 144
+
+    def schedule(self, span: int) -> list[tuple[int, int]]:
+        return [(self.agg_layer, self.keep)]
+
+    @classmethod
+    def config_for_budget(cls, target_tokens: float, num_layers: int, span: int, config: Any) -> dict[str, Any]:
+        """Config fields that make this method cost ``target_tokens`` equivalent tokens: the FLOPs-matched R."""
+        keep = flops_matched_keep(target_tokens, num_layers, config.fast_v_agg_layer, span)
+        return {"fast_v_attention_rank": keep}

@@ -10,18 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from llava.pruning.methods.base import PruneStep, PruningMethod
+from llava.pruning.methods.base import PruneStep, SinglePruneMethod
 from llava.pruning.registry import register_method
 from llava.pruning.selection import TokenSelection, select_span_tokens, validate_token_selection
 
 
 @register_method
 @dataclass
-class FastV(PruningMethod):
+class FastV(SinglePruneMethod):
     """``agg_layer`` = K, ``keep`` = R (``fast_v_attention_rank``)."""
 
-    agg_layer: int = 2
-    keep: int = 144
     token_selection_method: str = "avg_all_heads"
     weighted_alpha: float = 0.5
 
@@ -29,9 +27,6 @@ class FastV(PruningMethod):
 
     def __post_init__(self) -> None:
         validate_token_selection(self.token_selection_method, self.weighted_alpha)
-
-    def schedule(self, span: int) -> list[tuple[int, int]]:
-        return [(self.agg_layer, self.keep)]
 
     def select(self, step: PruneStep, keep: int) -> TokenSelection:
         attn = step.query_attention_over_span(step.layer - 1)

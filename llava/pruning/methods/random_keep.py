@@ -11,22 +11,17 @@ from typing import Any
 
 import torch
 
-from llava.pruning.methods.base import PruneStep, PruningMethod
+from llava.pruning.methods.base import PruneStep, SinglePruneMethod
 from llava.pruning.registry import register_method
 from llava.pruning.selection import TokenSelection, select_tokens_random
 
 
 @register_method
 @dataclass
-class RandomKeep(PruningMethod):
-    agg_layer: int = 2
-    keep: int = 144
+class RandomKeep(SinglePruneMethod):
     seed: int = 0
 
     name = "random"
-
-    def schedule(self, span: int) -> list[tuple[int, int]]:
-        return [(self.agg_layer, self.keep)]
 
     def select(self, step: PruneStep, keep: int) -> TokenSelection:
         span = step.span_index.shape[1]

@@ -1,0 +1,101 @@
+"""Tiny random models built in-process, for tests and demos (nothing is downloaded).
+
+``build_tiny_llava`` mirrors LLaVA-1.5's shapes where they matter for pruning: a CLIP vision tower at
+336 px with patch 14 (576 visual tokens, feature layer -2, "default" strategy dropping CLS) and a small
+Llama decoder, plus a byte-level tokenizer with an ``<image>`` token and a CLIP image processor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, PreTrainedTokenizerFast
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from llava.model.language_model.pruning_config import PruningLlamaConfig
+from llava.model.language_model.pruning_llama import PruningLlamaForCausalLM
+from llava.model.llava_arch import PruningLlavaForConditionalGeneration
+
+IMAGE_TOKEN = "<image>"
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN)
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer (one token per byte) with ``<unk> <s> </s> <pad> <image>`` specials, left padding."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    vocab.update({char: len(SPECIAL_TOKENS) + i for i, char in enumerate(sorted(alphabet))})
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="left",
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    return tokenizer
+
+
+def tiny_llama_config(vocab_size: int = 512, **overrides: Any) -> LlamaConfig:
+    """LLaVA-1.5-7B's depth (32 layers, so token budgets map as for 7B) at width 64, 4 heads, 2 KV heads (GQA)."""
+    values = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+    values.update(overrides)
+    return LlamaConfig(**values)
+
+
+def tiny_vision_config(**overrides: Any) -> CLIPVisionConfig:
+    """CLIP ViT at 336 px, patch 14 (576 patches + CLS), 2 layers of width 32."""
+    values = dict(
+        image_size=336, patch_size=14, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, projection_dim=32,
+    )
+    values.update(overrides)
+    return CLIPVisionConfig(**values)
+
+
+def build_tiny_llava(
+    seed: int = 0, text_overrides: dict | None = None, **pruning_fields: Any
+) -> PruningLlavaForConditionalGeneration:
+    """Random tiny LLaVA (eval mode) whose vocabulary matches ``build_tiny_tokenizer()``."""
+    tokenizer = build_tiny_tokenizer()
+    text = tiny_llama_config(vocab_size=len(tokenizer), **(text_overrides or {}))
+    config = LlavaConfig(
+        vision_config=tiny_vision_config(),
+        text_config=PruningLlamaConfig.from_llama_config(text, **pruning_fields),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    torch.manual_seed(seed)
+    return PruningLlavaForConditionalGeneration(config).eval()
+
+
+def build_tiny_llama(seed: int = 0, text_overrides: dict | None = None, **pruning_fields: Any) -> PruningLlamaForCausalLM:
+    """Random tiny Llama LM with the pruning decoder (eval mode)."""
+    torch.manual_seed(seed)
+    config = PruningLlamaConfig.from_llama_config(tiny_llama_config(**(text_overrides or {})), **pruning_fields)
+    return PruningLlamaForCausalLM(config).eval()
+
+
+def build_tiny_image_processor() -> CLIPImageProcessorPil:
+    """CLIP preprocessing at 336 px (resize shortest edge, center crop, CLIP mean/std)."""
+    return CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
