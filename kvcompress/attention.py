@@ -1,0 +1,158 @@
+"""The ``kvcompress`` attention function, registered in transformers' ``AttentionInterface``.
+
+Both Llama and GPT-NeoX attention modules compute q, k, v (after RoPE), call
+``past_key_values.update`` and hand the result to the attention function named by
+``config._attn_implementation``. Registering ``"kvcompress"`` lets us, without touching the modules:
+
+* run *observers* (per-head statistics, calibration) on q, k, v with SDPA still on;
+* honour a :class:`~kvcompress.layout.HeadLayout`: arbitrary query->KV maps after structural head
+  removal, windowed KV heads (sinks + window mask), SnapKV compression after prefill;
+* work with :class:`~kvcompress.cache.CompressedKVCache` (whose ``update`` returns the layer object) or
+  with no cache at all (``use_cache=False``: the layout's masks apply to the whole input).
+
+Per group ``g`` of KV heads with one policy: ``O_g = softmax(Q_g K_g^T · s + M_g) V_g`` where ``M_g``
+combines the model's mask (padding) picked at the retained keys' positions and the policy mask of
+:func:`~kvcompress.attention_math.allowed_keys`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from kvcompress.attention_math import allowed_keys, snapkv_keep_indices
+from kvcompress.cache import CompressedKVLayer, KVGroup
+from kvcompress.layout import LAYOUT_ATTRIBUTE, FullKV, SnapKVPolicy
+
+IMPLEMENTATION = "kvcompress"
+OBSERVERS_ATTRIBUTE = "kvcompress_observers"
+
+FULL_PREFILL = (FullKV, SnapKVPolicy)  # policies whose queries see every retained past key
+
+Observer = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+def _group_mask(
+    group: KVGroup,
+    query_positions: torch.Tensor,
+    model_mask: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """Boolean mask ``[B|1, H_g|1, q, L]`` for one group, or ``None`` when every retained key is visible."""
+    q_len = query_positions.numel()
+    if model_mask is None and q_len == 1 and isinstance(group.policy, FULL_PREFILL):
+        return None
+    positions = group.positions.index_select(1, group.query_to_local_kv) if group.positions.shape[1] > 1 \
+        else group.positions
+    mask = allowed_keys(query_positions, positions, group.policy)
+    if model_mask is not None:
+        if model_mask.dtype != torch.bool:
+            raise TypeError("the kvcompress attention expects a boolean model mask (sdpa_mask)")
+        columns = positions[..., None, :].expand(model_mask.shape[0], positions.shape[1], q_len, -1)
+        mask = mask & model_mask.expand(-1, positions.shape[1], -1, -1).gather(-1, columns)
+    return mask
+
+
+def _attend(group: KVGroup, query: torch.Tensor, mask: torch.Tensor | None, scaling: float,
+            causal: bool) -> torch.Tensor:
+    keys = group.keys.index_select(1, group.query_to_local_kv)
+    values = group.values.index_select(1, group.query_to_local_kv)
+    return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, is_causal=causal, scale=scaling)
+
+
+def _compress_snapkv(group: KVGroup, query: torch.Tensor, scaling: float) -> None:
+    policy: SnapKVPolicy = group.policy
+    length = group.keys.shape[2]
+    if group.compressed or length <= policy.budget or query.shape[2] < policy.observation_window:
+        return
+    observation = query[:, :, -policy.observation_window:]
+    keys = group.keys.index_select(1, group.query_to_local_kv)
+    index = snapkv_keep_indices(observation, keys, group.query_to_local_kv, group.keys.shape[1],
+                                scaling, policy.budget, policy.pool_kernel)
+    group.keep_per_head(index)
+
+
+def kvcompress_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor | CompressedKVLayer,
+    value: torch.Tensor | CompressedKVLayer,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention with observers and head layouts; falls back to transformers' SDPA when neither is set."""
+    observers = getattr(module, OBSERVERS_ATTRIBUTE, ())
+    if observers and not isinstance(key, torch.Tensor):
+        raise RuntimeError("attention observers need raw keys: run the analysis with use_cache=False")
+    for observer in observers:
+        observer(module, query, key, value)
+    layout = getattr(module, LAYOUT_ATTRIBUTE, None)
+    if isinstance(key, torch.Tensor) and layout is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    if isinstance(key, CompressedKVLayer):
+        layer = key
+    else:
+        if layout is None:
+            raise RuntimeError("a CompressedKVLayer reached a module without layout")
+        layer = CompressedKVLayer(layout, persistent=False)
+        layer.update(key, value)
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    q_len = query.shape[2]
+    query_positions = torch.arange(layer.seen_tokens - q_len, layer.seen_tokens, device=query.device)
+    output = query.new_zeros(query.shape)
+    for group in layer.groups:
+        if group.query_index.numel() == 0:
+            continue
+        group_query = query.index_select(1, group.query_index)
+        no_past = group.keys.shape[2] == q_len and not group.compressed
+        causal = attention_mask is None and no_past and q_len > 1 and isinstance(group.policy, FULL_PREFILL)
+        mask = None if causal else _group_mask(group, query_positions, attention_mask)
+        output[:, group.query_index] = _attend(group, group_query, mask, scaling, causal)
+        if isinstance(group.policy, SnapKVPolicy) and layer.persistent:
+            _compress_snapkv(group, group_query, scaling)
+    layer.finish_step()
+    return output.transpose(1, 2).contiguous(), None
+
+
+def register_kvcompress_attention() -> None:
+    """Register the ``kvcompress`` attention and mask functions (idempotent)."""
+    AttentionInterface.register(IMPLEMENTATION, kvcompress_attention_forward)
+    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+
+
+@contextmanager
+def kvcompress_attention(model: nn.Module) -> Iterator[None]:
+    """Switch ``model`` to the ``kvcompress`` attention for the duration of the block."""
+    previous = model.config._attn_implementation
+    register_kvcompress_attention()
+    model.set_attn_implementation(IMPLEMENTATION)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+@contextmanager
+def observing(attentions: list[nn.Module], make_observer: Callable[[int], Observer]) -> Iterator[None]:
+    """Attach one observer per attention module (``make_observer(layer_index)``) for the block."""
+    for index, attention in enumerate(attentions):
+        setattr(attention, OBSERVERS_ATTRIBUTE, (*getattr(attention, OBSERVERS_ATTRIBUTE, ()),
+                                                 make_observer(index)))
+    try:
+        yield
+    finally:
+        for attention in attentions:
+            remaining = getattr(attention, OBSERVERS_ATTRIBUTE)[:-1]
+            if remaining:
+                setattr(attention, OBSERVERS_ATTRIBUTE, remaining)
+            else:
+                delattr(attention, OBSERVERS_ATTRIBUTE)

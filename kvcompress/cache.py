@@ -1,0 +1,178 @@
+"""A KV cache that stores each group of KV heads under its own retention policy.
+
+KV heads of one layer that share a policy (see :mod:`kvcompress.layout`) form a :class:`KVGroup` with
+its own key/value tensors ``[B, n_group, L_group, D]`` and the absolute positions of what it keeps.
+Windowed heads therefore really hold ``sinks + window - 1`` tokens between steps while full heads hold
+all of them, and SnapKV heads hold ``budget`` tokens after prefill: the bytes drop.
+
+``get_seq_length()`` is the number of tokens seen (absolute position of the next token) and
+``get_mask_sizes`` describes the mask over *absolute* positions; the ``kvcompress`` attention function
+picks the columns of the retained keys from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from kvcompress.adapters import adapter_for
+from kvcompress.attention_math import window_keep
+from kvcompress.layout import HeadLayout, KVPolicy, SnapKVPolicy, WindowKV, get_layout
+
+
+@dataclass
+class KVGroup:
+    """KV heads of one layer sharing a policy, and the query heads that read them.
+
+    ``kv_index``: indices of the group's KV heads in the layer; ``query_index``: indices of the query
+    heads reading them; ``query_to_local_kv``: for each of those query heads, its KV head inside the group.
+    ``positions`` is ``[1, 1, L]`` (shared by the group) or ``[B, n, L]`` (per head, after SnapKV).
+    """
+
+    policy: KVPolicy
+    kv_index: torch.Tensor
+    query_index: torch.Tensor
+    query_to_local_kv: torch.Tensor
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    compressed: bool = field(default=False)
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
+        """Add new tokens (``keys``/``values`` already restricted to the group's KV heads)."""
+        positions = positions.view(1, 1, -1)
+        if self.keys is None:
+            self.keys, self.values, self.positions = keys, values, positions
+            return
+        if self.positions.shape[:2] != (1, 1):
+            positions = positions.expand(*self.positions.shape[:2], -1)
+        self.keys = torch.cat([self.keys, keys], dim=-2)
+        self.values = torch.cat([self.values, values], dim=-2)
+        self.positions = torch.cat([self.positions, positions], dim=-1)
+
+    def keep_shared(self, keep: torch.Tensor) -> None:
+        """Keep the tokens selected by a boolean ``[L]`` mask (same tokens for every head)."""
+        index = keep.nonzero().squeeze(-1)
+        self.keys = self.keys.index_select(2, index)
+        self.values = self.values.index_select(2, index)
+        self.positions = self.positions.index_select(2, index)
+
+    def keep_per_head(self, index: torch.Tensor) -> None:
+        """Keep per-head token indices ``[B, n, K]``."""
+        gather = index[..., None].expand(-1, -1, -1, self.keys.shape[-1])
+        self.keys = self.keys.gather(2, gather)
+        self.values = self.values.gather(2, gather)
+        self.positions = self.positions.expand(*index.shape[:2], -1).gather(2, index)
+        self.compressed = True
+
+    def evict(self, seen_tokens: int) -> None:
+        """Apply a windowed policy after a forward step (SnapKV compresses in the attention function)."""
+        if isinstance(self.policy, WindowKV) and self.keys is not None:
+            self.keep_shared(window_keep(self.positions[0, 0], seen_tokens, self.policy))
+
+    def nbytes(self) -> int:
+        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+
+def group_heads(layout: HeadLayout) -> list[KVGroup]:
+    """Split a layer's heads into groups of KV heads with equal policies (order of first appearance)."""
+    groups: list[KVGroup] = []
+    policies: list[KVPolicy] = []
+    for policy in layout.kv_policies:
+        if policy not in policies:
+            policies.append(policy)
+    for policy in policies:
+        kv = [k for k, p in enumerate(layout.kv_policies) if p == policy]
+        local = {k: i for i, k in enumerate(kv)}
+        queries = [i for i, k in enumerate(layout.query_to_kv) if k in local]
+        groups.append(KVGroup(
+            policy=policy,
+            kv_index=torch.tensor(kv, dtype=torch.long),
+            query_index=torch.tensor(queries, dtype=torch.long),
+            query_to_local_kv=torch.tensor([local[layout.query_to_kv[i]] for i in queries], dtype=torch.long),
+        ))
+    return groups
+
+
+class CompressedKVLayer(CacheLayerMixin):
+    """One layer of :class:`CompressedKVCache`; ``update`` returns the layer itself for the attention function."""
+
+    is_sliding = False
+
+    def __init__(self, layout: HeadLayout, persistent: bool = True):
+        super().__init__()
+        self.layout = layout
+        self.persistent = persistent
+        self.groups = group_heads(layout)
+        self.seen_tokens = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        for group in self.groups:
+            group.kv_index = group.kv_index.to(self.device)
+            group.query_index = group.query_index.to(self.device)
+            group.query_to_local_kv = group.query_to_local_kv.to(self.device)
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Append new keys/values ``[B, H_kv, q, D]``; returns ``(self, self)``."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        new = key_states.shape[-2]
+        positions = torch.arange(self.seen_tokens, self.seen_tokens + new, device=key_states.device)
+        for group in self.groups:
+            group.append(key_states.index_select(1, group.kv_index),
+                         value_states.index_select(1, group.kv_index), positions)
+        self.seen_tokens += new
+        return self, self
+
+    def finish_step(self) -> None:
+        """Evict what windowed heads no longer need (called after attention)."""
+        if self.persistent:
+            for group in self.groups:
+                group.evict(self.seen_tokens)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.seen_tokens + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.seen_tokens
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.groups = group_heads(self.layout)
+        self.seen_tokens = 0
+        self.is_initialized = False
+
+    def nbytes(self) -> int:
+        return sum(group.nbytes() for group in self.groups)
+
+
+class CompressedKVCache(Cache):
+    """Cache for a model whose attention modules carry :class:`HeadLayout` s (pass as ``past_key_values``)."""
+
+    def __init__(self, model: nn.Module):
+        adapter = adapter_for(model)
+        layers = [CompressedKVLayer(get_layout(attention, adapter)) for attention in adapter.attention_modules(model)]
+        super().__init__(layers=layers)
+
+
+def kv_cache_bytes(cache: Cache) -> int:
+    """Bytes held by the keys and values of a cache (``DynamicCache`` or :class:`CompressedKVCache`)."""
+    total = 0
+    for layer in cache.layers:
+        if isinstance(layer, CompressedKVLayer):
+            total += layer.nbytes()
+        elif getattr(layer, "keys", None) is not None and layer.keys.numel() > 0:
+            total += layer.keys.nbytes + layer.values.nbytes
+    return total
+
+
+def uses_snapkv(layout: HeadLayout) -> bool:
+    """Whether any KV head of the layout is compressed with SnapKV."""
+    return any(isinstance(policy, SnapKVPolicy) for policy in layout.kv_policies)
