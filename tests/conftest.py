@@ -50,11 +50,17 @@ def stock_llava_like(model) -> LlavaForConditionalGeneration:
     """Stock transformers LLaVA with the same weights."""
     from transformers import LlamaConfig, LlavaConfig
 
-    text = LlamaConfig(**{k: v for k, v in model.config.text_config.to_dict().items()
-                          if k in LlamaConfig.__dataclass_fields__})
-    config = LlavaConfig(vision_config=model.config.vision_config, text_config=text,
-                         image_token_id=model.config.image_token_id, vision_feature_layer=-2,
-                         vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    text = LlamaConfig(
+        **{k: v for k, v in model.config.text_config.to_dict().items() if k in LlamaConfig.__dataclass_fields__}
+    )
+    config = LlavaConfig(
+        vision_config=model.config.vision_config,
+        text_config=text,
+        image_token_id=model.config.image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
     stock = LlavaForConditionalGeneration(config).eval()
     stock.load_state_dict(model.state_dict())
     return stock

@@ -76,7 +76,11 @@ def test_efficient_path_equals_slow_eager_reference(stock_lm_eager, stock_lm, st
     ids, mask, span = _left_padded()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     model = pruned_lm(
-        stock_lm, use_fast_v=True, fast_v_attention_rank=R, fast_v_agg_layer=K, fast_v_token_selection_method=strategy
+        stock_lm,
+        use_fast_v=True,
+        fast_v_attention_rank=R,
+        fast_v_agg_layer=K,
+        fast_v_token_selection_method=strategy,
     )
     assert model.config._attn_implementation == "sdpa"
     logits = model(ids, attention_mask=mask, position_ids=positions, prune_span=span).logits
@@ -92,7 +96,10 @@ def test_efficient_path_equals_slow_eager_reference(stock_lm_eager, stock_lm, st
 def test_full_matrix_scoring_keeps_the_same_tokens(stock_lm, strategy):
     ids, mask, span = _left_padded(seed=1)
     fields = dict(use_fast_v=True, fast_v_attention_rank=R, fast_v_agg_layer=K, fast_v_token_selection_method=strategy)
-    fast, reference = pruned_lm(stock_lm, **fields), pruned_lm(stock_lm, pruning_scoring="full_matrix", **fields)
+    fast, reference = (
+        pruned_lm(stock_lm, **fields),
+        pruned_lm(stock_lm, pruning_scoring="full_matrix", **fields),
+    )
     fast(ids, attention_mask=mask, prune_span=span)
     reference(ids, attention_mask=mask, prune_span=span)
     assert torch.equal(fast.model.last_gen_kept_indices, reference.model.last_gen_kept_indices)
@@ -109,14 +116,21 @@ def test_generation_with_cache_equals_recompute_without_cache(stock_lm, fields):
     ids, mask, span = _left_padded(seed=2)
     model = pruned_lm(stock_lm, fast_v_attention_rank=R, fast_v_agg_layer=K, **fields)
     steps = 6
-    generated = model.generate(ids, attention_mask=mask, prune_span=span, max_new_tokens=steps, do_sample=False,
-                               pad_token_id=3)
+    generated = model.generate(
+        ids, attention_mask=mask, prune_span=span, max_new_tokens=steps, do_sample=False, pad_token_id=3
+    )
     for t in range(steps):
         prefix = generated[:, : N + t]
         prefix_mask = torch.cat([mask, torch.ones(2, t, dtype=mask.dtype)], dim=1)
         positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(prefix, attention_mask=prefix_mask, position_ids=positions, prune_span=span,
-                       prune_query_index=N - 1, use_cache=False).logits
+        logits = model(
+            prefix,
+            attention_mask=prefix_mask,
+            position_ids=positions,
+            prune_span=span,
+            prune_query_index=N - 1,
+            use_cache=False,
+        ).logits
         assert torch.equal(logits[:, -1].argmax(-1), generated[:, N + t]), f"step {t}"
 
 
@@ -126,18 +140,20 @@ def test_batch_of_three_with_left_padding_equals_single(stock_lm):
     lengths, prefix, span_len = (48, 40, 44), 4, 32
     prompts = [_ids(1, n, seed=10 + i)[0] for i, n in enumerate(lengths)]
     singles = [
-        model.generate(p[None], prune_span=(prefix, prefix + span_len), max_new_tokens=5, do_sample=False)[0, len(p):]
+        model.generate(p[None], prune_span=(prefix, prefix + span_len), max_new_tokens=5, do_sample=False)[0, len(p) :]
         for p in prompts
     ]
     width = max(lengths)
     ids = torch.full((3, width), 3)
     mask = torch.zeros(3, width, dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = p
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = p
+        mask[i, width - len(p) :] = 1
     start = (width - torch.tensor(lengths)) + prefix
     span = torch.stack([start, start + span_len], dim=1)
-    batched = model.generate(ids, attention_mask=mask, prune_span=span, max_new_tokens=5, do_sample=False, pad_token_id=3)
+    batched = model.generate(
+        ids, attention_mask=mask, prune_span=span, max_new_tokens=5, do_sample=False, pad_token_id=3
+    )
     for i in range(3):
         assert torch.equal(batched[i, width:], singles[i]), f"prompt {i}"
 
@@ -167,8 +183,14 @@ def test_prefill_without_cache_matches_with_cache(stock_lm):
 def test_sys_length_span_accounts_for_left_padding(stock_lm):
     ids, mask, span = _left_padded(seed=3)
     explicit = pruned_lm(stock_lm, use_fast_v=True, fast_v_attention_rank=R, fast_v_agg_layer=K)
-    by_offset = pruned_lm(stock_lm, use_fast_v=True, fast_v_attention_rank=R, fast_v_agg_layer=K,
-                          fast_v_sys_length=4, fast_v_image_token_length=32)
+    by_offset = pruned_lm(
+        stock_lm,
+        use_fast_v=True,
+        fast_v_attention_rank=R,
+        fast_v_agg_layer=K,
+        fast_v_sys_length=4,
+        fast_v_image_token_length=32,
+    )
     a = explicit(ids, attention_mask=mask, prune_span=span).logits
     b = by_offset(ids, attention_mask=mask).logits
     assert torch.equal(a, b)

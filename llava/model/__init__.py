@@ -4,8 +4,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import (
-    FastvAdvanced_LlamaModel,
     Fastv_LlamaModel,
+    FastvAdvanced_LlamaModel,
     PruningLlamaForCausalLM,
     PruningLlamaModel,
 )

@@ -16,7 +16,12 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlamaCon
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import PruningLlamaForCausalLM
 from llava.model.llava_arch import PruningLlavaForConditionalGeneration, image_features_per_image
-from llava.model.tiny import build_tiny_image_processor, build_tiny_llava, build_tiny_llama, build_tiny_tokenizer
+from llava.model.tiny import (
+    build_tiny_image_processor,
+    build_tiny_llama,
+    build_tiny_llava,
+    build_tiny_tokenizer,
+)
 from llava.pruning.registry import method_class
 
 TINY_MODELS = ("tiny-random-llava", "tiny-random-llama")
@@ -91,7 +96,11 @@ def load_pretrained_model(
         model, image_processor = _build_tiny(model_path, pruning_method, pruning_params)
         tokenizer = build_tiny_tokenizer()
     else:
-        config = AutoConfig.from_pretrained(model_path, gguf_file=gguf_file) if gguf_file else AutoConfig.from_pretrained(model_path)
+        config = (
+            AutoConfig.from_pretrained(model_path, gguf_file=gguf_file)
+            if gguf_file
+            else AutoConfig.from_pretrained(model_path)
+        )
         load_kwargs: dict[str, Any] = {"dtype": torch_dtype} if torch_dtype is not None else {}
         if gguf_file:
             load_kwargs["gguf_file"] = gguf_file
@@ -100,7 +109,9 @@ def load_pretrained_model(
             model = PruningLlavaForConditionalGeneration.from_pretrained(model_path, config=config, **load_kwargs)
             image_processor = AutoImageProcessor.from_pretrained(model_path)
         elif isinstance(config, LlamaConfig):
-            fields_ = pruning_fields(pruning_method, config, pruning_params.get("fast_v_image_token_length"), **pruning_params)
+            fields_ = pruning_fields(
+                pruning_method, config, pruning_params.get("fast_v_image_token_length"), **pruning_params
+            )
             pruned = PruningLlamaConfig.from_llama_config(config, **fields_)
             model = PruningLlamaForCausalLM.from_pretrained(model_path, config=pruned, **load_kwargs)
             image_processor = None
@@ -108,7 +119,11 @@ def load_pretrained_model(
             raise ValueError(
                 f"unsupported architecture {type(config).__name__}: expected a LlavaConfig (llava-hf checkpoint) or a LlamaConfig"
             )
-        tokenizer = AutoTokenizer.from_pretrained(model_path, gguf_file=gguf_file) if gguf_file else AutoTokenizer.from_pretrained(model_path)
+        tokenizer = (
+            AutoTokenizer.from_pretrained(model_path, gguf_file=gguf_file)
+            if gguf_file
+            else AutoTokenizer.from_pretrained(model_path)
+        )
     model = model.to(device).eval()
     text_config = model.config.text_config if isinstance(model.config, LlavaConfig) else model.config
     return tokenizer, model, image_processor, text_config.max_position_embeddings
@@ -124,7 +139,8 @@ def _build_tiny(model_path: str, pruning_method: str | None, params: dict) -> tu
         return model, build_tiny_image_processor()
     model = build_tiny_llama(seed=seed)
     model.model.config = model.config = PruningLlamaConfig.from_llama_config(
-        model.config, **pruning_fields(pruning_method, model.config, params.get("fast_v_image_token_length"), **params)
+        model.config,
+        **pruning_fields(pruning_method, model.config, params.get("fast_v_image_token_length"), **params),
     )
     model.model.pruning_method()
     return model, None

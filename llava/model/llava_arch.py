@@ -107,8 +107,13 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         text = self.config.text_config
         other = self._last_prompt_length - record.span_length
         flops = prefill_flops(record.span_per_layer, other, text.hidden_size, text.intermediate_size, "swiglu")
-        full = prefill_flops([record.span_length] * record.num_layers, other, text.hidden_size,
-                             text.intermediate_size, "swiglu")
+        full = prefill_flops(
+            [record.span_length] * record.num_layers,
+            other,
+            text.hidden_size,
+            text.intermediate_size,
+            "swiglu",
+        )
         vision = self.config.vision_config
         vision_flops = vision.num_hidden_layers * layer_flops(
             image_features_per_image(self.config) + 1, vision.hidden_size, vision.intermediate_size, "fastv"

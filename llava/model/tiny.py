@@ -64,8 +64,13 @@ def tiny_llama_config(vocab_size: int = 512, **overrides: Any) -> LlamaConfig:
 def tiny_vision_config(**overrides: Any) -> CLIPVisionConfig:
     """CLIP ViT at 336 px, patch 14 (576 patches + CLS), 2 layers of width 32."""
     values = dict(
-        image_size=336, patch_size=14, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, projection_dim=32,
+        image_size=336,
+        patch_size=14,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=32,
     )
     values.update(overrides)
     return CLIPVisionConfig(**values)
@@ -89,7 +94,9 @@ def build_tiny_llava(
     return PruningLlavaForConditionalGeneration(config).eval()
 
 
-def build_tiny_llama(seed: int = 0, text_overrides: dict | None = None, **pruning_fields: Any) -> PruningLlamaForCausalLM:
+def build_tiny_llama(
+    seed: int = 0, text_overrides: dict | None = None, **pruning_fields: Any
+) -> PruningLlamaForCausalLM:
     """Random tiny Llama LM with the pruning decoder (eval mode)."""
     torch.manual_seed(seed)
     config = PruningLlamaConfig.from_llama_config(tiny_llama_config(**(text_overrides or {})), **pruning_fields)

@@ -33,7 +33,9 @@ class TokenSelection:
 def top_r_sorted(scores: torch.Tensor, r: int) -> torch.Tensor:
     """Indices of the ``r`` largest scores along the last dim, returned in ascending (original) order."""
     if not 0 < r <= scores.shape[-1]:
-        raise ValueError(f"cannot keep {r} tokens out of a span of {scores.shape[-1]}: valid range is [1, {scores.shape[-1]}]")
+        raise ValueError(
+            f"cannot keep {r} tokens out of a span of {scores.shape[-1]}: valid range is [1, {scores.shape[-1]}]"
+        )
     return scores.topk(r, dim=-1).indices.sort(dim=-1).values
 
 

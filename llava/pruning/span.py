@@ -29,15 +29,27 @@ def span_from_token_id(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
     return torch.stack([start, end], dim=1)
 
 
-def span_from_offset(attention_mask: torch.Tensor | None, batch: int, seq_len: int, start: int, length: int,
-                     device: torch.device) -> torch.Tensor:
+def span_from_offset(
+    attention_mask: torch.Tensor | None,
+    batch: int,
+    seq_len: int,
+    start: int,
+    length: int,
+    device: torch.device,
+) -> torch.Tensor:
     """``[B, 2]`` span starting ``start`` tokens after each sample's left padding (FastV's ``sys_length``)."""
-    pad = (seq_len - attention_mask.sum(dim=1)).long() if attention_mask is not None else torch.zeros(batch, device=device)
+    pad = (
+        (seq_len - attention_mask.sum(dim=1)).long()
+        if attention_mask is not None
+        else torch.zeros(batch, device=device)
+    )
     begin = pad.to(device).long() + start
     return torch.stack([begin, begin + length], dim=1)
 
 
-def last_valid_index(attention_mask: torch.Tensor | None, batch: int, seq_len: int, device: torch.device) -> torch.Tensor:
+def last_valid_index(
+    attention_mask: torch.Tensor | None, batch: int, seq_len: int, device: torch.device
+) -> torch.Tensor:
     """``[B]`` index of the last non-padding token (the last prompt token, FastV's query row)."""
     if attention_mask is None:
         return torch.full((batch,), seq_len - 1, device=device, dtype=torch.long)
@@ -50,7 +62,9 @@ def validate_span(span: torch.Tensor, query_index: torch.Tensor, seq_len: int) -
     start, end = span[:, 0], span[:, 1]
     lengths = (end - start).unique()
     if lengths.numel() != 1 or lengths.item() <= 0:
-        raise ValueError(f"the prunable span must be non-empty and of equal length in every sample, got {span.tolist()}")
+        raise ValueError(
+            f"the prunable span must be non-empty and of equal length in every sample, got {span.tolist()}"
+        )
     if (start < 0).any() or (end > seq_len).any():
         raise ValueError(f"prunable span {span.tolist()} lies outside the sequence of length {seq_len}")
     if (query_index < end).any():

@@ -36,6 +36,7 @@ from llava.pruning.attention import attention_probs_for_rows, full_attention_pro
 from llava.pruning.methods.base import PruneStep, PruningMethod
 from llava.pruning.record import PruningRecord, StageRecord
 from llava.pruning.registry import method_from_config
+from llava.pruning.selection import validate_token_selection
 from llava.pruning.span import (
     compaction_index,
     keep_mask_after_selection,
@@ -44,7 +45,6 @@ from llava.pruning.span import (
     span_from_token_id,
     validate_span,
 )
-from llava.pruning.selection import validate_token_selection
 
 
 @dataclass
@@ -187,7 +187,9 @@ class PruningLlamaModel(LlamaModel):
             if attention_mask is None:
                 attention_mask = torch.ones(batch, seq_len, dtype=torch.long, device=inputs_embeds.device)
             span = self._resolve_span(input_ids, attention_mask, prune_span, batch, seq_len, inputs_embeds.device)
-            query_index = self._resolve_query_index(prune_query_index, attention_mask, batch, seq_len, inputs_embeds.device)
+            query_index = self._resolve_query_index(
+                prune_query_index, attention_mask, batch, seq_len, inputs_embeds.device
+            )
             span_len = validate_span(span, query_index, seq_len)
             method.validate(self.config.num_hidden_layers, span_len)
             if past_key_values is not None and type(past_key_values) is not DynamicCache:
@@ -265,7 +267,12 @@ class PruningLlamaModel(LlamaModel):
             return span.expand(batch, 2) if span.dim() == 1 else span
         if self.config.fast_v_sys_length is not None:
             return span_from_offset(
-                attention_mask, batch, seq_len, self.config.fast_v_sys_length, self.config.fast_v_image_token_length, device
+                attention_mask,
+                batch,
+                seq_len,
+                self.config.fast_v_sys_length,
+                self.config.fast_v_image_token_length,
+                device,
             )
         if input_ids is not None and self.config.image_token_id is not None:
             return span_from_token_id(input_ids, self.config.image_token_id)
@@ -351,7 +358,11 @@ class PruningLlamaModel(LlamaModel):
             mask=mask,
             compacted=True,
         )
-        return compacted, new_position.gather(1, kept_span), new_position.gather(1, step.query_index[:, None])[:, 0]
+        return (
+            compacted,
+            new_position.gather(1, kept_span),
+            new_position.gather(1, step.query_index[:, None])[:, 0],
+        )
 
     def _decode_stage(
         self, layer: int, seq: _Sequence, state: PrunedCacheState, attention_mask, cache: Cache
@@ -359,8 +370,12 @@ class PruningLlamaModel(LlamaModel):
         """Mask for a decode step at a layer whose cache holds only the kept prefill tokens."""
         kept = state.stage_valid[layer]
         if attention_mask is None:
-            new = torch.ones(kept.shape[0], cache.get_seq_length() + seq.hidden.shape[1] - state.prefill_length,
-                             dtype=torch.bool, device=kept.device)
+            new = torch.ones(
+                kept.shape[0],
+                cache.get_seq_length() + seq.hidden.shape[1] - state.prefill_length,
+                dtype=torch.bool,
+                device=kept.device,
+            )
         else:
             new = attention_mask[:, state.prefill_length :].bool()
         mask = create_causal_mask(
