@@ -41,6 +41,10 @@ def binary_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[st
 def load_labels(questions: Sequence[dict], annotation_dir: str | Path | None) -> dict[str, tuple[str, str]]:
     """``question_id -> (split, label)``: annotation folder matched in question order, else ``label``."""
     if annotation_dir is None:
+        unlabeled = [str(q["question_id"]) for q in questions if "label" not in q]
+        if unlabeled:
+            listed = ", ".join(unlabeled[:5])
+            raise InputFileError(f"no --annotation-dir and no 'label' on question(s) {listed}")
         return {str(q["question_id"]): (q["category"], q["label"].strip().lower()) for q in questions}
     labels: dict[str, tuple[str, str]] = {}
     for split in sorted({question["category"] for question in questions}):

@@ -1,0 +1,164 @@
+"""Loading a (pruned) LLaVA for evaluation and answering one batch of questions with it."""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from llava.conversation import build_question_prompt
+from llava.eval.cli_args import pruning_params
+from llava.mm_utils import process_images, tokenizer_image_token
+from llava.model.builder import load_pretrained_model
+from llava.model.llava_arch import image_features_per_image
+from llava.pruning.budget import prefill_flops
+
+RECORD_FIELDS = ("method", "kept_per_layer", "equivalent_tokens", "flops", "prefill_ms")
+
+
+@dataclass
+class ModelBundle:
+    """Everything needed to answer questions: model, tokenizer, image processor and image-token layout."""
+
+    tokenizer: Any
+    model: Any
+    image_processor: Any
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def image_token_id(self) -> int:
+        """Id that marks the image span in ``input_ids``."""
+        return self.model.config.image_token_id
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Image tokens per ``<image>`` placeholder (576 for LLaVA-1.5 at 336 px)."""
+        return image_features_per_image(self.model.config)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Prompt template, image preprocessing and decoding options (greedy when temperature is 0)."""
+
+    conv_mode: str = "vicuna_v1"
+    image_aspect_ratio: str = "pad"
+    temperature: float = 0.0
+    top_p: float | None = None
+    num_beams: int = 1
+    max_new_tokens: int = 128
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> GenerationSettings:
+        """Settings from the shared command-line flags."""
+        return cls(
+            conv_mode=args.conv_mode,
+            image_aspect_ratio=args.image_aspect_ratio,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
+        )
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``model.generate``."""
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "num_beams": self.num_beams,
+            "do_sample": self.temperature > 0,
+        }
+        if self.temperature > 0:
+            kwargs["temperature"] = self.temperature
+            if self.top_p is not None:
+                kwargs["top_p"] = self.top_p
+        return kwargs
+
+
+def resolve_device_and_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
+    """Defaults: cuda when available else cpu; float16 on cuda, float32 on cpu."""
+    resolved_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:
+        return resolved_device, torch.float16 if resolved_device.type == "cuda" else torch.float32
+    return resolved_device, getattr(torch, dtype)
+
+
+def load_model_bundle(args: argparse.Namespace) -> ModelBundle:
+    """Load the model named by the shared flags, with the pruning method and parameters they give."""
+    device, dtype = resolve_device_and_dtype(args.device, args.torch_dtype)
+    tokenizer, model, image_processor, _ = load_pretrained_model(
+        args.model_path,
+        model_base=args.model_base,
+        pruning_method=args.pruning_method,
+        device=str(device),
+        torch_dtype=dtype,
+        **pruning_params(args),
+    )
+    return ModelBundle(tokenizer, model.to(dtype), image_processor, device, dtype)
+
+
+def left_pad(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into ``input_ids`` and ``attention_mask`` (``[B, T]`` each)."""
+    length = max(len(tokens) for tokens in token_lists)
+    input_ids = torch.full((len(token_lists), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(token_lists), length), dtype=torch.long)
+    for row, tokens in enumerate(token_lists):
+        input_ids[row, length - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+        attention_mask[row, length - len(tokens) :] = 1
+    return input_ids, attention_mask
+
+
+def unpruned_cost(bundle: ModelBundle, prompt_length: int, with_image: bool) -> dict[str, Any]:
+    """Cost fields of an unpruned prefill (visual tokens in every layer; SwiGLU FLOPs convention)."""
+    text_config = bundle.model.config.text_config
+    span = bundle.num_image_tokens if with_image else 0
+    flops = prefill_flops(
+        [span] * text_config.num_hidden_layers,
+        prompt_length - span,
+        text_config.hidden_size,
+        text_config.intermediate_size,
+        "swiglu",
+    )
+    cost: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+    cost.update(equivalent_tokens=span, flops=flops)
+    return cost
+
+
+def answer_batch(
+    bundle: ModelBundle, settings: GenerationSettings, questions: list[str], images: list[Image.Image] | None
+) -> tuple[list[str], dict[str, Any]]:
+    """Answer questions that all have an image (``images``) or none (``images=None``, run unpruned).
+
+    Returns the stripped answers and the cost fields of this prefill (pruning record, or the
+    unpruned cost when nothing was pruned).
+    """
+    with_image = images is not None
+    prompts = [build_question_prompt(question, settings.conv_mode, with_image) for question in questions]
+    token_lists = [
+        tokenizer_image_token(prompt, bundle.tokenizer, bundle.image_token_id, bundle.num_image_tokens)
+        for prompt in prompts
+    ]
+    pad_id = bundle.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = bundle.tokenizer.eos_token_id
+    input_ids, attention_mask = left_pad(token_lists, pad_id)
+    inputs: dict[str, Any] = {
+        "input_ids": input_ids.to(bundle.device),
+        "attention_mask": attention_mask.to(bundle.device),
+    }
+    if with_image:
+        pixel_values = process_images(images, bundle.image_processor, settings.image_aspect_ratio)
+        inputs["pixel_values"] = pixel_values.to(bundle.device, bundle.dtype)
+    pruning_context = nullcontext() if with_image else bundle.model.pruning_disabled()
+    with pruning_context, torch.inference_mode():
+        output_ids = bundle.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=pad_id)
+    answers = bundle.tokenizer.batch_decode(output_ids[:, input_ids.shape[1] :], skip_special_tokens=True)
+    record = bundle.model.pruning_record if with_image else None
+    if record is None:
+        cost = unpruned_cost(bundle, max(len(tokens) for tokens in token_lists), with_image)
+    else:
+        cost = {name: record.get(name) for name in RECORD_FIELDS}
+    return [answer.strip() for answer in answers], cost

@@ -1,0 +1,58 @@
+"""Reading MMBench / MMBench-CN TSV files (``index, question, hint, A..E, answer?, category, image``)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from llava.eval.jsonl_io import InputFileError, LineError
+
+OPTION_COLUMNS = "ABCDE"
+REQUIRED_COLUMNS = ("index", "question", "image", "A", "B")
+
+
+def is_blank(value: str | None) -> bool:
+    """True for a missing cell (empty, or pandas' ``nan``)."""
+    return value is None or value.strip() == "" or value.strip().lower() == "nan"
+
+
+def row_options(row: dict[str, str]) -> list[str]:
+    """The row's options A, B, ... up to the first blank one."""
+    options = []
+    for column in OPTION_COLUMNS:
+        if is_blank(row.get(column)):
+            break
+        options.append(row[column])
+    return options
+
+
+def decode_base64_image(data: str) -> Image.Image:
+    """An RGB image from MMBench's base64 ``image`` cell."""
+    with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+        return image.convert("RGB")
+
+
+def read_mmbench_tsv(path: str | Path) -> tuple[list[dict[str, str]], list[LineError]]:
+    """Rows of an MMBench TSV, and one error per row lacking a required cell (line numbers from 2)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: file not found")
+    csv.field_size_limit(sys.maxsize)
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        missing_columns = [name for name in REQUIRED_COLUMNS if name not in (reader.fieldnames or [])]
+        if missing_columns:
+            raise InputFileError(f"{path}: missing column(s) {', '.join(missing_columns)}")
+        rows, errors = [], []
+        for row in reader:
+            blank = [name for name in REQUIRED_COLUMNS if is_blank(row.get(name))]
+            if blank:
+                errors.append(LineError(str(path), reader.line_num, f"empty cell(s): {', '.join(blank)}"))
+            else:
+                rows.append(row)
+    return rows, errors

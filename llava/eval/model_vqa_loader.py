@@ -1,0 +1,48 @@
+"""Answer a LLaVA question file (``{question_id, image, text}`` per line) with a (pruned) LLaVA.
+
+``python -m llava.eval.model_vqa_loader --question-file q.jsonl --image-folder imgs --answers-file a.jsonl
+[--pruning_method fastv --visual_token_num 128 ...]``; ``--help`` lists every flag. A question without
+an ``image`` field is answered from text alone, unpruned.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from llava.eval.chunking import get_chunk
+from llava.eval.cli_args import build_parser
+from llava.eval.jsonl_io import LineError, exit_code_on_input_error, read_jsonl
+from llava.eval.run_loop import EvalSample, open_image, run_entry_point
+
+
+def load_vqa_samples(
+    question_file: str | Path, image_folder: str | Path, num_chunks: int = 1, chunk_idx: int = 0
+) -> tuple[list[EvalSample], list[LineError]]:
+    """This chunk's samples from a question JSONL, and the file's unusable lines."""
+    questions, line_errors = read_jsonl(question_file, required_fields=("question_id", "text"))
+    samples = [
+        EvalSample(
+            question_id=question["question_id"],
+            prompt=question["text"],
+            load_image=functools.partial(open_image, Path(image_folder) / question["image"])
+            if question.get("image")
+            else None,
+        )
+        for question in get_chunk(questions, num_chunks, chunk_idx)
+    ]
+    return samples, line_errors
+
+
+@exit_code_on_input_error
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: answer a question JSONL."""
+    args = build_parser(__doc__.splitlines()[0]).parse_args(argv)
+    samples, line_errors = load_vqa_samples(args.question_file, args.image_folder, args.num_chunks, args.chunk_idx)
+    return run_entry_point(args, samples, line_errors)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
