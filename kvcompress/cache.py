@@ -20,7 +20,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from kvcompress.adapters import adapter_for
 from kvcompress.attention_math import window_keep
-from kvcompress.layout import HeadLayout, KVPolicy, SnapKVPolicy, WindowKV, get_layout
+from kvcompress.layout import HeadLayout, KVPolicy, WindowKV, get_layout
 
 
 @dataclass
@@ -172,7 +172,3 @@ def kv_cache_bytes(cache: Cache) -> int:
             total += layer.keys.nbytes + layer.values.nbytes
     return total
 
-
-def uses_snapkv(layout: HeadLayout) -> bool:
-    """Whether any KV head of the layout is compressed with SnapKV."""
-    return any(isinstance(policy, SnapKVPolicy) for policy in layout.kv_policies)

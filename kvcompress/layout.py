@@ -82,7 +82,7 @@ class HeadLayout:
 
     def with_policies(self, policies: dict[int, KVPolicy]) -> HeadLayout:
         """Copy with the policy of some *original* KV head ids replaced (ids not present are ignored)."""
-        new = tuple(policies.get(kv, old) for kv, old in zip(self.kv_heads, self.kv_policies))
+        new = tuple(policies.get(kv, old) for kv, old in zip(self.kv_heads, self.kv_policies, strict=True))
         return replace(self, kv_policies=new)
 
     def keeping(self, query_heads: set[int], kv_heads: set[int]) -> HeadLayout:
@@ -99,12 +99,6 @@ class HeadLayout:
             tuple(kv_new_index[self.query_to_kv[i]] for i in q_keep),
             tuple(self.kv_policies[k] for k in kv_keep),
         )
-
-    @property
-    def is_dense_default(self) -> bool:
-        """True when nothing was changed (all heads present, all KV full)."""
-        return self == HeadLayout.dense(len(self.query_heads), len(self.kv_heads)) and \
-            self.query_heads == tuple(range(len(self.query_heads)))
 
 
 def get_layout(attention: nn.Module, adapter: ArchitectureAdapter) -> HeadLayout:
