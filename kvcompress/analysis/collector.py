@@ -102,7 +102,13 @@ def collect_head_statistics(
         for input_ids in tqdm(list(inputs), desc="attention statistics", disable=not progress):
             length = max(length, input_ids.shape[-1])
             model(input_ids=input_ids.to(model.device), use_cache=False)
+    return statistics_from_sums(shape, config, totals, length)
+
+
+def statistics_from_sums(shape: ModelShape, config: StatisticsConfig, totals: list[StatisticSums],
+                         sequence_length: int) -> HeadStatistics:
+    """Turn per-layer sums (one :class:`StatisticSums` per layer) into a :class:`HeadStatistics`."""
     layer_means = [means_from_sums(total) for total in totals]
     means = {name: np.stack([m[name].numpy() for m in layer_means]) for name in MEAN_STATISTICS}
     histogram = np.stack([m["argmax_histogram"].numpy() for m in layer_means])
-    return HeadStatistics(shape, config, means, histogram, totals[0].rows, length)
+    return HeadStatistics(shape, config, means, histogram, totals[0].rows, sequence_length)
