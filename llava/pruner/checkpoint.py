@@ -1,0 +1,45 @@
+"""Checkpoints of the learned pruner: everything training needs to resume, and the pruner alone for inference.
+
+A checkpoint is a ``torch.save`` dict of tensors and plain values (loadable with ``weights_only=True``):
+``step``, ``train_config``, ``pruner_config``, ``pruner``, ``discriminator``, ``pruner_optimizer``,
+``discriminator_optimizer``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llava.pruner.heads import LayerSpecificPruner, PrunerConfig
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically (temporary file, then rename), so an interrupted save keeps the last one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    torch.save(state, temporary)
+    temporary.replace(path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no pruner checkpoint at {path} (train one with python -m llava.train.train_pruner)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def pruner_from_checkpoint(checkpoint: dict[str, Any]) -> LayerSpecificPruner:
+    """The trained ``LayerSpecificPruner`` of a checkpoint, in eval mode."""
+    pruner = LayerSpecificPruner(PrunerConfig(**checkpoint["pruner_config"]))
+    pruner.load_state_dict(checkpoint["pruner"])
+    return pruner.eval()
+
+
+def pruner_config_dict(pruner: LayerSpecificPruner) -> dict[str, Any]:
+    return asdict(pruner.config)

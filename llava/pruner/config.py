@@ -1,0 +1,147 @@
+"""Training configuration of the learned pruner, read from YAML (``configs/vision_token_pruning.yaml``).
+
+Every section is a dataclass; unknown keys and out-of-range values raise ``ValueError`` naming the
+key and the valid range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llava.pruner.schedules import Ramp
+
+
+@dataclass
+class MethodSettings:
+    """The pruner and discriminator (``method_settings``).
+
+    ``target_keep_ratio``: cumulative keep ratio after each pruning layer (``P_i`` target), or
+    ``target_tokens``: the same as token counts (``rho_i = K_i / S``); give exactly one.
+    """
+
+    pruning_layers: list[int] = field(default_factory=lambda: [6, 12, 18])
+    target_keep_ratio: list[float] | None = None
+    target_tokens: list[int] | None = None
+    use_attn_residual: bool = True
+    attn_residual_weight: float | list[float] = 1.0
+    learnable_attn_weight: bool = True
+    head_hidden_dim: int = 128
+    head_num_heads: int = 4
+    discriminator_hidden_dim: int = 64
+    use_spectral_norm: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.target_keep_ratio is None) == (self.target_tokens is None):
+            raise ValueError("method_settings: give exactly one of target_keep_ratio and target_tokens")
+        targets = self.target_keep_ratio if self.target_keep_ratio is not None else self.target_tokens
+        if len(targets) != len(self.pruning_layers):
+            raise ValueError(
+                f"method_settings: {len(targets)} targets for {len(self.pruning_layers)} pruning layers "
+                f"{self.pruning_layers}: give one per layer"
+            )
+        if any(later > earlier for earlier, later in zip(targets, targets[1:], strict=False)):
+            raise ValueError(f"method_settings: targets are cumulative and cannot grow, got {targets}")
+        if self.target_keep_ratio is not None and not all(0.0 < r <= 1.0 for r in self.target_keep_ratio):
+            raise ValueError(
+                f"method_settings.target_keep_ratio values must lie in (0, 1], got {self.target_keep_ratio}"
+            )
+        if self.target_tokens is not None and not all(k >= 1 for k in self.target_tokens):
+            raise ValueError(f"method_settings.target_tokens values must be >= 1, got {self.target_tokens}")
+
+    def target_ratios(self, span_length: int) -> list[float]:
+        """Cumulative target keep ratio per pruning layer for a span of ``span_length`` tokens."""
+        if self.target_keep_ratio is not None:
+            return list(self.target_keep_ratio)
+        if max(self.target_tokens) > span_length:
+            raise ValueError(f"method_settings.target_tokens {self.target_tokens} exceed the span of {span_length}")
+        return [k / span_length for k in self.target_tokens]
+
+
+@dataclass
+class LossWeights:
+    """Cosine ramps (``start`` -> ``end``) of the loss weights."""
+
+    task: Ramp = field(default_factory=lambda: Ramp(1.0, 1.0))
+    adversarial: Ramp = field(default_factory=lambda: Ramp(1.0, 10.0))
+    sparsity: Ramp = field(default_factory=lambda: Ramp(10.0, 10.0))
+    binarization: Ramp = field(default_factory=lambda: Ramp(0.0, 1.0))
+
+
+@dataclass
+class TrainingSettings:
+    steps: int = 100
+    batch_size: int = 2
+    lr_pruner: float = 1e-3
+    lr_discriminator: float = 1e-4
+    checkpoint_every: int = 25
+    schedule_steps: int | None = None
+    """Steps over which temperature and loss weights ramp (default: ``steps``)."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr_pruner", "lr_discriminator"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"training.{name} must be > 0, got {getattr(self, name)}")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise ValueError(f"training.schedule_steps must be >= 1, got {self.schedule_steps}")
+
+    @property
+    def ramp_steps(self) -> int:
+        return self.schedule_steps or self.steps
+
+
+@dataclass
+class TrainConfig:
+    model_path: str = "tiny-random-llava"
+    output_dir: str = "outputs/learned_pruner"
+    seed: int = 0
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    """Text-config overrides for the tiny model (e.g. ``num_hidden_layers``), tests only."""
+    method_settings: MethodSettings = field(default_factory=lambda: MethodSettings(target_keep_ratio=[0.5, 0.25, 0.11]))
+    temperature: Ramp = field(default_factory=lambda: Ramp(0.99, 0.4))
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.temperature.end <= self.temperature.start:
+            raise ValueError(f"temperature must anneal down to a positive value, got {self.temperature}")
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    """Instantiate dataclass ``cls`` from a YAML mapping, recursing into dataclass-typed fields."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a mapping, got {values!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; valid: {', '.join(sorted(known))}")
+    nested = {
+        "Ramp": Ramp,
+        "MethodSettings": MethodSettings,
+        "LossWeights": LossWeights,
+        "TrainingSettings": TrainingSettings,
+    }
+    kwargs = {}
+    for name, value in values.items():
+        type_name = str(known[name].type)
+        kwargs[name] = _build(nested[type_name], value, f"{where}.{name}") if type_name in nested else value
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        raise ValueError(f"{where}: {error}") from error
+
+
+def train_config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    return _build(TrainConfig, values, "config")
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read and validate a YAML training config."""
+    with open(path) as handle:
+        return train_config_from_dict(yaml.safe_load(handle) or {})

@@ -1,0 +1,101 @@
+"""Synthetic visual question answering batches, generated in-process (tests, demos, smoke training).
+
+Sample ``i`` of seed ``s`` is a deterministic function of ``(s, i)``: random pixels ``N(0, 1)`` and a
+question/answer pair from a small list, laid out as LLaVA-1.5's vicuna prompt with the image expanded
+to its visual tokens:
+
+    <s> "USER: " <image> x n_image "\n" question " ASSISTANT:" | " " answer </s>
+
+Batches are left-padded; labels are -100 everywhere except on the answer tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llava.constants import IGNORE_INDEX
+from llava.pruning.span import span_from_token_id
+
+QUESTION_ANSWERS = (
+    ("What is in the image?", "A dog."),
+    ("Is there a cat?", "No."),
+    ("What color is the car?", "Red."),
+    ("How many people are there?", "Two."),
+    ("Is it daytime?", "Yes."),
+    ("Where is the ball?", "On the grass."),
+)
+IMAGE_SIZE = 336
+
+
+@dataclass
+class PrunerBatch:
+    """Model inputs plus the positions the pruner needs.
+
+    ``span``: ``[B, 2]`` (start, end) of the image tokens; ``query_index``: ``[B]`` last prompt token.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    pixel_values: torch.Tensor
+    span: torch.Tensor
+    query_index: torch.Tensor
+
+
+@dataclass
+class SyntheticSample:
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    pixel_values: torch.Tensor  # [3, H, W]
+
+
+def synthetic_sample(index: int, seed: int, tokenizer, image_token_id: int, num_image_tokens: int) -> SyntheticSample:
+    """Sample ``index`` of the synthetic set ``seed`` (see module docstring)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    question, answer = QUESTION_ANSWERS[int(torch.randint(len(QUESTION_ANSWERS), (1,), generator=generator))]
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+    prompt = (
+        [tokenizer.bos_token_id]
+        + encode("USER: ")
+        + [image_token_id] * num_image_tokens
+        + encode(f"\n{question} ASSISTANT:")
+    )
+    pixels = torch.randn(3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    return SyntheticSample(prompt, encode(f" {answer}") + [tokenizer.eos_token_id], pixels)
+
+
+def collate(samples: list[SyntheticSample], pad_token_id: int, image_token_id: int) -> PrunerBatch:
+    """Left-pad prompt + answer to one width; labels only on the answer."""
+    width = max(len(s.prompt_ids) + len(s.answer_ids) for s in samples)
+    input_ids = torch.full((len(samples), width), pad_token_id, dtype=torch.long)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    attention_mask = torch.zeros_like(input_ids)
+    query_index = torch.empty(len(samples), dtype=torch.long)
+    for row, sample in enumerate(samples):
+        ids = sample.prompt_ids + sample.answer_ids
+        start = width - len(ids)
+        input_ids[row, start:] = torch.tensor(ids)
+        attention_mask[row, start:] = 1
+        labels[row, width - len(sample.answer_ids) :] = torch.tensor(sample.answer_ids)
+        query_index[row] = width - len(sample.answer_ids) - 1
+    return PrunerBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        labels=labels,
+        pixel_values=torch.stack([s.pixel_values for s in samples]),
+        span=span_from_token_id(input_ids, image_token_id),
+        query_index=query_index,
+    )
+
+
+def synthetic_batch(
+    step: int, batch_size: int, seed: int, tokenizer, image_token_id: int, num_image_tokens: int
+) -> PrunerBatch:
+    """Batch ``step``: samples ``step * batch_size .. (step + 1) * batch_size - 1`` of the synthetic set."""
+    samples = [
+        synthetic_sample(step * batch_size + i, seed, tokenizer, image_token_id, num_image_tokens)
+        for i in range(batch_size)
+    ]
+    return collate(samples, tokenizer.pad_token_id, image_token_id)

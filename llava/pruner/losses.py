@@ -1,0 +1,45 @@
+"""Training losses of the learned pruner (pure functions).
+
+* task:          CE of the answer tokens, ``-mean_t log p(y_t | y_<t)`` over labels != -100 (shifted by one);
+* adversarial:   generator ``-mean log D(fake)``; discriminator ``-(mean log D(real) + mean log(1 - D(fake))) / 2``;
+* sparsity:      ``mean_i (mean_j P_i(j) - rho_i)^2`` with ``P_i`` the cumulative keep of stage ``i`` and
+                 ``rho_i`` its target keep ratio (a target token count ``K_i`` is ``rho_i = K_i / S``);
+* binarization:  ``mean_i mean_j 4 p_i(j) (1 - p_i(j))`` (0 for 0/1 masks, 1 at p = 0.5).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from llava.constants import IGNORE_INDEX
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token CE on the labelled (answer) positions; ``logits`` ``[B, N, V]``, ``labels`` ``[B, N]``."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+
+
+def generator_adversarial_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss ``-mean log D(fake)``."""
+    return F.binary_cross_entropy(fake_scores, torch.ones_like(fake_scores))
+
+
+def discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """``-(mean log D(real) + mean log(1 - D(fake))) / 2``."""
+    real = F.binary_cross_entropy(real_scores, torch.ones_like(real_scores))
+    fake = F.binary_cross_entropy(fake_scores, torch.zeros_like(fake_scores))
+    return (real + fake) / 2
+
+
+def sparsity_loss(cumulative_keep: list[torch.Tensor], target_ratios: list[float]) -> torch.Tensor:
+    """``mean_i (mean_j P_i(j) - rho_i)^2``."""
+    if len(cumulative_keep) != len(target_ratios):
+        raise ValueError(f"{len(cumulative_keep)} stages but {len(target_ratios)} target keep ratios")
+    gaps = [(keep.mean() - target) ** 2 for keep, target in zip(cumulative_keep, target_ratios, strict=True)]
+    return torch.stack(gaps).mean()
+
+
+def binarization_loss(stage_probs: list[torch.Tensor]) -> torch.Tensor:
+    """``mean_i mean_j 4 p (1 - p)``."""
+    return torch.stack([(4 * probs * (1 - probs)).mean() for probs in stage_probs]).mean()

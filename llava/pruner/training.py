@@ -1,0 +1,196 @@
+"""One adversarial training step of the learned pruner, and the state it updates.
+
+Step ``t`` (the frozen VLM never changes; only the pruner and the discriminator learn):
+
+1. ``tau_t`` and the loss weights ``w_t`` from their schedules;
+2. real branch: unpruned forward (no gradient); fake branch: soft-pruned forward with Gumbel noise;
+3. generator (pruner) update on
+   ``L_G = w_task CE + w_adv (-log D(fake)) + w_sparsity sum_i (mean P_i - rho_i)^2 / n + w_bin mean 4p(1-p)``;
+4. discriminator update on ``L_D = -(log D(real) + log(1 - D(fake))) / 2`` with the fake states detached.
+
+All randomness of step ``t`` (data, Gumbel noise, discriminator noise) comes from generators seeded by
+``(seed, t)``, so a run resumed from a checkpoint at step ``t`` continues exactly as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from llava.model.builder import load_pretrained_model
+from llava.model.llava_arch import image_features_per_image
+from llava.model.tiny import build_tiny_llava, build_tiny_tokenizer
+from llava.pruner.checkpoint import pruner_config_dict
+from llava.pruner.config import TrainConfig
+from llava.pruner.data import PrunerBatch, synthetic_batch
+from llava.pruner.discriminator import Discriminator
+from llava.pruner.heads import LayerSpecificPruner, PrunerConfig
+from llava.pruner.losses import (
+    binarization_loss,
+    discriminator_loss,
+    generator_adversarial_loss,
+    sparsity_loss,
+    task_loss,
+)
+from llava.pruner.schedules import annealed_temperature, cosine_weight
+from llava.pruner.soft_forward import multimodal_embeddings, soft_pruned_forward
+
+LOSS_NAMES = ("task", "adversarial", "sparsity", "binarization")
+
+
+@dataclass
+class TrainState:
+    config: TrainConfig
+    llava: Any
+    tokenizer: Any
+    pruner: LayerSpecificPruner
+    discriminator: Discriminator
+    pruner_optimizer: torch.optim.Optimizer
+    discriminator_optimizer: torch.optim.Optimizer
+    step: int = 0
+
+    @property
+    def span_length(self) -> int:
+        return image_features_per_image(self.llava.config)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to resume (see ``llava.pruner.checkpoint``)."""
+        return {
+            "step": self.step,
+            "train_config": asdict(self.config),
+            "pruner_config": pruner_config_dict(self.pruner),
+            "pruner": self.pruner.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "pruner_optimizer": self.pruner_optimizer.state_dict(),
+            "discriminator_optimizer": self.discriminator_optimizer.state_dict(),
+        }
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        if checkpoint["pruner_config"] != pruner_config_dict(self.pruner):
+            raise ValueError(
+                "the checkpoint's pruner architecture differs from the config: "
+                f"{checkpoint['pruner_config']} != {pruner_config_dict(self.pruner)}"
+            )
+        self.pruner.load_state_dict(checkpoint["pruner"])
+        self.discriminator.load_state_dict(checkpoint["discriminator"])
+        self.pruner_optimizer.load_state_dict(checkpoint["pruner_optimizer"])
+        self.discriminator_optimizer.load_state_dict(checkpoint["discriminator_optimizer"])
+        self.step = checkpoint["step"]
+
+
+def load_frozen_model(config: TrainConfig) -> tuple[Any, Any]:
+    """``(tokenizer, llava)`` with every parameter frozen; ``model_overrides`` only apply to the tiny model."""
+    if config.model_overrides:
+        if config.model_path != "tiny-random-llava":
+            raise ValueError("model_overrides only apply to model_path: tiny-random-llava")
+        tokenizer, llava = build_tiny_tokenizer(), build_tiny_llava(seed=0, text_overrides=config.model_overrides)
+    else:
+        tokenizer, llava, _, _ = load_pretrained_model(config.model_path)
+    llava.requires_grad_(False)
+    return tokenizer, llava.eval()
+
+
+def build_train_state(config: TrainConfig) -> TrainState:
+    """Frozen model, fresh pruner and discriminator (seeded by ``config.seed``), their optimizers."""
+    tokenizer, llava = load_frozen_model(config)
+    settings = config.method_settings
+    text_config = llava.config.text_config
+    torch.manual_seed(config.seed)
+    pruner = LayerSpecificPruner(
+        PrunerConfig(
+            d_model=text_config.hidden_size,
+            pruning_layers=list(settings.pruning_layers),
+            hidden_dim=settings.head_hidden_dim,
+            num_heads=settings.head_num_heads,
+            use_attn_residual=settings.use_attn_residual,
+            attn_residual_weight=settings.attn_residual_weight,
+            learnable_attn_weight=settings.learnable_attn_weight,
+        )
+    )
+    if max(settings.pruning_layers) >= text_config.num_hidden_layers or min(settings.pruning_layers) < 1:
+        raise ValueError(
+            f"method_settings.pruning_layers {settings.pruning_layers} must lie in [1, {text_config.num_hidden_layers - 1}]"
+        )
+    discriminator = Discriminator(
+        text_config.hidden_size,
+        len(settings.pruning_layers),
+        hidden_dim=settings.discriminator_hidden_dim,
+        use_spectral_norm=settings.use_spectral_norm,
+    )
+    return TrainState(
+        config=config,
+        llava=llava,
+        tokenizer=tokenizer,
+        pruner=pruner.train(),
+        discriminator=discriminator.train(),
+        pruner_optimizer=torch.optim.AdamW(pruner.parameters(), lr=config.training.lr_pruner),
+        discriminator_optimizer=torch.optim.AdamW(discriminator.parameters(), lr=config.training.lr_discriminator),
+    )
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """Independent, reproducible random stream ``stream`` of step ``step``."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 8 + stream)
+
+
+def text_after_image(batch: PrunerBatch) -> torch.Tensor:
+    """``[B, N]`` bool: non-padding tokens after the image span (question and answer)."""
+    positions = torch.arange(batch.input_ids.shape[1]).expand_as(batch.input_ids)
+    return batch.attention_mask.bool() & (positions >= batch.span[:, 1:])
+
+
+def train_step(state: TrainState) -> dict[str, Any]:
+    """Run step ``state.step`` (generator then discriminator update), advance ``state.step``; return its metrics."""
+    config, step = state.config, state.step
+    ramp_steps = config.training.ramp_steps
+    layers = list(config.method_settings.pruning_layers)
+    batch = synthetic_batch(
+        step,
+        config.training.batch_size,
+        config.seed,
+        state.tokenizer,
+        state.llava.config.image_token_id,
+        state.span_length,
+    )
+    temperature = annealed_temperature(config.temperature, step, ramp_steps)
+    weights = {name: cosine_weight(getattr(config.loss_weights, name), step, ramp_steps) for name in LOSS_NAMES}
+    embeds = multimodal_embeddings(state.llava, batch.input_ids, batch.pixel_values)
+    text_valid = text_after_image(batch)
+    with torch.no_grad():
+        real = soft_pruned_forward(state.llava, embeds, batch, layers)
+    fake = soft_pruned_forward(
+        state.llava, embeds, batch, layers, state.pruner, temperature, step_generator(config.seed, step, 0)
+    )
+    fake_scores = state.discriminator(fake.stage_states, text_valid, step_generator(config.seed, step, 1))
+    losses = {
+        "task": task_loss(fake.logits, batch.labels),
+        "adversarial": generator_adversarial_loss(fake_scores),
+        "sparsity": sparsity_loss(fake.cumulative_keep, config.method_settings.target_ratios(state.span_length)),
+        "binarization": binarization_loss(fake.stage_probs),
+    }
+    total = sum(weights[name] * losses[name] for name in LOSS_NAMES)
+    state.pruner_optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    state.pruner_optimizer.step()
+
+    noise = step_generator(config.seed, step, 2)
+    d_loss = discriminator_loss(
+        state.discriminator(real.stage_states, text_valid, noise),
+        state.discriminator([s.detach() for s in fake.stage_states], text_valid, noise),
+    )
+    state.discriminator_optimizer.zero_grad(set_to_none=True)
+    d_loss.backward()
+    state.discriminator_optimizer.step()
+    state.step += 1
+    return {
+        "step": step,
+        "total": float(total.detach()),
+        **{f"loss_{name}": float(value) for name, value in losses.items()},
+        "loss_discriminator": float(d_loss),
+        "temperature": temperature,
+        **{f"weight_{name}": value for name, value in weights.items()},
+        "keep_ratio": {layer: float(keep.mean()) for layer, keep in zip(layers, fake.cumulative_keep, strict=True)},
+        "residual_weight": state.pruner.residual_weights(),
+    }

@@ -1,0 +1,80 @@
+"""Train the learned visual-token pruner: ``python -m llava.train.train_pruner --config configs/vision_token_pruning.yaml``.
+
+Writes ``<output_dir>/checkpoint.pt`` every ``training.checkpoint_every`` steps and at the end, and one
+JSON line per step to ``<output_dir>/train_log.jsonl`` (losses, loss weights, temperature, cumulative
+keep ratio per pruning layer, residual weights). ``--resume`` continues from the checkpoint exactly as
+an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from llava.pruner.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from llava.pruner.config import TrainConfig, load_train_config
+from llava.pruner.training import build_train_state, train_step
+
+LOG_NAME = "train_log.jsonl"
+
+
+def progress_postfix(metrics: dict[str, Any]) -> dict[str, str]:
+    """Short tqdm postfix: total loss, last stage keep ratio, temperature."""
+    keep = list(metrics["keep_ratio"].values())[-1]
+    return {"loss": f"{metrics['total']:.3f}", "keep": f"{keep:.3f}", "tau": f"{metrics['temperature']:.3f}"}
+
+
+def run_training(config: TrainConfig, resume: bool = False, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Train to ``config.training.steps`` (from the checkpoint if ``resume``); return the metrics of the steps run."""
+    output_dir = Path(config.output_dir)
+    checkpoint_path = output_dir / CHECKPOINT_NAME
+    state = build_train_state(config)
+    if resume:
+        state.restore(read_checkpoint(checkpoint_path))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    history = []
+    steps = config.training.steps
+    with (
+        open(output_dir / LOG_NAME, "a") as log,
+        tqdm(total=steps, initial=state.step, disable=not show_progress, desc="pruner") as bar,
+    ):
+        while state.step < steps:
+            metrics = train_step(state)
+            history.append(metrics)
+            log.write(json.dumps(metrics) + "\n")
+            log.flush()
+            bar.set_postfix(progress_postfix(metrics))
+            bar.update(1)
+            if state.step % config.training.checkpoint_every == 0 or state.step == steps:
+                save_checkpoint(checkpoint_path, state.checkpoint())
+    return history
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/vision_token_pruning.yaml", help="YAML training config")
+    parser.add_argument("--output-dir", help="override output_dir of the config")
+    parser.add_argument("--steps", type=int, help="override training.steps")
+    parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoint.pt")
+    args = parser.parse_args(argv)
+    config = load_train_config(args.config)
+    if args.output_dir:
+        config.output_dir = args.output_dir
+    if args.steps is not None:
+        config.training.steps = args.steps
+    history = run_training(config, resume=args.resume)
+    if history:
+        first, last = history[0], history[-1]
+        print(
+            f"steps {first['step']}..{last['step']}: total loss {first['total']:.4f} -> {last['total']:.4f}; "
+            f"keep ratio {first['keep_ratio']} -> {last['keep_ratio']}; residual weight {last['residual_weight']}"
+        )
+    print(f"checkpoint: {Path(config.output_dir) / CHECKPOINT_NAME}")
+
+
+if __name__ == "__main__":
+    main()
