@@ -1,0 +1,128 @@
+"""Prefill speed of FastV against the unpruned model, measured side by side in one run.
+
+Builds a random Llama with LLaVA-1.5-7B's depth (32 layers) and a LLaVA-shaped prompt
+(35 system tokens + 576 image tokens + ~60 question tokens), then times, interleaved round-robin so
+machine noise hits every row alike:
+
+* vanilla SDPA and vanilla eager attention;
+* FastV (ours: SDPA, attention rows from q.k) at K=2 with R = 288 / 144 / 72;
+* FastV as the reference implementations run it: eager attention everywhere and the full N x N
+  attention map of layer K-1 (what ``output_attentions`` materialises).
+
+For each row: median prefill ms, ratio to vanilla SDPA, theoretical FLOPs ratio (SwiGLU convention,
+decoder only) and measured / theoretical. The last line is ``fastv_r144_measured_over_theoretical=<x>``.
+
+    python -m bench.prefill --quick                          # CPU, width 512
+    python -m bench.prefill --device cuda --dtype bfloat16   # full 7B width (4096 / 11008)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from llava.model.language_model.pruning_config import PruningLlamaConfig
+from llava.model.language_model.pruning_llama import PruningLlamaModel
+from llava.pruning.budget import prefill_flops, span_tokens_per_layer
+
+SYSTEM_TOKENS, IMAGE_TOKENS, QUESTION_TOKENS = 35, 576, 60
+AGG_LAYER = 2
+
+
+@dataclass
+class Row:
+    name: str
+    model: PruningLlamaModel
+    keep: int | None
+
+
+def build_rows(hidden: int, mlp: int, heads: int, dtype: torch.dtype, device: str) -> list[Row]:
+    base = dict(
+        vocab_size=1000,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_hidden_layers=32,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=4096,
+        fast_v_agg_layer=AGG_LAYER,
+    )
+    torch.manual_seed(0)
+    sdpa = PruningLlamaModel(PruningLlamaConfig(**base)).to(device=device, dtype=dtype).eval()
+    state = sdpa.state_dict()
+
+    def variant(attn: str, **fields) -> PruningLlamaModel:
+        config = PruningLlamaConfig(**base, **fields)
+        config._attn_implementation = attn
+        model = PruningLlamaModel(config).to(device=device, dtype=dtype).eval()
+        model.load_state_dict(state)
+        return model
+
+    rows = [Row("vanilla sdpa", sdpa, None), Row("vanilla eager", variant("eager"), None)]
+    for keep in (288, 144, 72):
+        rows.append(Row(f"fastv ours R={keep}", variant("sdpa", use_fast_v=True, fast_v_attention_rank=keep), keep))
+    for keep in (288, 144, 72):
+        fields = dict(use_fast_v=True, fast_v_attention_rank=keep, pruning_scoring="full_matrix")
+        rows.append(Row(f"fastv reference R={keep}", variant("eager", **fields), keep))
+    return rows
+
+
+def time_prefill(model: PruningLlamaModel, embeds: torch.Tensor, span: tuple[int, int]) -> float:
+    if embeds.is_cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    with torch.no_grad():
+        model(inputs_embeds=embeds, prune_span=span, use_cache=True)
+    if embeds.is_cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) * 1000.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="CPU-friendly width 512 (default: 7B width 4096)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 5 quick, 10 full)")
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda given but CUDA is not available")
+
+    hidden, mlp, heads = (512, 1376, 8) if args.quick else (4096, 11008, 32)
+    repeats = args.repeats or (5 if args.quick else 10)
+    dtype = getattr(torch, args.dtype)
+    rows = build_rows(hidden, mlp, heads, dtype, args.device)
+    n = SYSTEM_TOKENS + IMAGE_TOKENS + QUESTION_TOKENS
+    span = (SYSTEM_TOKENS, SYSTEM_TOKENS + IMAGE_TOKENS)
+    embeds = torch.randn(1, n, hidden, generator=torch.Generator().manual_seed(0)).to(args.device, dtype) * 0.02
+
+    for row in rows:  # warm-up
+        time_prefill(row.model, embeds, span)
+    times: dict[str, list[float]] = {row.name: [] for row in rows}
+    for _ in range(repeats):
+        for row in rows:
+            times[row.name].append(time_prefill(row.model, embeds, span))
+
+    other = n - IMAGE_TOKENS
+    full_flops = prefill_flops([IMAGE_TOKENS] * 32, other, hidden, mlp, "swiglu")
+    vanilla_ms = statistics.median(times["vanilla sdpa"])
+    print(f"device={args.device} dtype={args.dtype} width={hidden} mlp={mlp} layers=32 prompt={n} repeats={repeats}")
+    print(f"{'row':<26}{'median ms':>11}{'vs sdpa':>9}{'FLOPs':>8}{'meas/theory':>13}")
+    result = None
+    for row in rows:
+        ms = statistics.median(times[row.name])
+        per_layer = span_tokens_per_layer(32, IMAGE_TOKENS, [(AGG_LAYER, row.keep)] if row.keep else [])
+        theory = prefill_flops(per_layer, other, hidden, mlp, "swiglu") / full_flops
+        ratio = ms / vanilla_ms
+        print(f"{row.name:<26}{ms:>11.1f}{ratio:>9.3f}{theory:>8.3f}{ratio / theory:>13.3f}")
+        if row.name == "fastv ours R=144":
+            result = ratio / theory
+    print(f"fastv_r144_measured_over_theoretical={result:.3f}")
+
+
+if __name__ == "__main__":
+    main()
