@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from llava.model.language_model.pruning_llama import PruningLlamaModel, _gather_rows, _Sequence
+from llava.model.language_model.pruning_llama import PruningLlamaModel, _Sequence
 from llava.pruner.data import PrunerBatch
 from llava.pruner.heads import LayerSpecificPruner
 from llava.pruner.masks import gumbel_keep_probs
-from llava.pruner.text_attention import question_rows, reweight_keys, text_to_vision_attention
+from llava.pruner.text_attention import gather_tokens, question_rows, reweight_keys, text_to_vision_attention
 
 KEEP_EPS = 1e-6
 
@@ -129,7 +129,7 @@ def soft_pruned_forward(
                         language_model, idx, hidden, cos_sin, valid, key_weights, rows, row_weights, span_index
                     )
                 logits = pruner(
-                    idx, _gather_rows(hidden, span_index), _gather_rows(hidden, rows), row_weights > 0, attention
+                    idx, gather_tokens(hidden, span_index), gather_tokens(hidden, rows), row_weights > 0, attention
                 )
                 probs = gumbel_keep_probs(logits.float(), temperature, generator)
                 previous = cumulative[-1] if cumulative else torch.ones_like(probs)

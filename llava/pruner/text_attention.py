@@ -14,6 +14,11 @@ from __future__ import annotations
 import torch
 
 
+def gather_tokens(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tensor[b, index[b]]``: ``[B, T, d]`` rows of a ``[B, N, d]`` tensor for a ``[B, T]`` index."""
+    return tensor.gather(1, index[:, :, None].expand(-1, -1, tensor.shape[-1]))
+
+
 def question_rows(span_end: torch.Tensor, query_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices ``[B, T]`` of the rows ``span_end .. query_index`` and their weights ``[B, T]``.
 
