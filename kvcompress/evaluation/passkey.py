@@ -1,0 +1,57 @@
+"""Passkey retrieval: a 5-digit key hidden at a given depth of repetitive filler text.
+
+Prompt = task sentence + filler (with ``The pass key is K. Remember it. K is the pass key.`` inserted
+at ``depth`` of it) + ``What is the pass key? The pass key is``; the answer is `` K``. Accuracy is
+the fraction of prompts whose greedy continuation contains ``K``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+TASK = ("There is an important piece of information hidden inside a lot of irrelevant text. Find it and "
+        "memorize it. I will quiz you about the important information there.\n")
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+QUESTION = "\nWhat is the pass key? The pass key is"
+
+
+@dataclass(frozen=True)
+class PasskeyPrompt:
+    input_ids: torch.Tensor  # [1, N]
+    answer_ids: torch.Tensor  # [1, A]: tokens of " K"
+    passkey: str
+    depth: float
+
+
+def make_passkey_prompt(tokenizer: PreTrainedTokenizerBase, length: int, depth: float, passkey: str) -> PasskeyPrompt:
+    """A prompt of about ``length`` tokens with the key at relative ``depth`` (0 = start, 1 = end) of the filler."""
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    needle = f"The pass key is {passkey}. Remember it. {passkey} is the pass key. "
+    fixed = len(encode(TASK + needle + QUESTION))
+    filler_ids = encode(FILLER)
+    repeats = max(1, (length - fixed) // len(filler_ids))
+    before = round(repeats * depth)
+    text = TASK + FILLER * before + needle + FILLER * (repeats - before) + QUESTION
+    ids = torch.tensor([encode(text)])
+    return PasskeyPrompt(ids, torch.tensor([encode(" " + passkey)]), passkey, depth)
+
+
+def make_passkey_prompts(tokenizer: PreTrainedTokenizerBase, length: int, count: int, seed: int = 0) -> list[PasskeyPrompt]:
+    """``count`` prompts with depths spread evenly over [0, 1] and random keys (seeded)."""
+    rng = random.Random(seed)
+    depths = [i / max(count - 1, 1) for i in range(count)]
+    return [make_passkey_prompt(tokenizer, length, depth, str(rng.randint(10000, 99999))) for depth in depths]
+
+
+def passkey_correct(generate: Callable[[torch.Tensor, int], torch.Tensor], tokenizer: PreTrainedTokenizerBase,
+                    prompt: PasskeyPrompt) -> bool:
+    """Run ``generate(input_ids, max_new_tokens) -> new token ids`` and check the key is in the text."""
+    new_tokens = generate(prompt.input_ids, prompt.answer_ids.shape[1] + 1)
+    return prompt.passkey in tokenizer.decode(new_tokens[0], skip_special_tokens=True)

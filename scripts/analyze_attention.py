@@ -1,0 +1,113 @@
+"""Analyse attention heads of a decoder LM: statistics, classifications and plots.
+
+    python scripts/analyze_attention.py --model smollm2
+    python scripts/analyze_attention.py --model EleutherAI/pythia-70m --lengths 256 512 1024 2048
+
+Writes ``results/attention_analysis_<model>/``: ``statistics.json`` (main length),
+``statistics_by_length.json``, ``head_classification.json`` (statistics classifier),
+``head_classification_calibration.json`` (with ``--calibrate``) and the plots. Every file is written
+as soon as its step finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from kvcompress.analysis.calibration import CalibrationConfig, CalibrationSet, classify_by_calibration
+from kvcompress.analysis.classify import StatisticsThresholds, classify_by_statistics
+from kvcompress.analysis.collector import collect_head_statistics
+from kvcompress.analysis.plots import (
+    plot_classification,
+    plot_entropy_heatmap,
+    plot_position_preference,
+    plot_statistics_vs_length,
+)
+from kvcompress.analysis.statistics import StatisticsConfig
+from kvcompress.evaluation.passkey import make_passkey_prompts
+from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream, split_windows
+from kvcompress.models.loading import load_model_and_tokenizer, model_slug
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2", help="smollm2 (offline GGUF) or a hub id / folder")
+    parser.add_argument("--text", default=str(DEFAULT_TEXT), help="text file for the statistics")
+    parser.add_argument("--seq-len", type=int, default=1024, help="main sequence length")
+    parser.add_argument("--samples", type=int, default=4, help="windows at the main length")
+    parser.add_argument("--lengths", type=int, nargs="*", default=[128, 256, 512, 1024, 2048],
+                        help="lengths for statistics vs sequence length (one window each)")
+    parser.add_argument("--chunk-rows", type=int, default=256)
+    parser.add_argument("--sinks", type=int, default=4)
+    parser.add_argument("--local-window", type=int, default=64)
+    parser.add_argument("--positional-min-window-mass", type=float, default=0.8)
+    parser.add_argument("--positional-max-entropy", type=float, default=0.6)
+    parser.add_argument("--dead-min-entropy", type=float, default=0.9)
+    parser.add_argument("--dead-max-output-ratio", type=float, default=0.1)
+    parser.add_argument("--calibrate", action="store_true", help="also run the calibration classifier")
+    parser.add_argument("--calibration-texts", type=int, default=1)
+    parser.add_argument("--calibration-text-len", type=int, default=256)
+    parser.add_argument("--calibration-prompts", type=int, default=2)
+    parser.add_argument("--calibration-prompt-len", type=int, default=600)
+    parser.add_argument("--window-budget", type=float, default=0.5, help="max fraction of KV groups windowed")
+    parser.add_argument("--dead-budget", type=float, default=0.1, help="max fraction of heads removed")
+    parser.add_argument("--max-cost", type=float, default=0.05)
+    parser.add_argument("--max-joint-cost", type=float, default=0.2)
+    parser.add_argument("--out", default=None, help="output folder (default results/attention_analysis_<model>)")
+    parser.add_argument("--threads", type=int, default=None)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out or f"results/attention_analysis_{model_slug(args.model)}")
+    out.mkdir(parents=True, exist_ok=True)
+    thresholds = StatisticsThresholds(args.positional_min_window_mass, args.positional_max_entropy,
+                                      args.dead_min_entropy, args.dead_max_output_ratio)
+    config = StatisticsConfig(sinks=args.sinks, local_window=args.local_window)
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    longest = max([args.seq_len, *args.lengths])
+    tokens = load_token_stream(args.text, tokenizer, max_tokens=args.samples * args.seq_len + 2 * longest)
+
+    statistics = collect_head_statistics(model, split_windows(tokens, args.seq_len, args.samples), config,
+                                         args.chunk_rows)
+    statistics.save(out / "statistics.json")
+    classification = classify_by_statistics(statistics, thresholds)
+    classification.parameters["model"] = args.model
+    classification.save(out / "head_classification.json")
+    plot_entropy_heatmap(statistics, out / "entropy_heatmap.png")
+    plot_position_preference(statistics, out / "position_preference.png")
+    plot_classification(statistics, classification, out / "classification.png")
+    print(f"statistics classifier: {classification.counts()}, windowable KV groups: "
+          f"{len(classification.windowable_kv_groups())}")
+
+    by_length = {}
+    for length in args.lengths:
+        offset = tokens[args.samples * args.seq_len :]
+        by_length[length] = collect_head_statistics(model, split_windows(offset, length, 1), config,
+                                                    args.chunk_rows)
+        (out / "statistics_by_length.json").write_text(
+            json.dumps({str(k): v.to_dict() for k, v in by_length.items()}))
+    if by_length:
+        plot_statistics_vs_length(by_length, out / "statistics_vs_length.png")
+
+    if args.calibrate:
+        texts = split_windows(tokens, args.calibration_text_len, args.calibration_texts)
+        prompts = make_passkey_prompts(tokenizer, args.calibration_prompt_len, args.calibration_prompts, seed=1234)
+        calibration_config = CalibrationConfig(args.window_budget, args.dead_budget, args.max_cost,
+                                               args.max_joint_cost, sinks=args.sinks, window=args.local_window)
+        calibrated = classify_by_calibration(model, CalibrationSet(texts, prompts), calibration_config)
+        calibrated.parameters["model"] = args.model
+        calibrated.save(out / "head_classification_calibration.json")
+        plot_classification(statistics, calibrated, out / "classification_calibration.png")
+        print(f"calibration classifier: {calibrated.counts()}, windowed KV groups: "
+              f"{len(calibrated.windowable_kv_groups())}, joint cost {calibrated.parameters['joint_cost']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
