@@ -80,6 +80,8 @@ class TrainingSettings:
     checkpoint_every: int = 25
     schedule_steps: int | None = None
     """Steps over which temperature and loss weights ramp (default: ``steps``)."""
+    dataset_size: int | None = None
+    """Size of the synthetic training set (samples repeat); None: a fresh sample every time."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every"):
@@ -88,8 +90,9 @@ class TrainingSettings:
         for name in ("lr_pruner", "lr_discriminator"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"training.{name} must be > 0, got {getattr(self, name)}")
-        if self.schedule_steps is not None and self.schedule_steps < 1:
-            raise ValueError(f"training.schedule_steps must be >= 1, got {self.schedule_steps}")
+        for name in ("schedule_steps", "dataset_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def ramp_steps(self) -> int:

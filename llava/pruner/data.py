@@ -91,11 +91,17 @@ def collate(samples: list[SyntheticSample], pad_token_id: int, image_token_id: i
 
 
 def synthetic_batch(
-    step: int, batch_size: int, seed: int, tokenizer, image_token_id: int, num_image_tokens: int
+    step: int,
+    batch_size: int,
+    seed: int,
+    tokenizer,
+    image_token_id: int,
+    num_image_tokens: int,
+    dataset_size: int | None = None,
 ) -> PrunerBatch:
-    """Batch ``step``: samples ``step * batch_size .. (step + 1) * batch_size - 1`` of the synthetic set."""
-    samples = [
-        synthetic_sample(step * batch_size + i, seed, tokenizer, image_token_id, num_image_tokens)
-        for i in range(batch_size)
-    ]
+    """Batch ``step``: samples ``(step * batch_size + i) mod dataset_size`` (no modulo when None), ``i < batch_size``."""
+    indices = [step * batch_size + i for i in range(batch_size)]
+    if dataset_size is not None:
+        indices = [index % dataset_size for index in indices]
+    samples = [synthetic_sample(index, seed, tokenizer, image_token_id, num_image_tokens) for index in indices]
     return collate(samples, tokenizer.pad_token_id, image_token_id)

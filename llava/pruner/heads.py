@@ -159,4 +159,4 @@ class LayerSpecificPruner(nn.Module):
         """Current residual weight per layer (empty without the residual), for logs."""
         if not self.uses_attn_residual:
             return {}
-        return {layer: float(self.head(layer).attn_residual_weight) for layer in self.pruning_layers}
+        return {layer: float(self.head(layer).attn_residual_weight.detach()) for layer in self.pruning_layers}

@@ -153,6 +153,7 @@ def train_step(state: TrainState) -> dict[str, Any]:
         state.tokenizer,
         state.llava.config.image_token_id,
         state.span_length,
+        config.training.dataset_size,
     )
     temperature = annealed_temperature(config.temperature, step, ramp_steps)
     weights = {name: cosine_weight(getattr(config.loss_weights, name), step, ramp_steps) for name in LOSS_NAMES}
@@ -187,10 +188,12 @@ def train_step(state: TrainState) -> dict[str, Any]:
     return {
         "step": step,
         "total": float(total.detach()),
-        **{f"loss_{name}": float(value) for name, value in losses.items()},
-        "loss_discriminator": float(d_loss),
+        **{f"loss_{name}": float(value.detach()) for name, value in losses.items()},
+        "loss_discriminator": float(d_loss.detach()),
         "temperature": temperature,
         **{f"weight_{name}": value for name, value in weights.items()},
-        "keep_ratio": {layer: float(keep.mean()) for layer, keep in zip(layers, fake.cumulative_keep, strict=True)},
+        "keep_ratio": {
+            layer: float(keep.detach().mean()) for layer, keep in zip(layers, fake.cumulative_keep, strict=True)
+        },
         "residual_weight": state.pruner.residual_weights(),
     }
