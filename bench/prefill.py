@@ -88,7 +88,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 5 quick, 10 full)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (default 1 with --quick: stable ratios on a shared machine)",
+    )
     args = parser.parse_args()
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda given but CUDA is not available")
 
@@ -110,7 +119,10 @@ def main() -> None:
     other = n - IMAGE_TOKENS
     full_flops = prefill_flops([IMAGE_TOKENS] * 32, other, hidden, mlp, "swiglu")
     vanilla_ms = statistics.median(times["vanilla sdpa"])
-    print(f"device={args.device} dtype={args.dtype} width={hidden} mlp={mlp} layers=32 prompt={n} repeats={repeats}")
+    print(
+        f"device={args.device} dtype={args.dtype} width={hidden} mlp={mlp} layers=32 prompt={n} "
+        f"repeats={repeats} threads={torch.get_num_threads()}"
+    )
     print(f"{'row':<26}{'median ms':>11}{'vs sdpa':>9}{'FLOPs':>8}{'meas/theory':>13}")
     result = None
     for row in rows:
