@@ -128,7 +128,7 @@ def test_builder_loads_a_saved_checkpoint_with_pruning(tmp_path, tiny_llava):
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"pruning_method": "fastv2"}, "valid: fastv, random"),
+        ({"pruning_method": "fastv2"}, "valid: .*fastv, .*random"),
         ({"pruning_method": "fastv", "fast_v_attention_rank": 577}, r"valid range is \[1, 576\]"),
         ({"pruning_method": "fastv", "fast_v_attention_rank": 0}, "must be >= 1"),
         ({"pruning_method": "fastv", "fast_v_attention_rank": 10, "fast_v_agg_layer": 32}, r"\[1, 31\]"),

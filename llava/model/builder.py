@@ -64,12 +64,14 @@ def _configure(config: LlavaConfig | LlamaConfig, pruning_method: str | None, pa
     """Swap in a ``PruningLlamaConfig`` (with the method's fields) as the LM config, in place for LLaVA."""
     if isinstance(config, LlavaConfig):
         span = image_features_per_image(config)
+        attn_implementation = config.text_config._attn_implementation  # not part of to_dict(): carry it over
         config.text_config = PruningLlamaConfig.from_llama_config(
             config.text_config,
             image_token_id=config.image_token_id,
             fast_v_image_token_length=span,
             **pruning_fields(pruning_method, config.text_config, span, **params),
         )
+        config.text_config._attn_implementation = attn_implementation
 
 
 def load_pretrained_model(
@@ -138,9 +140,11 @@ def _build_tiny(model_path: str, pruning_method: str | None, params: dict) -> tu
         model.language_model.pruning_method()  # validate now, before any forward
         return model, build_tiny_image_processor()
     model = build_tiny_llama(seed=seed)
+    attn_implementation = model.config._attn_implementation
     model.model.config = model.config = PruningLlamaConfig.from_llama_config(
         model.config,
         **pruning_fields(pruning_method, model.config, params.get("fast_v_image_token_length"), **params),
     )
+    model.config._attn_implementation = attn_implementation
     model.model.pruning_method()
     return model, None

@@ -1,0 +1,107 @@
+"""Every method end to end on the tiny LLaVA: cache == recompute, batch == single, budgets, errors."""
+
+import pytest
+import torch
+
+from llava.model.builder import load_pretrained_model
+from tests.conftest import llava_prompt, pixel_values
+
+PREFIX, SUFFIX = 6, 12
+
+METHOD_CASES = {
+    "fastv_fine_head": {"heads": 2, "head_strategy": "sparsity"},
+    "fastv_fine_head_hierarchical": {"heads": 2, "head_strategy": "hierarchical"},
+    "ablation_a": {"debug_mode": True},
+}
+
+
+def _method(case: str) -> tuple[str, dict]:
+    params = METHOD_CASES[case]
+    return ("fastv_fine_head" if case.startswith("fastv_fine_head") else case), params
+
+
+def _load(case: str, budget: float = 64):
+    name, params = _method(case)
+    return load_pretrained_model("tiny-random-llava", pruning_method=name, visual_token_num=budget, **params)[1]
+
+
+@pytest.mark.parametrize("case", list(METHOD_CASES))
+@torch.no_grad()
+def test_generation_with_cache_equals_recompute(case):
+    model = _load(case)
+    ids = llava_prompt(model.config.image_token_id, PREFIX, SUFFIX, seed=1)
+    pixels = pixel_values(seed=1)
+    steps = 4
+    generated = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=steps, do_sample=False)
+    n = ids.shape[1]
+    for t in range(steps):
+        logits = model(
+            input_ids=generated[:, : n + t], pixel_values=pixels, use_cache=False, prune_query_index=n - 1
+        ).logits
+        assert torch.equal(logits[:, -1].argmax(-1), generated[:, n + t]), f"step {t}"
+
+
+@pytest.mark.parametrize("case", list(METHOD_CASES))
+@torch.no_grad()
+def test_batch_with_left_padding_equals_single(case):
+    model = _load(case)
+    image_id = model.config.image_token_id
+    prompts = [llava_prompt(image_id, p, s, seed=20 + i)[0] for i, (p, s) in enumerate([(6, 12), (3, 5)])]
+    pixels = pixel_values(2, seed=2)
+    singles = []
+    for i, prompt in enumerate(prompts):
+        out = model.generate(input_ids=prompt[None], pixel_values=pixels[i : i + 1], max_new_tokens=3, do_sample=False)
+        singles.append((out[0, len(prompt) :], model.language_model.last_pruning_record))
+    width = max(len(p) for p in prompts)
+    ids = torch.full((2, width), 3)
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = p
+        mask[i, width - len(p) :] = 1
+    batched = model.generate(
+        input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=3, do_sample=False, pad_token_id=3
+    )
+    record = model.language_model.last_pruning_record
+    for i, (tokens, single_record) in enumerate(singles):
+        assert torch.equal(batched[i, width:], tokens), f"prompt {i}"
+        shift = width - len(prompts[i])
+        for stage, single_stage in zip(record.stages, single_record.stages, strict=True):
+            assert torch.equal(stage.kept_index[i], single_stage.kept_index[0] + shift)
+
+
+@pytest.mark.parametrize("budget", [192, 128, 64])
+@pytest.mark.parametrize("case", list(METHOD_CASES))
+@torch.no_grad()
+def test_achieved_equivalent_tokens_match_the_budget(case, budget):
+    model = _load(case, budget)
+    ids = llava_prompt(model.config.image_token_id, PREFIX, SUFFIX)
+    model(input_ids=ids, pixel_values=pixel_values())
+    record = model.pruning_record
+    assert abs(record["equivalent_tokens"] - budget) <= 1
+    stages = model.language_model.last_pruning_record.stages
+    assert stages and all(s.kept_index.min() >= PREFIX and s.kept_index.max() < PREFIX + 576 for s in stages)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "message"),
+    [
+        ("fastv_fine_head", {"heads": 5}, r"valid range is \[1, 4\]"),
+        ("fastv_fine_head", {"heads": 2, "head_strategy": "loud"}, "valid: sum, variance"),
+        ("fastv_fine_head", {"heads": 2, "fast_v_attention_rank": 600}, r"valid range is \[1, 576\]"),
+    ],
+)
+def test_bad_parameters_fail_at_load_time(method, params, message):
+    with pytest.raises(ValueError, match=message):
+        load_pretrained_model("tiny-random-llava", pruning_method=method, **params)
+
+
+@torch.no_grad()
+def test_ablation_a_logs_its_choice_per_sample(caplog):
+    model = _load("ablation_a", 64)
+    ids = llava_prompt(model.config.image_token_id, PREFIX, SUFFIX)
+    with caplog.at_level("INFO", logger="llava.pruning.methods.ablation_a"):
+        model(input_ids=ids, pixel_values=pixel_values())
+    assert "ablation_a sample 0: R=30 strategy=" in caplog.text
+    meta = model.language_model.last_selection_metadata
+    assert meta["candidates"] == ["graph_based", "multi_objective", "attention_range"]
+    assert meta["head_range"] == [4, 4]  # (6, 18) capped at the tiny model's 4 heads
