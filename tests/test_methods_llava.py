@@ -12,6 +12,8 @@ METHOD_CASES = {
     "fastv_fine_head": {"heads": 2, "head_strategy": "sparsity"},
     "fastv_fine_head_hierarchical": {"heads": 2, "head_strategy": "hierarchical"},
     "ablation_a": {"debug_mode": True},
+    "pdrop": {},
+    "sparsevlm": {},
 }
 
 
@@ -88,6 +90,12 @@ def test_achieved_equivalent_tokens_match_the_budget(case, budget):
         ("fastv_fine_head", {"heads": 5}, r"valid range is \[1, 4\]"),
         ("fastv_fine_head", {"heads": 2, "head_strategy": "loud"}, "valid: sum, variance"),
         ("fastv_fine_head", {"heads": 2, "fast_v_attention_rank": 600}, r"valid range is \[1, 576\]"),
+        ("pdrop", {"layer_list": [8, 4], "ratio_list": [0.5, 0.2]}, "strictly increasing"),
+        ("pdrop", {"lambda": 0.5, "ratio_list": [0.5, 0.25, 0.125]}, "either lambda or ratio_list"),
+        ("pdrop", {"visual_token_num": 30}, r"valid range is \(36.0, 576\]"),
+        ("sparsevlm", {"stage_budgets": [300, 200, 700]}, "non-increasing"),
+        ("sparsevlm", {"stage_budgets": [700, 200, 100]}, r"valid range is \[1, 576\]"),
+        ("sparsevlm", {"prune_layers": [2, 6, 40]}, r"\[1, 31\]"),
     ],
 )
 def test_bad_parameters_fail_at_load_time(method, params, message):

@@ -239,6 +239,9 @@ class PruningLlamaModel(LlamaModel):
                     query_index=query,
                     hidden_states=seq.hidden,
                     attention=self._attention_fn(idx, seq, previous_input),
+                    original_index=seq.original_index,
+                    original_span=span,
+                    input_embeddings=inputs_embeds,
                 )
                 seq, span_index, query = self._prune(method, step, schedule[idx], seq, past_key_values)
                 stage_valid[idx] = seq.valid

@@ -28,6 +28,10 @@ class PruneStep:
         hidden_states: ``[B, N, d]`` hidden states entering ``layer``.
         attention: ``attention(layer, query_index [B, Q]) -> [B, H, Q, N]`` probabilities of those
             query rows at ``layer`` (``layer - 1`` or ``layer``), from q.k, never the N x N map.
+        original_index: ``[B, N]`` index in the unpruned input of each current token.
+        original_span: ``[B, 2]`` (start, end) of the span in the unpruned input.
+        input_embeddings: ``[B, N_0, d]`` the decoder's input embeddings of the *unpruned* input (layer 0),
+            for methods that rate tokens before any layer (SparseVLM's text raters).
     """
 
     layer: int
@@ -36,6 +40,9 @@ class PruneStep:
     query_index: torch.Tensor
     hidden_states: torch.Tensor
     attention: AttentionFn
+    original_index: torch.Tensor
+    original_span: torch.Tensor
+    input_embeddings: torch.Tensor
 
     def query_attention_over_span(self, layer: int) -> torch.Tensor:
         """Attention of the selection query over the live span tokens at ``layer``, ``[B, H, S]``."""

@@ -1,0 +1,47 @@
+"""One budget API: every method maps 192/128/64 equivalent tokens to its own parameters."""
+
+import pytest
+import torch
+
+from llava.pruning.budget import equivalent_tokens, span_tokens_per_layer
+from llava.pruning.methods.pdrop import BUDGET_LAYERS, pdrop_decay_for_budget
+from llava.pruning.methods.sparsevlm import PRUNE_LAYERS, STAGE_BUDGET_PRESETS, scaled_stage_budgets
+from llava.pruning.text_guided import rater_span_scores, text_raters
+
+
+@pytest.mark.parametrize(("target", "published"), [(192, 0.581), (128, 0.437), (64, 0.196)])
+def test_pdrop_lambda_reproduces_the_published_settings(target, published):
+    assert abs(pdrop_decay_for_budget(target, 32, 576, BUDGET_LAYERS) - published) < 0.002
+
+
+@pytest.mark.parametrize("target", [192, 128, 64, 100])
+def test_sparsevlm_scaled_budgets_cost_the_target(target):
+    preset = STAGE_BUDGET_PRESETS[min(STAGE_BUDGET_PRESETS, key=lambda b: abs(b - target))]
+    budgets = scaled_stage_budgets(target, 32, 576, PRUNE_LAYERS, preset)
+    cost = equivalent_tokens(span_tokens_per_layer(32, 576, list(zip(PRUNE_LAYERS, budgets, strict=True))))
+    assert abs(cost - target) <= 1
+    assert budgets == sorted(budgets, reverse=True)
+
+
+def test_published_sparsevlm_budgets_cost_less_than_their_label():
+    costs = [
+        equivalent_tokens(span_tokens_per_layer(32, 576, list(zip(PRUNE_LAYERS, STAGE_BUDGET_PRESETS[t], strict=True))))
+        for t in (192, 128, 64)
+    ]
+    assert [round(c, 1) for c in costs] == [188.2, 123.9, 61.7]
+
+
+def test_text_raters_are_the_text_tokens_most_related_to_the_image():
+    visual = torch.zeros(8, 4)
+    visual[:, 0] = 1.0
+    text = torch.tensor([[5.0, 0, 0, 0], [0, 5.0, 0, 0], [4.0, 0, 0, 0], [0, 0, 5.0, 0]])
+    assert text_raters(visual, text).tolist() == [True, False, True, False]
+    assert text_raters(visual, text[1:2]).tolist() == [True]  # nobody above the mean: everyone rates
+
+
+def test_rater_scores_ignore_padding_rows():
+    attn = torch.zeros(1, 2, 3, 4)
+    attn[0, :, 0, 1] = 1.0  # rater row looks at token 1
+    attn[0, :, 2, 3] = 1.0  # padding row looks at token 3
+    scores = rater_span_scores(attn, torch.tensor([[0.5, 0.5, 0.0]]))
+    assert scores.argmax() == 1 and scores[0, 3] == 0
