@@ -1,0 +1,120 @@
+"""Method ``learned`` through the engine: hard masks remove tokens (shorter KV cache), cache == recompute, errors."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from llava.model.builder import load_pretrained_model
+from llava.model.tiny import build_tiny_llava
+from llava.pruner.checkpoint import pruner_config_dict, save_checkpoint
+from llava.pruner.heads import LayerSpecificPruner, PrunerConfig
+from llava.pruning.methods.learned import LearnedPruning
+from llava.train.eval_pruner import run_evaluation
+from tests.conftest import llava_prompt, pixel_values, with_fields
+
+PREFIX, SUFFIX, LAYERS, NUM_LAYERS = 6, 12, [2, 4, 6], 8
+
+
+def write_checkpoint(path, use_attn_residual: bool, layers=LAYERS, seed: int = 0) -> str:
+    torch.manual_seed(seed)
+    config = PrunerConfig(
+        d_model=64, pruning_layers=layers, hidden_dim=32, use_attn_residual=use_attn_residual, attn_residual_weight=50.0
+    )
+    pruner = LayerSpecificPruner(config)
+    with torch.no_grad():  # logits spread widely around 0, so every stage keeps some tokens and drops others
+        for head in pruner.heads.values():
+            head.mlp[-1].weight.mul_(20.0)
+            head.mlp[-1].bias.zero_()
+    save_checkpoint(path, {"pruner_config": pruner_config_dict(pruner), "pruner": pruner.state_dict()})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def learned_llava(tmp_path_factory):
+    """8-layer tiny LLaVA pruned by a random residual pruner at layers 2, 4, 6."""
+    checkpoint = write_checkpoint(tmp_path_factory.mktemp("pruner") / "pruner.pt", use_attn_residual=True)
+    model = build_tiny_llava(seed=0, text_overrides={"num_hidden_layers": NUM_LAYERS})
+    return with_fields(model, pruning_method="learned", pruning_params={"pruner_checkpoint": checkpoint})
+
+
+@torch.no_grad()
+def test_hard_mode_removes_tokens_below_one_half_and_shortens_the_kv_cache(learned_llava):
+    ids = llava_prompt(learned_llava.config.image_token_id, PREFIX, SUFFIX)
+    out = learned_llava(input_ids=ids, pixel_values=pixel_values(), use_cache=True)
+    lengths = [layer.keys.shape[2] for layer in out.past_key_values.layers]
+    stages = learned_llava.language_model.last_pruning_record.stages
+    assert [stage.layer for stage in stages] == LAYERS
+    for stage in stages:
+        assert stage.kept_index.shape[1] == int((stage.scores > 0.5).sum())
+    kept = [stage.kept_index.shape[1] for stage in stages]
+    assert 0 < kept[-1] <= kept[1] <= kept[0] < 576
+    full = ids.shape[1]
+    assert lengths[:2] == [full] * 2
+    assert lengths[2] == full - 576 + kept[0] and lengths[-1] == full - 576 + kept[-1] < full
+    assert learned_llava.pruning_record["kept_per_layer"] == [576] * 2 + [kept[0]] * 2 + [kept[1]] * 2 + [kept[2]] * 2
+
+
+@torch.no_grad()
+def test_hard_mode_generation_with_cache_equals_recompute(learned_llava):
+    ids = llava_prompt(learned_llava.config.image_token_id, PREFIX, SUFFIX, seed=3)
+    pixels = pixel_values(seed=3)
+    steps = 4
+    generated = learned_llava.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=steps, do_sample=False)
+    n = ids.shape[1]
+    for t in range(steps):
+        logits = learned_llava(
+            input_ids=generated[:, : n + t], pixel_values=pixels, use_cache=False, prune_query_index=n - 1
+        ).logits
+        assert torch.equal(logits[:, -1].argmax(-1), generated[:, n + t]), f"step {t}"
+
+
+@pytest.mark.parametrize("use_attn_residual", [False, True])
+def test_attention_is_computed_only_with_the_residual(tmp_path, use_attn_residual):
+    method = LearnedPruning(write_checkpoint(tmp_path / "p.pt", use_attn_residual, layers=[2]))
+    calls = []
+
+    def attention(layer, query_index):
+        calls.append(layer)
+        return torch.rand(1, 4, query_index.shape[1], 20).softmax(-1)
+
+    step = SimpleNamespace(  # the PruneStep fields the method reads
+        layer=2,
+        span_index=torch.arange(3, 13)[None],
+        query_index=torch.tensor([19]),
+        hidden_states=torch.randn(1, 20, 64),
+        attention=attention,
+    )
+    selection = method.select(step, keep=10)
+    assert calls == ([2] if use_attn_residual else [])
+    assert selection.indices.shape[1] == max(1, int((selection.scores > 0.5).sum()))
+
+
+def test_configuration_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="needs pruning_params=.*pruner_checkpoint"):
+        load_pretrained_model("tiny-random-llava", pruning_method="learned")
+    with pytest.raises(FileNotFoundError, match="no pruner checkpoint"):
+        load_pretrained_model("tiny-random-llava", pruning_method="learned", pruner_checkpoint=str(tmp_path / "x.pt"))
+    with pytest.raises(ValueError, match="budget is set at training time"):
+        load_pretrained_model("tiny-random-llava", pruning_method="learned", visual_token_num=64)
+    checkpoint = write_checkpoint(tmp_path / "deep.pt", False, layers=[6, 40])
+    with pytest.raises(ValueError, match=r"pruning layer 40 must lie in \[1, 31\]"):
+        load_pretrained_model("tiny-random-llava", pruning_method="learned", pruner_checkpoint=checkpoint)
+
+
+def test_eval_modes_origin_and_hard(tmp_path):
+    import yaml
+
+    checkpoint = write_checkpoint(tmp_path / "pruner.pt", True, layers=[1, 2])
+    config = {
+        "model_overrides": {"num_hidden_layers": 3},
+        "method_settings": {"pruning_layers": [1, 2], "target_keep_ratio": [0.5, 0.2]},
+    }
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    origin = run_evaluation(str(config_path), "origin", None, num_samples=1, seed=7, max_new_tokens=2)
+    hard = run_evaluation(str(config_path), "hard", checkpoint, num_samples=1, seed=7, max_new_tokens=2)
+    assert origin["equivalent_tokens"] == 576 and hard["equivalent_tokens"] < 576
+    assert hard["kv_cache_last_layer"] < origin["kv_cache_last_layer"]
+    with pytest.raises(ValueError, match="unknown mode 'soft'; valid: origin, hard"):
+        run_evaluation(str(config_path), "soft", None, 1, 7, 2)
