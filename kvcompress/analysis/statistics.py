@@ -94,26 +94,24 @@ def row_statistics(
     Keys are positions ``0..N-1``; rows with ``i < config.min_row`` are ignored. Without
     ``contribution`` the output norm is left at zero.
     """
-    probs = probs.double()
+    probs = probs.float()
     batch, heads, _, length = probs.shape
     used = row_positions >= config.min_row
     if not bool(used.any()):
         return StatisticSums.zeros(heads, config)
-    probs, rows = probs[:, :, used], row_positions[used]
-    i = rows.to(probs.device).double()
-    keys = torch.arange(length, device=probs.device)
-    entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)  # [B, H, R]
+    probs, rows = probs[:, :, used], row_positions[used].to(probs.device)
+    i = rows.float()
+    entropy = torch.special.entr(probs).sum(-1)  # [B, H, R]
     log_context = torch.log(i + 1)
     normalized = torch.where(i >= 1, entropy / log_context.clamp_min(1e-12), torch.zeros_like(entropy))
-    sink = probs[..., : config.sinks].sum(-1)
-    previous_index = (rows - 1).clamp_min(0).to(probs.device)
-    previous = probs.gather(-1, previous_index.view(1, 1, -1, 1).expand(batch, heads, -1, 1)).squeeze(-1)
-    previous = torch.where(rows.to(probs.device) >= 1, previous, torch.zeros_like(previous))
-    distance = rows.to(probs.device)[:, None] - keys[None, :]  # [R, N]
-    local_keys = (keys[None, :] >= config.sinks) & (distance >= 0) & (distance < config.local_window)
-    local = (probs * local_keys).sum(-1)
-    argmax = probs.argmax(-1)  # [B, H, R]
-    argmax_distance = rows.to(probs.device)[None, None, :] - argmax
+    # keys i, i-1, ..., i-W+1 of every row (clamped at 0; duplicates and sinks masked below)
+    offsets = torch.arange(min(config.local_window, length), device=probs.device)
+    band_keys = rows[:, None] - offsets[None, :]  # [R, W]
+    band = probs.gather(-1, band_keys.clamp_min(0).expand(batch, heads, -1, -1))
+    local = (band * (band_keys >= config.sinks)).sum(-1)
+    previous = torch.where(rows >= 1, band[..., 1] if band.shape[-1] > 1 else 0.0, 0.0)
+    max_attention, argmax = probs.max(-1)
+    argmax_distance = rows[None, None, :] - argmax
     bins = torch.bucketize(argmax_distance, torch.tensor(config.distance_edges, device=probs.device),
                            right=True) + 1
     bins = torch.where(argmax < config.sinks, torch.zeros_like(bins), bins)
@@ -123,18 +121,20 @@ def row_statistics(
     per_row = {
         "entropy": entropy,
         "normalized_entropy": normalized,
-        "max_attention": probs.max(-1).values,
-        "sink_mass": sink,
+        "max_attention": max_attention,
+        "sink_mass": probs[..., : config.sinks].sum(-1),
         "previous_token_mass": previous,
         "local_mass": local,
         "kl_to_uniform": log_context - entropy,
         "output_norm": torch.zeros_like(entropy),
     }
     if contribution is not None:
-        head_out = torch.matmul(probs, contribution.values.double())  # [B, H, R, D]
-        residual = torch.einsum("bhrd,hcd->bhrc", head_out, contribution.output_weight.double())
-        per_row["output_norm"] = residual.norm(dim=-1)
-    sums = {name: value.sum(dim=(0, 2)).cpu() for name, value in per_row.items()}
+        # ||W_h o||^2 = o^T (W_h^T W_h) o with the per-head Gram matrix G_h = W_h^T W_h  [H, D, D]
+        head_out = torch.matmul(probs, contribution.values.float())  # [B, H, R, D]
+        gram = torch.matmul(contribution.output_weight.float().transpose(1, 2), contribution.output_weight.float())
+        squared = (torch.matmul(head_out, gram[None]) * head_out).sum(-1)
+        per_row["output_norm"] = squared.clamp_min(0).sqrt()
+    sums = {name: value.double().sum(dim=(0, 2)).cpu() for name, value in per_row.items()}
     return StatisticSums(sums, histogram.cpu(), rows=batch * int(used.sum()))
 
 

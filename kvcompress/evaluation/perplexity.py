@@ -43,10 +43,9 @@ def strided_perplexity(
     with torch.no_grad():
         for start in tqdm(starts, desc="perplexity", disable=not progress, leave=False):
             window = tokens[start : start + max_length][None].to(device)
-            cache = new_cache()
-            prefill = model(window[:, :context], past_key_values=cache, use_cache=True)
-            logits = torch.cat([prefill.logits[:, -1:],
-                                model(window[:, context:-1], past_key_values=cache, use_cache=True).logits], 1)
+            prefill = model(window[:, :context], past_key_values=new_cache(), use_cache=True)
+            targets = model(window[:, context:-1], past_key_values=prefill.past_key_values, use_cache=True)
+            logits = torch.cat([prefill.logits[:, -1:], targets.logits], 1)
             total_nll += F.cross_entropy(logits[0].float(), window[0, context:], reduction="sum").item()
             total_tokens += stride
     mean = total_nll / total_tokens

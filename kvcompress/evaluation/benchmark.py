@@ -1,0 +1,123 @@
+"""Benchmark one method: speed (TTFT, TPOT, throughput), memory (peak, KV bytes), perplexity, passkey."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from kvcompress.evaluation.passkey import PasskeyPrompt, passkey_correct
+from kvcompress.evaluation.perplexity import strided_perplexity
+from kvcompress.evaluation.timing import PeakMemory, greedy_generate, prefill_flops
+from kvcompress.methods.base import CompressionMethod
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    prompt: torch.Tensor  # [1, N] prompt for the speed runs
+    new_tokens: int = 32
+    warmup: int = 1
+    repeats: int = 3
+    ppl_max_length: int = 512
+    ppl_stride: int = 256
+    ppl_max_windows: int | None = 16
+
+
+def measure_speed(model: nn.Module, new_cache: Callable, settings: BenchmarkSettings) -> dict[str, float]:
+    """Warm-up runs, then the mean of ``repeats`` timed greedy generations."""
+    device = next(model.parameters()).device
+    for _ in range(settings.warmup):
+        greedy_generate(model, settings.prompt, settings.new_tokens, new_cache())
+    runs = []
+    with PeakMemory(device) as memory:
+        for _ in range(settings.repeats):
+            runs.append(greedy_generate(model, settings.prompt, settings.new_tokens, new_cache()))
+    count = len(runs)
+    return {
+        "ttft_s": sum(run.ttft_s for run in runs) / count,
+        "tpot_s": sum(run.tpot_s for run in runs) / count,
+        "throughput_tok_s": sum(settings.new_tokens / run.total_s for run in runs) / count,
+        "kv_bytes": runs[-1].kv_bytes,
+        "peak_memory_bytes": memory.peak_bytes,
+        "prompt_tokens": settings.prompt.shape[1],
+        "new_tokens": settings.new_tokens,
+        "prefill_gflops": prefill_flops(model, settings.prompt.shape[1]) / 1e9,
+    }
+
+
+def measure_passkey(model: nn.Module, tokenizer: PreTrainedTokenizerBase, new_cache: Callable,
+                    prompts: list[PasskeyPrompt]) -> dict[str, float]:
+    """Fraction of prompts whose greedy answer contains the key, and the KV bytes at the end of one."""
+    kv_bytes = []
+
+    def generate(input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        run = greedy_generate(model, input_ids, max_new_tokens, new_cache())
+        kv_bytes.append(run.kv_bytes)
+        return run.new_tokens
+
+    correct = [passkey_correct(generate, tokenizer, prompt)
+               for prompt in tqdm(prompts, desc="passkey", leave=False)]
+    return {"passkey_accuracy": sum(correct) / len(correct), "passkey_prompts": len(correct),
+            "passkey_tokens": sum(p.input_ids.shape[1] for p in prompts) / len(prompts),
+            "passkey_kv_bytes": sum(kv_bytes) / len(kv_bytes)}
+
+
+def benchmark_method(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                     make_method: Callable[[int], CompressionMethod], settings: BenchmarkSettings,
+                     text_tokens: torch.Tensor | None, passkey_prompts: list[PasskeyPrompt]) -> dict:
+    """All measurements for one method; ``make_method(context_length)`` builds it for each task's context
+    (speed prompt and passkey prompts, perplexity context), so budgets are matched per context."""
+    with make_method(settings.prompt.shape[1]).apply(model) as handle:
+        result = measure_speed(model, handle.new_cache, settings)
+        if passkey_prompts:
+            result.update(measure_passkey(model, tokenizer, handle.new_cache, passkey_prompts))
+    if text_tokens is not None:
+        with make_method(settings.ppl_max_length - settings.ppl_stride).apply(model) as handle:
+            ppl = strided_perplexity(model, text_tokens, handle.new_cache, settings.ppl_max_length,
+                                     settings.ppl_stride, settings.ppl_max_windows)
+        result.update({"perplexity": ppl["perplexity"], "ppl_tokens": ppl["tokens"]})
+    return result
+
+
+COLUMNS = [
+    ("method", "method", "{}"),
+    ("ttft_s", "TTFT ms", "{:.0f}", 1000),
+    ("tpot_s", "TPOT ms", "{:.1f}", 1000),
+    ("throughput_tok_s", "tok/s", "{:.1f}"),
+    ("peak_memory_bytes", "peak MiB", "{:.0f}", 1 / 2**20),
+    ("kv_bytes", "KV KiB (speed run)", "{:.0f}", 1 / 1024),
+    ("passkey_kv_bytes", "KV KiB (passkey)", "{:.0f}", 1 / 1024),
+    ("prefill_gflops", "prefill GFLOPs", "{:.2f}"),
+    ("perplexity", "PPL", "{:.3f}"),
+    ("passkey_accuracy", "passkey acc", "{:.0%}"),
+]
+
+
+def markdown_table(results: list[dict]) -> str:
+    """Results as a Markdown table, with KV and perplexity relative to the first (full) row."""
+    header = [column[1] for column in COLUMNS] + ["KV vs full", "PPL vs full"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    base = results[0] if results else {}
+    for result in results:
+        cells = []
+        for key, _, fmt, *scale in COLUMNS:
+            value = result.get(key)
+            cells.append("-" if value is None else fmt.format(value * scale[0] if scale else value))
+        for key in ("passkey_kv_bytes", "perplexity"):
+            value, reference = result.get(key), base.get(key)
+            cells.append("-" if value is None or not reference else f"{value / reference - 1:+.1%}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_results(results: list[dict], metadata: dict, out: Path) -> None:
+    """Write ``results.json`` and ``results.md`` (called after every method)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"metadata": metadata, "results": results}, indent=1))
+    (out / "results.md").write_text(markdown_table(results))

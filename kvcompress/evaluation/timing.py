@@ -1,0 +1,98 @@
+"""Latency, memory and FLOPs measurements for greedy generation.
+
+* TTFT: wall time of the prefill forward plus the first token's argmax.
+* TPOT: mean wall time of one decoding step afterwards; throughput = new tokens / total time.
+* Peak memory: ``torch.cuda.max_memory_allocated`` on GPU; on Linux CPU the process peak RSS
+  (``VmHWM``, reset through ``/proc/self/clear_refs``) - it includes the weights and the runtime.
+* Prefill FLOPs (analytic): ``2·N·Σ_linear (in·out)`` plus ``4·N²·D`` per query head and layer
+  (``QK^T`` and ``PV`` as the SDPA math kernel computes them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache
+
+from kvcompress.adapters import adapter_for
+from kvcompress.cache import kv_cache_bytes
+
+
+@dataclass
+class GenerationTiming:
+    new_tokens: torch.Tensor  # [1, T]
+    ttft_s: float
+    tpot_s: float
+    total_s: float
+    kv_bytes: int
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, cache: Cache) -> GenerationTiming:
+    """Greedy decoding with an explicit loop (one prefill, then one token per step) and its timings."""
+    device = next(model.parameters()).device
+    input_ids = input_ids.to(device)
+    tokens, step_times = [], []
+    with torch.no_grad():
+        _sync(device)
+        start = time.perf_counter()
+        logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[:, -1]
+        token = logits.argmax(-1, keepdim=True)
+        _sync(device)
+        ttft = time.perf_counter() - start
+        tokens.append(token)
+        for _ in range(max_new_tokens - 1):
+            step = time.perf_counter()
+            logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1]
+            token = logits.argmax(-1, keepdim=True)
+            _sync(device)
+            step_times.append(time.perf_counter() - step)
+            tokens.append(token)
+        total = time.perf_counter() - start
+    tpot = sum(step_times) / len(step_times) if step_times else float("nan")
+    return GenerationTiming(torch.cat(tokens, 1), ttft, tpot, total, kv_cache_bytes(cache))
+
+
+class PeakMemory:
+    """Context manager measuring peak memory in bytes (``None`` where it cannot be measured)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_bytes: int | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif Path("/proc/self/clear_refs").exists():
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.device.type == "cuda":
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+            return
+        status = Path("/proc/self/status")
+        if status.exists():
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_bytes = int(line.split()[1]) * 1024
+
+
+def prefill_flops(model: nn.Module, tokens: int) -> int:
+    """Analytic prefill FLOPs for ``tokens`` tokens (see module docstring)."""
+    linear = sum(module.in_features * module.out_features for module in model.modules()
+                 if isinstance(module, nn.Linear))
+    adapter = adapter_for(model)
+    attention = sum(4 * tokens * tokens * adapter.head_dim(module) * adapter.num_query_heads(module)
+                    for module in adapter.attention_modules(model))
+    return 2 * tokens * linear + attention

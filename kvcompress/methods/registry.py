@@ -1,0 +1,91 @@
+"""One registry of methods by name (CLI, benchmark, tests); an unknown name lists the valid ones.
+
+Budget-matched baselines: for a context of ``T`` tokens and a KV fraction ``f`` (KV kept / full KV),
+StreamingLLM keeps ``sinks + window - 1 = f·T`` tokens per head between steps and SnapKV keeps
+``budget = f·T`` tokens per head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from kvcompress.classification import HeadClassification
+from kvcompress.methods.base import ComposedMethod, CompressionMethod, MethodHandle
+from kvcompress.methods.baselines import SnapKV, StreamingLLM
+from kvcompress.methods.dead_heads import DeadHeadPruner
+from kvcompress.methods.positional import PositionalHeadOptimizer
+
+
+class NoCompression(CompressionMethod):
+    """The unmodified model (SDPA, ``DynamicCache``)."""
+
+    name = "full"
+
+    def apply(self, model: nn.Module) -> MethodHandle:
+        return MethodHandle(model, [], compressed_cache=False)
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """What a method may need: a classification, window geometry, a context length and KV fraction."""
+
+    classification: HeadClassification | None = None
+    sinks: int = 4
+    window: int = 64
+    context_length: int = 1024
+    kv_fraction: float = 0.5
+    snapkv_observation_window: int = 32
+
+    def budget_tokens(self) -> int:
+        return max(self.sinks + 1, round(self.kv_fraction * self.context_length))
+
+    def require_classification(self, name: str) -> HeadClassification:
+        if self.classification is None:
+            raise ValueError(f"method {name!r} needs a head classification (--classification)")
+        return self.classification
+
+
+def _dead(settings: MethodSettings) -> CompressionMethod:
+    return DeadHeadPruner(settings.require_classification("dead"))
+
+
+def _positional(settings: MethodSettings) -> CompressionMethod:
+    return PositionalHeadOptimizer(settings.require_classification("positional"), settings.sinks, settings.window)
+
+
+METHODS: dict[str, Callable[[MethodSettings], CompressionMethod]] = {
+    "full": lambda settings: NoCompression(),
+    "dead": _dead,
+    "dead_zero": lambda settings: DeadHeadPruner(settings.require_classification("dead_zero"), mode="zero"),
+    "positional": _positional,
+    "positional+dead": lambda settings: ComposedMethod([_dead(settings), _positional(settings)]),
+    "streaming_llm": lambda settings: StreamingLLM(settings.sinks, settings.budget_tokens() - settings.sinks + 1),
+    "snapkv": lambda settings: SnapKV(max(settings.budget_tokens(), settings.snapkv_observation_window),
+                                      settings.snapkv_observation_window),
+}
+
+
+def build_method(name: str, settings: MethodSettings) -> CompressionMethod:
+    """Instantiate a registered method."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {sorted(METHODS)}")
+    return METHODS[name](settings)
+
+
+def kv_fraction(classification: HeadClassification, context_length: int, sinks: int, window: int,
+                with_dead: bool = True) -> float:
+    """KV kept / full KV at ``context_length`` when windowing (and removing) per ``classification``.
+
+    ``f = Σ_groups kept_g / (G·T)`` with ``kept = T`` (full), ``sinks + window - 1`` (windowed) or 0
+    (KV group whose query heads are all dead).
+    """
+    shape = classification.shape
+    groups = shape.num_layers * shape.num_kv_heads
+    windowed = len(classification.windowable_kv_groups())
+    removed = len(classification.kv_groups_where({"dead"}, {"dead"})) if with_dead else 0
+    retained = min(sinks + window - 1, context_length)
+    kept = (groups - windowed - removed) * context_length + windowed * retained
+    return kept / (groups * context_length)

@@ -1,0 +1,113 @@
+"""Benchmark KV / head compression methods on a causal LM.
+
+    python scripts/benchmark.py --model smollm2 \
+        --classification statistics=results/attention_analysis_smollm2-135m/head_classification.json \
+        --classification calibration=results/attention_analysis_smollm2-135m/head_classification_calibration.json \
+        --methods full dead@calibration positional@statistics positional+dead@calibration streaming_llm snapkv
+
+A method is ``name`` or ``name@classification``; StreamingLLM and SnapKV get the KV fraction of
+``--budget-from`` (a ``positional+dead@...`` method) at the same context length, or ``--kv-fraction``.
+Per method: TTFT, TPOT, throughput, peak memory, KV bytes, prefill FLOPs (speed prompt), strided
+perplexity on ``--text`` (default WikiText-2 test) and passkey accuracy. ``results.json`` and
+``results.md`` are rewritten after every method.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from kvcompress.classification import HeadClassification
+from kvcompress.evaluation.benchmark import BenchmarkSettings, benchmark_method, markdown_table, save_results
+from kvcompress.evaluation.passkey import make_passkey_prompts
+from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream
+from kvcompress.methods.registry import METHODS, MethodSettings, build_method, kv_fraction
+from kvcompress.models.loading import load_model_and_tokenizer, model_slug
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--methods", nargs="+", default=["full"], help=f"from {sorted(METHODS)}, optionally @name")
+    parser.add_argument("--classification", action="append", default=[], metavar="NAME=PATH",
+                        help="head_classification.json files; the first is the default")
+    parser.add_argument("--budget-from", default=None, help="method whose KV fraction the baselines match")
+    parser.add_argument("--kv-fraction", type=float, default=None, help="explicit KV fraction for the baselines")
+    parser.add_argument("--sinks", type=int, default=4)
+    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--text", default=str(DEFAULT_TEXT))
+    parser.add_argument("--ppl-max-length", type=int, default=512)
+    parser.add_argument("--ppl-stride", type=int, default=256)
+    parser.add_argument("--ppl-windows", type=int, default=16, help="number of strided windows (0: all)")
+    parser.add_argument("--passkey-len", type=int, default=600)
+    parser.add_argument("--passkey-prompts", type=int, default=20)
+    parser.add_argument("--prompt-len", type=int, default=600, help="prompt tokens of the speed runs")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=None)
+    return parser.parse_args()
+
+
+def parse_method(spec: str, classifications: dict[str, HeadClassification]) -> tuple[str, HeadClassification | None]:
+    name, _, source = spec.partition("@")
+    if name not in METHODS:
+        raise SystemExit(f"unknown method {name!r}; valid methods: {sorted(METHODS)}")
+    if source and source not in classifications:
+        raise SystemExit(f"unknown classification {source!r}; given: {sorted(classifications)}")
+    default = next(iter(classifications.values()), None)
+    return name, classifications[source] if source else default
+
+
+def main() -> None:
+    args = parse_args()
+    classifications = {}
+    for item in args.classification:
+        name, _, path = item.partition("=")
+        classifications[name] = HeadClassification.load(path)
+    specs = [(spec, *parse_method(spec, classifications)) for spec in args.methods]
+    out = Path(args.out or f"results/benchmark_{model_slug(args.model)}")
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    for _, _, classification in specs:
+        if classification is not None:
+            classification.check_model(model)
+    text = load_token_stream(args.text, tokenizer, max_tokens=max(
+        args.prompt_len, args.ppl_stride * (args.ppl_windows or 10**6) + args.ppl_max_length) + 1) \
+        if Path(args.text).is_file() else None
+    if text is None:
+        print(f"text file {args.text} is absent: perplexity skipped")
+    prompts = make_passkey_prompts(tokenizer, args.passkey_len, args.passkey_prompts)
+    speed_prompt = prompts[len(prompts) // 2].input_ids if prompts else text[None, : args.prompt_len]
+
+    def baseline_fraction(context: int) -> float:
+        if args.kv_fraction is not None:
+            return args.kv_fraction
+        source = args.budget_from or next((s for s, n, _ in specs if n == "positional+dead"), None)
+        if source is None:
+            return 0.5
+        _, reference = parse_method(source, classifications)
+        return kv_fraction(reference, context, args.sinks, args.window)
+
+    settings = BenchmarkSettings(speed_prompt, args.new_tokens, args.warmup, args.repeats, args.ppl_max_length,
+                                 args.ppl_stride, args.ppl_windows or None)
+    metadata = {key: value for key, value in vars(args).items()}
+    metadata.update({"device": str(next(model.parameters()).device), "threads": torch.get_num_threads()})
+    results = []
+    for spec, name, classification in tqdm(specs, desc="methods"):
+        def make_method(context: int, name=name, classification=classification):
+            method_settings = MethodSettings(classification, args.sinks, args.window, context,
+                                             baseline_fraction(context))
+            return build_method(name, method_settings)
+
+        result = {"method": spec, **benchmark_method(model, tokenizer, make_method, settings, text, prompts)}
+        if name in ("streaming_llm", "snapkv"):
+            result["kv_fraction_budget"] = baseline_fraction(speed_prompt.shape[1])
+        results.append(result)
+        save_results(results, metadata, out)
+        print(markdown_table(results))
+
+if __name__ == "__main__":
+    main()

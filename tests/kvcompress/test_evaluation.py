@@ -1,0 +1,92 @@
+"""Benchmark building blocks on tiny models: perplexity through the cache, greedy loop, registry, table."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from kvcompress.adapters import ModelShape
+from kvcompress.classification import HeadClassification
+from kvcompress.evaluation.benchmark import BenchmarkSettings, benchmark_method, markdown_table
+from kvcompress.evaluation.perplexity import strided_perplexity
+from kvcompress.evaluation.text import split_windows
+from kvcompress.evaluation.timing import greedy_generate, prefill_flops
+from kvcompress.methods.dead_heads import DeadHeadPruner
+from kvcompress.methods.registry import METHODS, MethodSettings, build_method, kv_fraction
+
+
+def test_cached_perplexity_equals_direct_computation(tiny_model):
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 90, (100,))
+    result = strided_perplexity(tiny_model, tokens, DynamicCache, max_length=40, stride=20, progress=False)
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, 100 - 40 + 1, 20):
+            window = tokens[start : start + 40][None]
+            logits = tiny_model(window, use_cache=False).logits[0, 19:-1]
+            nll += F.cross_entropy(logits, window[0, 20:], reduction="sum").item()
+            count += 20
+    assert result["tokens"] == count == 80
+    assert result["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
+
+
+def test_greedy_loop_matches_uncached_argmax(tiny_model, input_ids):
+    reference = input_ids[:1]
+    with torch.no_grad():
+        for _ in range(5):
+            next_token = tiny_model(reference, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            reference = torch.cat([reference, next_token], 1)
+    run = greedy_generate(tiny_model, input_ids[:1], 5, DynamicCache())
+    assert torch.equal(run.new_tokens, reference[:, input_ids.shape[1]:])
+    assert run.ttft_s > 0 and run.kv_bytes > 0
+
+
+def test_prefill_flops_drop_in_proportion_to_removed_heads(tiny_model):
+    full = prefill_flops(tiny_model, 64)
+    with DeadHeadPruner([(0, 0), (1, 0)]).apply(tiny_model):
+        pruned = prefill_flops(tiny_model, 64)
+    assert pruned < full
+
+
+def test_registry_unknown_name_lists_valid_ones():
+    with pytest.raises(ValueError, match="valid methods: .*snapkv"):
+        build_method("h2o", MethodSettings())
+    with pytest.raises(ValueError, match="needs a head classification"):
+        build_method("positional", MethodSettings())
+    assert {"full", "dead", "positional", "positional+dead", "streaming_llm", "snapkv"} <= set(METHODS)
+
+
+def test_kv_fraction_formula():
+    shape = ModelShape(2, 4, 2, 8)  # 4 KV groups
+    labels = [["positional", "positional", "gathering", "gathering"], ["dead", "dead", "gathering", "dead"]]
+    classification = HeadClassification(shape, labels, "test")
+    # group (0,0) windowed: 4+64-1 = 67 of 1000; group (1,0) removed; 2 full groups
+    assert kv_fraction(classification, 1000, 4, 64) == pytest.approx((2 * 1000 + 67) / 4000)
+    assert kv_fraction(classification, 1000, 4, 64, with_dead=False) == pytest.approx((3 * 1000 + 67) / 4000)
+
+
+def test_benchmark_method_and_table(tiny_model):
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 90, (200,))
+    settings = BenchmarkSettings(tokens[None, :50], new_tokens=4, warmup=0, repeats=1, ppl_max_length=40,
+                                 ppl_stride=20, ppl_max_windows=3)
+    contexts = []
+
+    def make_method(context):
+        contexts.append(context)
+        return build_method("streaming_llm", MethodSettings(context_length=context, kv_fraction=0.5))
+
+    full = benchmark_method(tiny_model, None, lambda context: build_method("full", MethodSettings()), settings,
+                            tokens, [])
+    streaming = benchmark_method(tiny_model, None, make_method, settings, tokens, [])
+    assert contexts == [50, 20]
+    assert streaming["kv_bytes"] < full["kv_bytes"]
+    table = markdown_table([{"method": "full", **full}, {"method": "streaming_llm", **streaming}])
+    assert table.count("\n") == 4 and "| streaming_llm |" in table
+
+
+def test_split_windows_needs_enough_text():
+    with pytest.raises(ValueError, match="need 3 windows"):
+        split_windows(torch.arange(10), 4, 3)
