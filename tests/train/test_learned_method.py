@@ -16,7 +16,7 @@ from tests.conftest import llava_prompt, pixel_values, with_fields
 PREFIX, SUFFIX, LAYERS, NUM_LAYERS = 6, 12, [2, 4, 6], 8
 
 
-def write_checkpoint(path, use_attn_residual: bool, layers=LAYERS, seed: int = 0) -> str:
+def write_checkpoint(path, use_attn_residual: bool, layers=LAYERS, seed: int = 0, scale: float = 20.0) -> str:
     torch.manual_seed(seed)
     config = PrunerConfig(
         d_model=64, pruning_layers=layers, hidden_dim=32, use_attn_residual=use_attn_residual, attn_residual_weight=50.0
@@ -24,7 +24,7 @@ def write_checkpoint(path, use_attn_residual: bool, layers=LAYERS, seed: int = 0
     pruner = LayerSpecificPruner(config)
     with torch.no_grad():  # logits spread widely around 0, so every stage keeps some tokens and drops others
         for head in pruner.heads.values():
-            head.mlp[-1].weight.mul_(20.0)
+            head.mlp[-1].weight.mul_(scale)
             head.mlp[-1].bias.zero_()
     save_checkpoint(path, {"pruner_config": pruner_config_dict(pruner), "pruner": pruner.state_dict()})
     return str(path)

@@ -1,0 +1,64 @@
+"""The training-time soft-mask forward: unpruned == the model; saturated masks == the engine's hard removal."""
+
+import pytest
+import torch
+
+from llava.model.tiny import build_tiny_llava, build_tiny_tokenizer
+from llava.pruner.checkpoint import read_checkpoint
+from llava.pruner.data import synthetic_batch
+from llava.pruner.soft_forward import multimodal_embeddings, soft_pruned_forward
+from llava.pruning.methods.learned import load_pruner
+from tests.conftest import with_fields
+from tests.train.test_learned_method import LAYERS, NUM_LAYERS, write_checkpoint
+
+
+@pytest.fixture(scope="module")
+def llava():
+    return build_tiny_llava(seed=0, text_overrides={"num_hidden_layers": NUM_LAYERS})
+
+
+def batch_for(llava, size: int, seed: int):
+    return synthetic_batch(0, size, seed, build_tiny_tokenizer(), llava.config.image_token_id, 576)
+
+
+@torch.no_grad()
+def test_without_pruner_it_equals_the_model_on_a_left_padded_batch(llava):
+    batch = batch_for(llava, 3, seed=4)
+    assert batch.attention_mask.sum(dim=1).unique().numel() > 1  # real padding
+    out = soft_pruned_forward(llava, multimodal_embeddings(llava, batch.input_ids, batch.pixel_values), batch, LAYERS)
+    assert len(out.stage_states) == len(LAYERS) and out.stage_probs == []
+    for row in range(3):
+        length = int(batch.attention_mask[row].sum())
+        single = llava(
+            input_ids=batch.input_ids[row : row + 1, -length:], pixel_values=batch.pixel_values[row : row + 1]
+        )
+        torch.testing.assert_close(out.logits[row, -length:], single.logits[0], atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_saturated_soft_masks_equal_hard_removal_through_the_engine(llava, tmp_path):
+    # |logits| far above the largest logistic noise (~14 here): the Gumbel samples cannot flip a decision
+    checkpoint = write_checkpoint(tmp_path / "pruner.pt", use_attn_residual=True, scale=1e5)
+    batch = batch_for(llava, 1, seed=5)
+    embeds = multimodal_embeddings(llava, batch.input_ids, batch.pixel_values)
+    soft = soft_pruned_forward(
+        llava,
+        embeds,
+        batch,
+        LAYERS,
+        load_pruner(checkpoint),
+        temperature=1e-3,
+        generator=torch.Generator().manual_seed(0),
+    )
+    with_fields(llava, pruning_method="learned", pruning_params={"pruner_checkpoint": checkpoint})
+    try:
+        hard = llava(input_ids=batch.input_ids, pixel_values=batch.pixel_values, prune_query_index=batch.query_index)
+        stages = llava.language_model.last_pruning_record.stages
+    finally:
+        with_fields(llava, pruning_method=None, pruning_params=None)
+    start = int(batch.span[0, 0])
+    for stage, keep in zip(stages, soft.cumulative_keep, strict=True):
+        assert torch.equal(stage.kept_index[0] - start, (keep[0] > 0.5).nonzero()[:, 0])
+    assert 0 < stages[-1].kept_index.shape[1] < stages[0].kept_index.shape[1] < 576
+    torch.testing.assert_close(soft.logits[:, -1], hard.logits[:, -1], atol=1e-3, rtol=1e-3)
+    assert read_checkpoint(checkpoint)["pruner_config"]["use_attn_residual"]
