@@ -102,7 +102,7 @@ class TrainingSettings:
 @dataclass
 class TrainConfig:
     model_path: str = "tiny-random-llava"
-    output_dir: str = "outputs/learned_pruner"
+    output_dir: str = "checkpoints/learned_pruner"
     seed: int = 0
     model_overrides: dict[str, Any] = field(default_factory=dict)
     """Text-config overrides for the tiny model (e.g. ``num_hidden_layers``), tests only."""
