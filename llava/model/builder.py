@@ -20,7 +20,9 @@ from llava.model.tiny import (
     build_tiny_image_processor,
     build_tiny_llama,
     build_tiny_llava,
+    build_tiny_llava_config,
     build_tiny_tokenizer,
+    tiny_llama_config,
 )
 from llava.pruning.registry import method_class
 
@@ -64,14 +66,12 @@ def _configure(config: LlavaConfig | LlamaConfig, pruning_method: str | None, pa
     """Swap in a ``PruningLlamaConfig`` (with the method's fields) as the LM config, in place for LLaVA."""
     if isinstance(config, LlavaConfig):
         span = image_features_per_image(config)
-        attn_implementation = config.text_config._attn_implementation  # not part of to_dict(): carry it over
         config.text_config = PruningLlamaConfig.from_llama_config(
             config.text_config,
             image_token_id=config.image_token_id,
             fast_v_image_token_length=span,
             **pruning_fields(pruning_method, config.text_config, span, **params),
         )
-        config.text_config._attn_implementation = attn_implementation
 
 
 def load_pretrained_model(
@@ -132,19 +132,13 @@ def load_pretrained_model(
 
 
 def _build_tiny(model_path: str, pruning_method: str | None, params: dict) -> tuple[torch.nn.Module, Any]:
+    """Build the tiny random model with its pruning fields from the start (no config swap on a live model)."""
     seed = params.pop("seed", 0) if pruning_method != "random" else 0
     if model_path == "tiny-random-llava":
-        model = build_tiny_llava(seed=seed)
-        _configure(model.config, pruning_method, params)
-        model.model.language_model.config = model.config.text_config
-        model.language_model.pruning_method()  # validate now, before any forward
+        config = build_tiny_llava_config()
+        span, text = image_features_per_image(config), config.text_config
+        model = build_tiny_llava(seed=seed, **pruning_fields(pruning_method, text, span, **params))
         return model, build_tiny_image_processor()
-    model = build_tiny_llama(seed=seed)
-    attn_implementation = model.config._attn_implementation
-    model.model.config = model.config = PruningLlamaConfig.from_llama_config(
-        model.config,
-        **pruning_fields(pruning_method, model.config, params.get("fast_v_image_token_length"), **params),
-    )
-    model.config._attn_implementation = attn_implementation
-    model.model.pruning_method()
-    return model, None
+    text = tiny_llama_config()
+    fields_ = pruning_fields(pruning_method, text, params.get("fast_v_image_token_length"), **params)
+    return build_tiny_llama(seed=seed, **fields_), None

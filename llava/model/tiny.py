@@ -76,13 +76,11 @@ def tiny_vision_config(**overrides: Any) -> CLIPVisionConfig:
     return CLIPVisionConfig(**values)
 
 
-def build_tiny_llava(
-    seed: int = 0, text_overrides: dict | None = None, **pruning_fields: Any
-) -> PruningLlavaForConditionalGeneration:
-    """Random tiny LLaVA (eval mode) whose vocabulary matches ``build_tiny_tokenizer()``."""
+def build_tiny_llava_config(text_overrides: dict | None = None, **pruning_fields: Any) -> LlavaConfig:
+    """Config of the tiny LLaVA; its vocabulary matches ``build_tiny_tokenizer()``."""
     tokenizer = build_tiny_tokenizer()
     text = tiny_llama_config(vocab_size=len(tokenizer), **(text_overrides or {}))
-    config = LlavaConfig(
+    return LlavaConfig(
         vision_config=tiny_vision_config(),
         text_config=PruningLlamaConfig.from_llama_config(text, **pruning_fields),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
@@ -90,6 +88,13 @@ def build_tiny_llava(
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
     )
+
+
+def build_tiny_llava(
+    seed: int = 0, text_overrides: dict | None = None, **pruning_fields: Any
+) -> PruningLlavaForConditionalGeneration:
+    """Random tiny LLaVA (eval mode) with the given pruning config fields (``text_overrides``: LM shape)."""
+    config = build_tiny_llava_config(text_overrides, **pruning_fields)
     torch.manual_seed(seed)
     return PruningLlavaForConditionalGeneration(config).eval()
 

@@ -57,4 +57,6 @@ class PruningLlamaConfig(LlamaConfig):
         """Same architecture as ``config`` with pruning fields set."""
         values = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures")}
         values.update(pruning_fields)
-        return cls(**values)
+        pruned = cls(**values)
+        pruned._attn_implementation = config._attn_implementation  # not part of to_dict()
+        return pruned
