@@ -75,7 +75,10 @@ class HeadClassification:
 
     def check_model(self, model: nn.Module) -> None:
         """Raise ``ValueError`` when this classification was made for a model of another shape."""
-        shape = adapter_for(model).model_shape(model)
+        self.check_shape(adapter_for(model).model_shape(model))
+
+    def check_shape(self, shape: ModelShape) -> None:
+        """Raise ``ValueError`` when ``shape`` is not the shape this classification was made for."""
         if shape != self.shape:
             raise ValueError(f"head classification is for a model of shape {self.shape.as_dict()}, "
                              f"but this model has {shape.as_dict()}")

@@ -19,7 +19,7 @@ import torch
 
 from kvcompress.analysis.calibration import CalibrationConfig, CalibrationSet, classify_by_calibration
 from kvcompress.analysis.classify import StatisticsThresholds, classify_by_statistics
-from kvcompress.analysis.collector import collect_head_statistics
+from kvcompress.analysis.collector import HeadStatistics, collect_head_statistics
 from kvcompress.analysis.plots import (
     plot_classification,
     plot_entropy_heatmap,
@@ -48,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dead-min-entropy", type=float, default=0.9)
     parser.add_argument("--dead-max-output-ratio", type=float, default=0.1)
     parser.add_argument("--calibrate", action="store_true", help="also run the calibration classifier")
-    parser.add_argument("--calibration-texts", type=int, default=1)
+    parser.add_argument("--calibration-texts", type=int, default=1, help="text windows (0: prompts only)")
     parser.add_argument("--calibration-text-len", type=int, default=256)
     parser.add_argument("--calibration-prompts", type=int, default=2)
     parser.add_argument("--calibration-prompt-len", type=int, default=600)
@@ -56,6 +56,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dead-budget", type=float, default=0.1, help="max fraction of heads removed")
     parser.add_argument("--max-cost", type=float, default=0.05)
     parser.add_argument("--max-joint-cost", type=float, default=0.2)
+    parser.add_argument("--window-candidates", type=int, default=0,
+                        help="calibrate windowing only for the N KV groups with the largest window mass (0: all)")
+    parser.add_argument("--removal-candidates", type=int, default=0,
+                        help="calibrate removal only for the N heads with the lowest output ratio (0: all)")
+    parser.add_argument("--reuse", action="store_true", help="reuse statistics JSON files already in --out")
     parser.add_argument("--out", default=None, help="output folder (default results/attention_analysis_<model>)")
     parser.add_argument("--threads", type=int, default=None)
     return parser.parse_args()
@@ -74,9 +79,12 @@ def main() -> None:
     longest = max([args.seq_len, *args.lengths])
     tokens = load_token_stream(args.text, tokenizer, max_tokens=args.samples * args.seq_len + 2 * longest)
 
-    statistics = collect_head_statistics(model, split_windows(tokens, args.seq_len, args.samples), config,
-                                         args.chunk_rows)
-    statistics.save(out / "statistics.json")
+    if args.reuse and (out / "statistics.json").is_file():
+        statistics = HeadStatistics.load(out / "statistics.json")
+    else:
+        statistics = collect_head_statistics(model, split_windows(tokens, args.seq_len, args.samples), config,
+                                             args.chunk_rows)
+        statistics.save(out / "statistics.json")
     classification = classify_by_statistics(statistics, thresholds)
     classification.parameters["model"] = args.model
     classification.save(out / "head_classification.json")
@@ -86,22 +94,36 @@ def main() -> None:
     print(f"statistics classifier: {classification.counts()}, windowable KV groups: "
           f"{len(classification.windowable_kv_groups())}")
 
-    by_length = {}
-    for length in args.lengths:
+    by_length_path = out / "statistics_by_length.json"
+    by_length = {int(length): HeadStatistics.from_dict(data)
+                 for length, data in json.loads(by_length_path.read_text()).items()} \
+        if args.reuse and by_length_path.is_file() else {}
+    for length in (length for length in args.lengths if length not in by_length):
         offset = tokens[args.samples * args.seq_len :]
         by_length[length] = collect_head_statistics(model, split_windows(offset, length, 1), config,
                                                     args.chunk_rows)
-        (out / "statistics_by_length.json").write_text(
+        by_length_path.write_text(
             json.dumps({str(k): v.to_dict() for k, v in by_length.items()}))
     if by_length:
         plot_statistics_vs_length(by_length, out / "statistics_vs_length.png")
 
     if args.calibrate:
-        texts = split_windows(tokens, args.calibration_text_len, args.calibration_texts)
+        texts = split_windows(tokens, args.calibration_text_len, args.calibration_texts) \
+            if args.calibration_texts else []
         prompts = make_passkey_prompts(tokenizer, args.calibration_prompt_len, args.calibration_prompts, seed=1234)
         calibration_config = CalibrationConfig(args.window_budget, args.dead_budget, args.max_cost,
                                                args.max_joint_cost, sinks=args.sinks, window=args.local_window)
-        calibrated = classify_by_calibration(model, CalibrationSet(texts, prompts), calibration_config)
+        ratios = classification.scores["output_ratio"]
+        heads = sorted(((layer, head) for layer, row in enumerate(ratios) for head in range(len(row))),
+                       key=lambda item: ratios[item[0]][item[1]])
+        mass = classification.scores["window_mass"]
+        shape = statistics.shape
+        groups = sorted(((layer, kv) for layer in range(shape.num_layers) for kv in range(shape.num_kv_heads)),
+                        key=lambda group: -min(mass[group[0]][h] for h in shape.query_heads_of(group[1])))
+        calibrated = classify_by_calibration(
+            model, CalibrationSet(texts, prompts), calibration_config,
+            window_candidates=groups[: args.window_candidates] if args.window_candidates else None,
+            removal_candidates=heads[: args.removal_candidates] if args.removal_candidates else None)
         calibrated.parameters["model"] = args.model
         calibrated.save(out / "head_classification_calibration.json")
         plot_classification(statistics, calibrated, out / "classification_calibration.png")

@@ -3,10 +3,12 @@
 On a small calibration set (text windows and passkey prompts with their answers), for an intervention
 ``m`` (window one KV group, or zero one query head):
 
-    cost(m) = mean_t KL( p_full(· | x_<t) || p_m(· | x_<t) )  over text positions
+    cost(m) = mean_t KL( p_full(· | x_<t) || p_m(· | x_<t) )  over the positions of every sequence
+              (text windows, and passkey prompts followed by their answers)
             + answer_weight · ( NLL_m(answer | prompt) - NLL_full(answer | prompt) )  averaged over prompts
 
-Interventions are sorted by cost and accepted greedily (cheapest first) up to a budget (fraction of KV
+To bound the run, only some candidates may be measured (e.g. the KV groups with the largest
+sink + window mass); the others are never selected. Interventions are sorted by cost and accepted greedily (cheapest first) up to a budget (fraction of KV
 groups / query heads) while each cost stays below ``max_cost``; the accepted set is then measured as a
 whole and shrunk by 10 % steps until its joint cost is below ``max_joint_cost``. Labels: heads of
 windowed groups are positional, removed heads dead, the rest gathering. On GQA models the unit of
@@ -53,38 +55,44 @@ class CalibrationSet:
 
 @dataclass
 class Reference:
-    text_log_probs: list[torch.Tensor]
+    log_probs: list[torch.Tensor]  # per sequence (texts, then prompt + answer), [N, vocab]
     answer_nll: list[float]
+
+
+def _sequences(calibration: CalibrationSet) -> list[torch.Tensor]:
+    return [*calibration.texts, *(torch.cat([p.input_ids, p.answer_ids], 1) for p in calibration.prompts)]
 
 
 def _log_probs(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=input_ids, use_cache=False).logits[0].float().log_softmax(-1)
 
 
-def _answer_nll(model: nn.Module, prompt: PasskeyPrompt) -> float:
-    ids = torch.cat([prompt.input_ids, prompt.answer_ids], 1)
-    answer_length = prompt.answer_ids.shape[1]
-    logits = model(input_ids=ids, use_cache=False).logits[0, -answer_length - 1 : -1].float()
-    return F.cross_entropy(logits, prompt.answer_ids[0], reduction="mean").item()
+def _answer_nlls(log_probs: list[torch.Tensor], calibration: CalibrationSet) -> list[float]:
+    nlls = []
+    for prompt, sequence in zip(calibration.prompts, log_probs[len(calibration.texts):], strict=True):
+        answer = prompt.answer_ids[0]
+        predicted = sequence[-answer.numel() - 1 : -1]
+        nlls.append(-predicted.gather(-1, answer[:, None]).mean().item())
+    return nlls
 
 
 def reference_outputs(model: nn.Module, calibration: CalibrationSet) -> Reference:
-    """Full-model next-token log-probabilities on the texts and answer NLLs on the prompts."""
+    """Full-model next-token log-probabilities on every sequence and answer NLLs on the prompts."""
     with torch.no_grad():
-        return Reference([_log_probs(model, text) for text in calibration.texts],
-                         [_answer_nll(model, prompt) for prompt in calibration.prompts])
+        log_probs = [_log_probs(model, sequence) for sequence in _sequences(calibration)]
+    return Reference(log_probs, _answer_nlls(log_probs, calibration))
 
 
 def intervention_cost(model: nn.Module, method: CompressionMethod, calibration: CalibrationSet,
                       reference: Reference, answer_weight: float) -> float:
     """``cost(m)`` of the module docstring for one method applied to ``model`` (undone afterwards)."""
     with torch.no_grad(), method.apply(model):
-        kl = [F.kl_div(_log_probs(model, text), full, log_target=True, reduction="batchmean").item()
-              for text, full in zip(calibration.texts, reference.text_log_probs, strict=True)]
-        nll = [_answer_nll(model, prompt) - full
-               for prompt, full in zip(calibration.prompts, reference.answer_nll, strict=True)]
-    text_cost = sum(kl) / max(len(kl), 1)
-    return text_cost + answer_weight * (sum(nll) / max(len(nll), 1))
+        log_probs = [_log_probs(model, sequence) for sequence in _sequences(calibration)]
+    kl = [F.kl_div(modified, full, log_target=True, reduction="batchmean").item()
+          for modified, full in zip(log_probs, reference.log_probs, strict=True)]
+    nll = [modified - full for modified, full in
+           zip(_answer_nlls(log_probs, calibration), reference.answer_nll, strict=True)]
+    return sum(kl) / len(kl) + answer_weight * (sum(nll) / max(len(nll), 1))
 
 
 def greedy_select(costs: dict, budget: int, max_cost: float) -> list:
@@ -113,8 +121,11 @@ def labels_from_selection(shape: ModelShape, windowed: list[tuple[int, int]],
 
 
 def classify_by_calibration(model: nn.Module, calibration: CalibrationSet,
-                            config: CalibrationConfig | None = None, progress: bool = True) -> HeadClassification:
-    """Measure every KV group's windowing cost and every head's removal cost, then select greedily."""
+                            config: CalibrationConfig | None = None, progress: bool = True,
+                            window_candidates: list[tuple[int, int]] | None = None,
+                            removal_candidates: list[tuple[int, int]] | None = None) -> HeadClassification:
+    """Measure the windowing cost of every KV group and the removal cost of every head (or only of the
+    given candidates, to bound the run), then select greedily."""
     config = config or CalibrationConfig()
     shape = adapter_for(model).model_shape(model)
     reference = reference_outputs(model, calibration)
@@ -126,15 +137,17 @@ def classify_by_calibration(model: nn.Module, calibration: CalibrationSet,
         return intervention_cost(model, method, calibration, reference, config.answer_weight)
 
     groups = all_kv_heads(shape)
-    window_costs = {group: cost(window([group]))
-                    for group in tqdm(groups, desc="calibrate windows", disable=not progress)}
-    heads = [(layer, head) for layer in range(shape.num_layers) for head in range(shape.num_query_heads)]
+    window_costs = {group: cost(window([group])) for group in
+                    tqdm(groups if window_candidates is None else window_candidates, desc="calibrate windows",
+                         disable=not progress)}
+    all_heads = [(layer, head) for layer in range(shape.num_layers) for head in range(shape.num_query_heads)]
+    heads = all_heads if removal_candidates is None else removal_candidates
     dead_costs = {head: cost(DeadHeadPruner([head], mode="zero"))
                   for head in tqdm(heads, desc="calibrate removals", disable=not progress)} \
         if config.dead_budget > 0 else {}
     windowed = greedy_select(window_costs, int(config.window_budget * len(groups)), config.max_cost)
     windowed = shrink_to_joint_cost(windowed, lambda chosen: cost(window(chosen)), config.max_joint_cost)
-    dead = greedy_select(dead_costs, int(config.dead_budget * len(heads)), config.max_cost)
+    dead = greedy_select(dead_costs, int(config.dead_budget * len(all_heads)), config.max_cost)
     dead = shrink_to_joint_cost(
         dead, lambda chosen: cost(ComposedMethod([DeadHeadPruner(chosen, mode="zero"), window(windowed)])),
         config.max_joint_cost)
@@ -143,7 +156,7 @@ def classify_by_calibration(model: nn.Module, calibration: CalibrationSet,
         shape, labels_from_selection(shape, windowed, dead), "calibration",
         parameters={**asdict(config), "texts": len(calibration.texts), "prompts": len(calibration.prompts),
                     "joint_cost": joint},
-        scores={"window_cost": [[window_costs[(layer, kv)] for kv in range(shape.num_kv_heads)]
+        scores={"window_cost": [[window_costs.get((layer, kv)) for kv in range(shape.num_kv_heads)]
                                 for layer in range(shape.num_layers)],
                 "removal_cost": [[dead_costs.get((layer, head)) for head in range(shape.num_query_heads)]
                                  for layer in range(shape.num_layers)]},

