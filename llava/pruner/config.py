@@ -104,6 +104,7 @@ class TrainConfig:
     model_path: str = "tiny-random-llava"
     output_dir: str = "checkpoints/learned_pruner"
     seed: int = 0
+    device: str = "cpu"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     """Text-config overrides for the tiny model (e.g. ``num_hidden_layers``), tests only."""
     method_settings: MethodSettings = field(default_factory=lambda: MethodSettings(target_keep_ratio=[0.5, 0.25, 0.11]))

@@ -43,6 +43,10 @@ class PrunerBatch:
     span: torch.Tensor
     query_index: torch.Tensor
 
+    def to(self, device: torch.device | str) -> PrunerBatch:
+        """The same batch with every tensor on ``device``."""
+        return PrunerBatch(**{name: getattr(self, name).to(device) for name in self.__dataclass_fields__})
+
 
 @dataclass
 class SyntheticSample:

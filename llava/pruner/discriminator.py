@@ -36,7 +36,7 @@ def pool_text_states(
     weights = (POOL_WEIGHT_RANGE[0] + (POOL_WEIGHT_RANGE[1] - POOL_WEIGHT_RANGE[0]) * fraction) * text_valid
     if add_noise:
         std = NOISE_STD_RANGE[0] + (NOISE_STD_RANGE[1] - NOISE_STD_RANGE[0]) * fraction
-        noise = torch.randn(hidden.shape, generator=noise_generator, device=hidden.device).to(hidden.dtype)
+        noise = torch.randn(hidden.shape, generator=noise_generator).to(hidden.device, hidden.dtype)
         hidden = hidden + std[:, :, None] * noise
     return (hidden * weights[:, :, None]).sum(dim=1) / weights.sum(dim=1, keepdim=True)
 

@@ -17,7 +17,7 @@ def gumbel_keep_probs(logits: torch.Tensor, temperature: float, generator: torch
     """Soft keep probabilities ``sigmoid((l + logistic noise) / tau)``, differentiable in ``l``."""
     if temperature <= 0:
         raise ValueError(f"Gumbel-softmax temperature must be > 0, got {temperature}")
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device).clamp(1e-6, 1 - 1e-6)
+    uniform = torch.rand(logits.shape, generator=generator).to(logits.device).clamp(1e-6, 1 - 1e-6)
     logistic = torch.log(uniform) - torch.log1p(-uniform)
     return torch.sigmoid((logits + logistic.to(logits.dtype)) / temperature)
 

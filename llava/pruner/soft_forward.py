@@ -84,7 +84,14 @@ def residual_attention(
     span_index: torch.Tensor,
 ) -> torch.Tensor:
     """Text->vision attention ``[B, S]`` at ``layer`` from its q.k, with keys weighted by ``key_weights``."""
-    sequence = _Sequence(hidden=hidden, cos=cos_sin[0], sin=cos_sin[1], valid=valid, original_index=rows, mask=None)
+    sequence = _Sequence(
+        hidden=hidden,
+        cos=cos_sin[0],
+        sin=cos_sin[1],
+        valid=valid,
+        original_index=torch.arange(hidden.shape[1], device=hidden.device).expand(hidden.shape[0], -1),
+        mask=None,
+    )
     probs = language_model._attention_fn(layer, sequence, None)(layer, rows)
     return text_to_vision_attention(reweight_keys(probs, key_weights), row_weights, span_index)
 

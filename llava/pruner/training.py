@@ -89,7 +89,7 @@ def load_frozen_model(config: TrainConfig) -> tuple[Any, Any]:
     else:
         tokenizer, llava, _, _ = load_pretrained_model(config.model_path)
     llava.requires_grad_(False)
-    return tokenizer, llava.eval()
+    return tokenizer, llava.to(config.device).eval()
 
 
 def build_train_state(config: TrainConfig) -> TrainState:
@@ -123,8 +123,8 @@ def build_train_state(config: TrainConfig) -> TrainState:
         config=config,
         llava=llava,
         tokenizer=tokenizer,
-        pruner=pruner.train(),
-        discriminator=discriminator.train(),
+        pruner=pruner.to(config.device).train(),
+        discriminator=discriminator.to(config.device).train(),
         pruner_optimizer=torch.optim.AdamW(pruner.parameters(), lr=config.training.lr_pruner),
         discriminator_optimizer=torch.optim.AdamW(discriminator.parameters(), lr=config.training.lr_discriminator),
     )
@@ -137,7 +137,7 @@ def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
 
 def text_after_image(batch: PrunerBatch) -> torch.Tensor:
     """``[B, N]`` bool: non-padding tokens after the image span (question and answer)."""
-    positions = torch.arange(batch.input_ids.shape[1]).expand_as(batch.input_ids)
+    positions = torch.arange(batch.input_ids.shape[1], device=batch.input_ids.device).expand_as(batch.input_ids)
     return batch.attention_mask.bool() & (positions >= batch.span[:, 1:])
 
 
@@ -154,7 +154,7 @@ def train_step(state: TrainState) -> dict[str, Any]:
         state.llava.config.image_token_id,
         state.span_length,
         config.training.dataset_size,
-    )
+    ).to(config.device)
     temperature = annealed_temperature(config.temperature, step, ramp_steps)
     weights = {name: cosine_weight(getattr(config.loss_weights, name), step, ramp_steps) for name in LOSS_NAMES}
     embeds = multimodal_embeddings(state.llava, batch.input_ids, batch.pixel_values)
