@@ -27,11 +27,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def existing_checkpoint(path: str | Path) -> Path:
+    """``path`` resolved; a clear ``FileNotFoundError`` when there is no file."""
+    path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"no pruner checkpoint at {path} (train one with python -m llava.train.train_pruner)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    return torch.load(existing_checkpoint(path), map_location="cpu", weights_only=True)
 
 
 def pruner_from_checkpoint(checkpoint: dict[str, Any]) -> LayerSpecificPruner:

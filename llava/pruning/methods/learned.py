@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from llava.pruner.checkpoint import pruner_from_checkpoint, read_checkpoint
+from llava.pruner.checkpoint import existing_checkpoint, pruner_from_checkpoint, read_checkpoint
 from llava.pruner.heads import LayerSpecificPruner
 from llava.pruner.masks import hard_keep_mask
 from llava.pruner.text_attention import gather_tokens, question_rows, text_to_vision_attention
@@ -39,9 +39,7 @@ def _cached_pruner(path: str, modified_ns: int) -> LayerSpecificPruner:
 
 def load_pruner(path: str | Path) -> LayerSpecificPruner:
     """The pruner of a checkpoint, loaded once per file version (the engine rebuilds methods every forward)."""
-    path = Path(path).resolve()
-    if not path.is_file():
-        raise FileNotFoundError(f"no pruner checkpoint at {path} (train one with python -m llava.train.train_pruner)")
+    path = existing_checkpoint(path)
     return _cached_pruner(str(path), path.stat().st_mtime_ns)
 
 
