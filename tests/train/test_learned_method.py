@@ -7,27 +7,12 @@ import torch
 
 from llava.model.builder import load_pretrained_model
 from llava.model.tiny import build_tiny_llava
-from llava.pruner.checkpoint import pruner_config_dict, save_checkpoint
-from llava.pruner.heads import LayerSpecificPruner, PrunerConfig
 from llava.pruning.methods.learned import LearnedPruning
 from llava.train.eval_pruner import run_evaluation
 from tests.conftest import llava_prompt, pixel_values, with_fields
+from tests.train.conftest import LAYERS, NUM_LAYERS, write_checkpoint
 
-PREFIX, SUFFIX, LAYERS, NUM_LAYERS = 6, 12, [2, 4, 6], 8
-
-
-def write_checkpoint(path, use_attn_residual: bool, layers=LAYERS, seed: int = 0, scale: float = 20.0) -> str:
-    torch.manual_seed(seed)
-    config = PrunerConfig(
-        d_model=64, pruning_layers=layers, hidden_dim=32, use_attn_residual=use_attn_residual, attn_residual_weight=50.0
-    )
-    pruner = LayerSpecificPruner(config)
-    with torch.no_grad():  # logits spread widely around 0, so every stage keeps some tokens and drops others
-        for head in pruner.heads.values():
-            head.mlp[-1].weight.mul_(scale)
-            head.mlp[-1].bias.zero_()
-    save_checkpoint(path, {"pruner_config": pruner_config_dict(pruner), "pruner": pruner.state_dict()})
-    return str(path)
+PREFIX, SUFFIX = 6, 12
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from llava.pruner.data import synthetic_batch
 from llava.pruner.soft_forward import multimodal_embeddings, soft_pruned_forward
 from llava.pruning.methods.learned import load_pruner
 from tests.conftest import with_fields
-from tests.train.test_learned_method import LAYERS, NUM_LAYERS, write_checkpoint
+from tests.train.conftest import LAYERS, NUM_LAYERS, write_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,23 @@
+"""Shared helpers of the learned-pruner tests: an 8-layer tiny LLaVA and random pruner checkpoints."""
+
+import torch
+
+from llava.pruner.checkpoint import pruner_config_dict, save_checkpoint
+from llava.pruner.heads import LayerSpecificPruner, PrunerConfig
+
+LAYERS, NUM_LAYERS = [2, 4, 6], 8
+
+
+def write_checkpoint(path, use_attn_residual: bool, layers=LAYERS, seed: int = 0, scale: float = 20.0) -> str:
+    """A random pruner checkpoint for a width-64 model; the last layer scaled by ``scale``, bias 0."""
+    torch.manual_seed(seed)
+    config = PrunerConfig(
+        d_model=64, pruning_layers=layers, hidden_dim=32, use_attn_residual=use_attn_residual, attn_residual_weight=50.0
+    )
+    pruner = LayerSpecificPruner(config)
+    with torch.no_grad():  # logits spread widely around 0, so every stage keeps some tokens and drops others
+        for head in pruner.heads.values():
+            head.mlp[-1].weight.mul_(scale)
+            head.mlp[-1].bias.zero_()
+    save_checkpoint(path, {"pruner_config": pruner_config_dict(pruner), "pruner": pruner.state_dict()})
+    return str(path)
