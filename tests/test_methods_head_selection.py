@@ -90,7 +90,8 @@ def test_aggregation_weights_the_selected_heads_by_softmax_of_their_scores():
     choice = aggregate_best_heads(attn, scores, 2)
     assert choice.head_index.tolist() == [[0, 2]]
     weights = torch.tensor([2.0, 1.0]).softmax(0)
-    assert torch.allclose(choice.token_scores[0], weights[0] * attn[0, 0] + weights[1] * attn[0, 2])
+    expected = weights[0] * attn[0, 0] + weights[1] * attn[0, 2]
+    assert torch.allclose(choice.token_scores[0].float(), expected)
 
 
 def test_gini_of_equal_and_one_hot_values():
