@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 DEFAULT_MODEL_PATH = "llava-hf/llava-1.5-7b-hf"
+DYNAMIC_SELECTION_METHOD = "ablation_a"
 
 
 def str2bool(value: str) -> bool:
@@ -59,7 +60,12 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     pruning.add_argument("--visual_token_num", "--visual-token-num", type=int, default=None, help="budget")
     pruning.add_argument("--H", type=int, default=None, help="number of selected heads (fine-head methods)")
     pruning.add_argument("--head-strategy", "--head_strategy", default=None)
-    pruning.add_argument("--enable-dynamic-selection", "--enable_dynamic_selection", action="store_true")
+    pruning.add_argument(
+        "--enable-dynamic-selection",
+        "--enable_dynamic_selection",
+        action="store_true",
+        help=f"choose head strategy and count per sample (runs method {DYNAMIC_SELECTION_METHOD!r})",
+    )
     pruning.add_argument("--debug-mode", "--debug_mode", type=str2bool, default=False)
     pruning.add_argument("--fast-v-agg-layer", "--fast_v_agg_layer", type=int, default=None)
     pruning.add_argument("--fast-v-token-selection-method", "--fast_v_token_selection_method", default=None)
@@ -76,13 +82,17 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def pruning_method(args: argparse.Namespace) -> str | None:
+    """The registry method to run: the dynamic selector when asked for, else ``--pruning_method``."""
+    return DYNAMIC_SELECTION_METHOD if args.enable_dynamic_selection else args.pruning_method
+
+
 def pruning_params(args: argparse.Namespace) -> dict[str, Any]:
-    """Method parameters for ``load_pretrained_model`` from the flags that were given."""
+    """Method parameters for ``load_pretrained_model`` from the flags that were given (``--H`` -> heads)."""
     named = {
         "visual_token_num": args.visual_token_num,
-        "H": args.H,
+        "heads": args.H,
         "head_strategy": args.head_strategy,
-        "enable_dynamic_selection": args.enable_dynamic_selection or None,
         "debug_mode": args.debug_mode or None,
         "fast_v_agg_layer": args.fast_v_agg_layer,
         "fast_v_token_selection_method": args.fast_v_token_selection_method,
@@ -96,7 +106,7 @@ def pruning_params(args: argparse.Namespace) -> dict[str, Any]:
 def run_config_metadata(args: argparse.Namespace) -> dict[str, Any]:
     """The configuration fields every answer's ``metadata`` records (read back by the scorers)."""
     return {
-        "pruning_method": args.pruning_method,
+        "pruning_method": pruning_method(args),
         "visual_token_num": args.visual_token_num,
         "H": args.H,
         "head_strategy": args.head_strategy,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from llava.conversation import build_question_prompt
-from llava.eval.cli_args import pruning_params
+from llava.eval.cli_args import pruning_method, pruning_params
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.model.llava_arch import image_features_per_image
@@ -92,7 +92,7 @@ def load_model_bundle(args: argparse.Namespace) -> ModelBundle:
     tokenizer, model, image_processor, _ = load_pretrained_model(
         args.model_path,
         model_base=args.model_base,
-        pruning_method=args.pruning_method,
+        pruning_method=pruning_method(args),
         device=str(device),
         torch_dtype=dtype,
         **pruning_params(args),
@@ -127,6 +127,13 @@ def unpruned_cost(bundle: ModelBundle, prompt_length: int, with_image: bool) -> 
     return cost
 
 
+def pruning_context(model: Any, with_image: bool) -> AbstractContextManager:
+    """Pruning as configured for image questions; disabled for text-only ones (plain models: no-op)."""
+    if with_image or not hasattr(model, "pruning_disabled"):
+        return nullcontext()
+    return model.pruning_disabled()
+
+
 def answer_batch(
     bundle: ModelBundle, settings: GenerationSettings, questions: list[str], images: list[Image.Image] | None
 ) -> tuple[list[str], dict[str, Any]]:
@@ -152,11 +159,10 @@ def answer_batch(
     if with_image:
         pixel_values = process_images(images, bundle.image_processor, settings.image_aspect_ratio)
         inputs["pixel_values"] = pixel_values.to(bundle.device, bundle.dtype)
-    pruning_context = nullcontext() if with_image else bundle.model.pruning_disabled()
-    with pruning_context, torch.inference_mode():
+    with pruning_context(bundle.model, with_image), torch.inference_mode():
         output_ids = bundle.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=pad_id)
     answers = bundle.tokenizer.batch_decode(output_ids[:, input_ids.shape[1] :], skip_special_tokens=True)
-    record = bundle.model.pruning_record if with_image else None
+    record = getattr(bundle.model, "pruning_record", None) if with_image else None
     if record is None:
         cost = unpruned_cost(bundle, max(len(tokens) for tokens in token_lists), with_image)
     else:

@@ -187,7 +187,15 @@ def run_entry_point(
     if not samples and line_errors:
         print(f"error: no usable question in {args.question_file}", file=sys.stderr)
         return 1
-    bundle = load_model_bundle(args)
+    already_answered = completed_keys(args.answers_file)
+    if all(sample.key in already_answered for sample in samples):
+        print(f"all {len(samples)} question(s) already answered in {args.answers_file}", file=sys.stderr)
+        return 0
+    try:
+        bundle = load_model_bundle(args)
+    except ValueError as exc:  # unknown method, bad parameter: the message lists what is valid
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     summary = run_samples(
         samples,
         bundle,
