@@ -43,7 +43,7 @@ def strided_perplexity(
     with torch.no_grad():
         for start in tqdm(starts, desc="perplexity", disable=not progress, leave=False):
             window = tokens[start : start + max_length][None].to(device)
-            prefill = model(window[:, :context], past_key_values=new_cache(), use_cache=True)
+            prefill = model(window[:, :context], past_key_values=new_cache(), use_cache=True, logits_to_keep=1)
             targets = model(window[:, context:-1], past_key_values=prefill.past_key_values, use_cache=True)
             logits = torch.cat([prefill.logits[:, -1:], targets.logits], 1)
             total_nll += F.cross_entropy(logits[0].float(), window[0, context:], reduction="sum").item()

@@ -45,7 +45,7 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
     with torch.no_grad():
         _sync(device)
         start = time.perf_counter()
-        logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         token = logits.argmax(-1, keepdim=True)
         _sync(device)
         ttft = time.perf_counter() - start
