@@ -86,18 +86,32 @@ def resolve_device_and_dtype(device: str | None, dtype: str | None) -> tuple[tor
     return resolved_device, getattr(torch, dtype)
 
 
-def load_model_bundle(args: argparse.Namespace) -> ModelBundle:
-    """Load the model named by the shared flags, with the pruning method and parameters they give."""
-    device, dtype = resolve_device_and_dtype(args.device, args.torch_dtype)
+def load_model_bundle(
+    model_path: str,
+    pruning_method: str | None = None,
+    method_params: dict[str, Any] | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    model_base: str | None = None,
+) -> ModelBundle:
+    """Load a model with the pruning method and its parameters (``visual_token_num``, ``heads``, ...)."""
+    resolved_device, resolved_dtype = resolve_device_and_dtype(device, dtype)
     tokenizer, model, image_processor, _ = load_pretrained_model(
-        args.model_path,
-        model_base=args.model_base,
-        pruning_method=pruning_method(args),
-        device=str(device),
-        torch_dtype=dtype,
-        **pruning_params(args),
+        model_path,
+        model_base=model_base,
+        pruning_method=pruning_method,
+        device=str(resolved_device),
+        torch_dtype=resolved_dtype,
+        **(method_params or {}),
     )
-    return ModelBundle(tokenizer, model.to(dtype), image_processor, device, dtype)
+    return ModelBundle(tokenizer, model.to(resolved_dtype), image_processor, resolved_device, resolved_dtype)
+
+
+def bundle_from_args(args: argparse.Namespace) -> ModelBundle:
+    """Load the model named by the shared command-line flags."""
+    return load_model_bundle(
+        args.model_path, pruning_method(args), pruning_params(args), args.device, args.torch_dtype, args.model_base
+    )
 
 
 def left_pad(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from llava.eval.cli_args import run_config_metadata
-from llava.eval.inference import GenerationSettings, ModelBundle, answer_batch, load_model_bundle
+from llava.eval.inference import GenerationSettings, ModelBundle, answer_batch, bundle_from_args
 from llava.eval.jsonl_io import (
     AnswerKey,
     JsonlAppender,
@@ -192,7 +192,7 @@ def run_entry_point(
         print(f"all {len(samples)} question(s) already answered in {args.answers_file}", file=sys.stderr)
         return 0
     try:
-        bundle = load_model_bundle(args)
+        bundle = bundle_from_args(args)
     except ValueError as exc:  # unknown method, bad parameter: the message lists what is valid
         print(f"error: {exc}", file=sys.stderr)
         return 2
