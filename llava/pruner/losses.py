@@ -2,8 +2,9 @@
 
 * task:          CE of the answer tokens, ``-mean_t log p(y_t | y_<t)`` over labels != -100 (shifted by one);
 * adversarial:   generator ``-mean log D(fake)``; discriminator ``-(mean log D(real) + mean log(1 - D(fake))) / 2``;
-* sparsity:      ``mean_i (mean_j P_i(j) - rho_i)^2`` with ``P_i`` the cumulative keep of stage ``i`` and
-                 ``rho_i`` its target keep ratio (a target token count ``K_i`` is ``rho_i = K_i / S``);
+* sparsity:      ``mean_i ((mean_j P_i(j) - rho_i) / rho_i)^2`` with ``P_i`` the cumulative keep of stage ``i``
+                 and ``rho_i`` its target keep ratio (a target token count ``K_i`` is ``rho_i = K_i / S``);
+                 relative, so a late stage with a small target still costs 1 when it drops everything;
 * binarization:  ``mean_i mean_j 4 p_i(j) (1 - p_i(j))`` (0 for 0/1 masks, 1 at p = 0.5).
 """
 
@@ -33,10 +34,10 @@ def discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> 
 
 
 def sparsity_loss(cumulative_keep: list[torch.Tensor], target_ratios: list[float]) -> torch.Tensor:
-    """``mean_i (mean_j P_i(j) - rho_i)^2``."""
+    """``mean_i ((mean_j P_i(j) - rho_i) / rho_i)^2``."""
     if len(cumulative_keep) != len(target_ratios):
         raise ValueError(f"{len(cumulative_keep)} stages but {len(target_ratios)} target keep ratios")
-    gaps = [(keep.mean() - target) ** 2 for keep, target in zip(cumulative_keep, target_ratios, strict=True)]
+    gaps = [((keep.mean() - target) / target) ** 2 for keep, target in zip(cumulative_keep, target_ratios, strict=True)]
     return torch.stack(gaps).mean()
 
 

@@ -47,7 +47,8 @@ def test_schedules_temperature_099_to_04_and_adversarial_cosine_1_to_10():
 def test_losses():
     keep = [torch.full((2, 10), 0.5), torch.full((2, 10), 0.2)]
     assert sparsity_loss(keep, [0.5, 0.2]) == pytest.approx(0.0)
-    assert sparsity_loss(keep, [0.3, 0.2]) == pytest.approx(0.02)
+    assert sparsity_loss(keep, [0.25, 0.2]) == pytest.approx(0.5)
+    assert sparsity_loss([torch.zeros(2, 10)], [0.05]) == pytest.approx(1.0)
     assert binarization_loss([torch.tensor([0.0, 1.0])]) == 0
     assert binarization_loss([torch.tensor([0.5])]) == pytest.approx(1.0)
     fooled = torch.tensor([0.999])
