@@ -129,16 +129,22 @@ def register_kvcompress_attention() -> None:
     AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
 
 
-@contextmanager
-def kvcompress_attention(model: nn.Module) -> Iterator[None]:
-    """Switch ``model`` to the ``kvcompress`` attention for the duration of the block."""
+def use_kvcompress_attention(model: nn.Module) -> Callable[[], None]:
+    """Switch the model to the ``kvcompress`` attention; returns the undo step."""
     previous = model.config._attn_implementation
     register_kvcompress_attention()
     model.set_attn_implementation(IMPLEMENTATION)
+    return lambda: model.set_attn_implementation(previous)
+
+
+@contextmanager
+def kvcompress_attention(model: nn.Module) -> Iterator[None]:
+    """Switch ``model`` to the ``kvcompress`` attention for the duration of the block."""
+    undo = use_kvcompress_attention(model)
     try:
         yield
     finally:
-        model.set_attn_implementation(previous)
+        undo()
 
 
 @contextmanager

@@ -14,9 +14,8 @@ from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 
 from kvcompress.adapters import ArchitectureAdapter
-from kvcompress.attention import IMPLEMENTATION, register_kvcompress_attention
 from kvcompress.cache import CompressedKVCache
-from kvcompress.layout import HeadLayout, get_layout, set_layout
+from kvcompress.layout import LAYOUT_ATTRIBUTE, HeadLayout, get_layout, set_layout
 
 
 class MethodHandle:
@@ -55,14 +54,6 @@ class CompressionMethod(ABC):
         """Modify ``model`` in place and return the handle that undoes it."""
 
 
-def use_kvcompress_attention(model: nn.Module) -> Callable[[], None]:
-    """Switch the model to the ``kvcompress`` attention; returns the undo step."""
-    previous = model.config._attn_implementation
-    register_kvcompress_attention()
-    model.set_attn_implementation(IMPLEMENTATION)
-    return lambda: model.set_attn_implementation(previous)
-
-
 def edit_layouts(
     model: nn.Module,
     adapter: ArchitectureAdapter,
@@ -70,7 +61,7 @@ def edit_layouts(
 ) -> Callable[[], None]:
     """Replace every layer's layout by ``edit(layer, layout)``; returns the undo step."""
     attentions = adapter.attention_modules(model)
-    previous = [getattr(attention, "kvcompress_layout", None) for attention in attentions]
+    previous = [getattr(attention, LAYOUT_ATTRIBUTE, None) for attention in attentions]
     for layer, attention in enumerate(attentions):
         set_layout(attention, edit(layer, get_layout(attention, adapter)))
 

@@ -12,15 +12,16 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
-from kvcompress.adapters import adapter_for
+from kvcompress.adapters import ArchitectureAdapter, adapter_for
+from kvcompress.attention import use_kvcompress_attention
 from kvcompress.classification import HeadClassification, validate_heads
-from kvcompress.layout import get_layout, set_layout
-from kvcompress.methods.base import CompressionMethod, MethodHandle, use_kvcompress_attention
+from kvcompress.layout import LAYOUT_ATTRIBUTE, get_layout, set_layout
+from kvcompress.methods.base import CompressionMethod, MethodHandle
 
 MODES = ("structural", "zero")
 
@@ -60,7 +61,7 @@ class DeadHeadPruner(CompressionMethod):
         return MethodHandle(model, steps, compressed_cache=self.mode == "structural")
 
     @staticmethod
-    def _zero(adapter, attention: nn.Module, removed: set[int]):
+    def _zero(adapter: ArchitectureAdapter, attention: nn.Module, removed: set[int]) -> Callable[[], None]:
         layout = get_layout(attention, adapter)
         present = [i for i, head in enumerate(layout.query_heads) if head in removed]
         weight = adapter.output_projection(attention).weight
@@ -77,9 +78,9 @@ class DeadHeadPruner(CompressionMethod):
         return undo
 
     @staticmethod
-    def _remove(adapter, attention: nn.Module, removed: set[int]):
+    def _remove(adapter: ArchitectureAdapter, attention: nn.Module, removed: set[int]) -> Callable[[], None]:
         layout = get_layout(attention, adapter)
-        previous_layout = getattr(attention, "kvcompress_layout", None)
+        previous_layout = getattr(attention, LAYOUT_ATTRIBUTE, None)
         projections = adapter.projections(attention)
         kept_queries = [head for head in layout.query_heads if head not in removed]
         live_kv = {layout.kv_heads[layout.query_to_kv[i]] for i, head in enumerate(layout.query_heads)

@@ -7,8 +7,9 @@ from abc import abstractmethod
 from torch import nn
 
 from kvcompress.adapters import ModelShape, adapter_for
+from kvcompress.attention import use_kvcompress_attention
 from kvcompress.layout import HeadLayout, KVPolicy
-from kvcompress.methods.base import CompressionMethod, MethodHandle, edit_layouts, use_kvcompress_attention
+from kvcompress.methods.base import CompressionMethod, MethodHandle, edit_layouts
 
 
 class KVPolicyMethod(CompressionMethod):
