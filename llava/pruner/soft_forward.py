@@ -35,11 +35,12 @@ KEEP_EPS = 1e-6
 
 @dataclass
 class SoftForwardOutput:
-    """``stage_probs[i]`` = ``p_i`` and ``cumulative_keep[i]`` = ``P_i`` (``[B, S]``);
+    """``stage_logits[i]``, ``stage_probs[i]`` = ``p_i`` and ``cumulative_keep[i]`` = ``P_i`` (``[B, S]``);
     ``stage_states[i]``: ``[B, N, d]`` hidden states at the end of stage ``i`` (input of the next pruning
     layer; output of the last decoder layer for the last stage)."""
 
     logits: torch.Tensor
+    stage_logits: list[torch.Tensor]
     stage_probs: list[torch.Tensor]
     cumulative_keep: list[torch.Tensor]
     stage_states: list[torch.Tensor]
@@ -121,6 +122,7 @@ def soft_pruned_forward(
     rows, row_weights = question_rows(batch.span[:, 1].to(device), batch.query_index.to(device))
     key_weights = torch.ones(batch_size, seq_len, device=device)
     mask = keyed_causal_bias(valid, key_weights, inputs_embeds.dtype)
+    stage_logits: list[torch.Tensor] = []
     stage_probs: list[torch.Tensor] = []
     cumulative: list[torch.Tensor] = []
     stage_states: list[torch.Tensor] = []
@@ -138,6 +140,7 @@ def soft_pruned_forward(
                 logits = pruner(
                     idx, gather_tokens(hidden, span_index), gather_tokens(hidden, rows), row_weights > 0, attention
                 )
+                stage_logits.append(logits)
                 probs = gumbel_keep_probs(logits.float(), temperature, generator)
                 previous = cumulative[-1] if cumulative else torch.ones_like(probs)
                 stage_probs.append(probs)
@@ -147,4 +150,4 @@ def soft_pruned_forward(
         hidden = decoder_layer(hidden, attention_mask=mask, position_embeddings=cos_sin, position_ids=positions)
     stage_states.append(hidden)
     logits = llava.lm_head(language_model.norm(hidden))
-    return SoftForwardOutput(logits, stage_probs, cumulative, stage_states)
+    return SoftForwardOutput(logits, stage_logits, stage_probs, cumulative, stage_states)

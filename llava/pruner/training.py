@@ -34,6 +34,7 @@ from llava.pruner.losses import (
     sparsity_loss,
     task_loss,
 )
+from llava.pruner.masks import hard_keep_mask
 from llava.pruner.schedules import annealed_temperature, cosine_weight
 from llava.pruner.soft_forward import multimodal_embeddings, soft_pruned_forward
 
@@ -141,6 +142,17 @@ def text_after_image(batch: PrunerBatch) -> torch.Tensor:
     return batch.attention_mask.bool() & (positions >= batch.span[:, 1:])
 
 
+def hard_keep_ratios(stage_logits: list[torch.Tensor]) -> list[float]:
+    """Cumulative keep ratio the hard masks (``l > 0``) of these logits would give, per stage (a diagnostic:
+    later stages of a real hard run see other hidden states)."""
+    kept = torch.ones_like(stage_logits[0], dtype=torch.bool)
+    ratios = []
+    for logits in stage_logits:
+        kept = kept & hard_keep_mask(logits.detach())
+        ratios.append(float(kept.float().mean()))
+    return ratios
+
+
 def train_step(state: TrainState) -> dict[str, Any]:
     """Run step ``state.step`` (generator then discriminator update), advance ``state.step``; return its metrics."""
     config, step = state.config, state.step
@@ -195,5 +207,6 @@ def train_step(state: TrainState) -> dict[str, Any]:
         "keep_ratio": {
             layer: float(keep.detach().mean()) for layer, keep in zip(layers, fake.cumulative_keep, strict=True)
         },
+        "hard_keep_ratio": dict(zip(layers, hard_keep_ratios(fake.stage_logits), strict=True)),
         "residual_weight": state.pruner.residual_weights(),
     }

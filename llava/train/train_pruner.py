@@ -2,7 +2,7 @@
 
 Writes ``<output_dir>/checkpoint.pt`` every ``training.checkpoint_every`` steps and at the end, and one
 JSON line per step to ``<output_dir>/train_log.jsonl`` (losses, loss weights, temperature, cumulative
-keep ratio per pruning layer, residual weights). ``--resume`` continues from the checkpoint exactly as
+soft and hard keep ratio per pruning layer, residual weights). ``--resume`` continues from the checkpoint exactly as
 an uninterrupted run would.
 """
 
@@ -23,9 +23,15 @@ LOG_NAME = "train_log.jsonl"
 
 
 def progress_postfix(metrics: dict[str, Any]) -> dict[str, str]:
-    """Short tqdm postfix: total loss, last stage keep ratio, temperature."""
+    """Short tqdm postfix: total loss, last stage soft and hard keep ratios, temperature."""
     keep = list(metrics["keep_ratio"].values())[-1]
-    return {"loss": f"{metrics['total']:.3f}", "keep": f"{keep:.3f}", "tau": f"{metrics['temperature']:.3f}"}
+    hard = list(metrics["hard_keep_ratio"].values())[-1]
+    return {
+        "loss": f"{metrics['total']:.3f}",
+        "keep": f"{keep:.3f}",
+        "hard": f"{hard:.3f}",
+        "tau": f"{metrics['temperature']:.3f}",
+    }
 
 
 def run_training(config: TrainConfig, resume: bool = False, show_progress: bool = True) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from llava.pruner.losses import binarization_loss, discriminator_loss, generator
 from llava.pruner.masks import gumbel_keep_probs, hard_keep_mask
 from llava.pruner.merger import TokenMerger
 from llava.pruner.schedules import Ramp, annealed_temperature, cosine_weight
+from llava.pruner.training import hard_keep_ratios
 
 
 def test_gumbel_keep_probs_are_soft_differentiable_and_sharpen_with_temperature():
@@ -42,6 +43,11 @@ def test_schedules_temperature_099_to_04_and_adversarial_cosine_1_to_10():
     assert cosine_weight(adversarial, 100, 100) == pytest.approx(10.0)
     with pytest.raises(ValueError, match="total_steps must be >= 1"):
         cosine_weight(adversarial, 0, 0)
+
+
+def test_hard_keep_ratio_is_cumulative_over_stages():
+    first, second = torch.tensor([[1.0, 1.0, -1.0, 2.0]]), torch.tensor([[-1.0, 1.0, 1.0, 1.0]])
+    assert hard_keep_ratios([first, second]) == [0.75, 0.5]
 
 
 def test_losses():

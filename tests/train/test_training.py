@@ -45,7 +45,7 @@ def test_a_few_steps_reduce_the_loss_and_move_the_keep_ratio_to_the_target(unint
     assert [m["step"] for m in history] == [0, 1, 2, 3]
     assert history[-1]["total"] < history[0]["total"]
     assert gap_to_target(history[-1]) < gap_to_target(history[0])
-    assert all(set(m["residual_weight"]) == {1, 2, 3} for m in history)
+    assert all(set(m["residual_weight"]) == set(m["hard_keep_ratio"]) == {1, 2, 3} for m in history)
     assert history[-1]["residual_weight"] != history[0]["residual_weight"]  # learnable weight moves
     logged = [json.loads(line) for line in (output_dir / LOG_NAME).read_text().splitlines()]
     assert [m["total"] for m in logged] == [m["total"] for m in history]
