@@ -14,6 +14,8 @@ METHOD_CASES = {
     "ablation_a": {"debug_mode": True},
     "pdrop": {},
     "sparsevlm": {},
+    "vispruner": {},
+    "cdpruner": {},
 }
 
 
@@ -96,6 +98,10 @@ def test_achieved_equivalent_tokens_match_the_budget(case, budget):
         ("sparsevlm", {"stage_budgets": [300, 200, 700]}, "non-increasing"),
         ("sparsevlm", {"stage_budgets": [700, 200, 100]}, r"valid range is \[1, 576\]"),
         ("sparsevlm", {"prune_layers": [2, 6, 40]}, r"\[1, 31\]"),
+        ("vispruner", {"visual_tokens": 577}, r"valid range is \[1, 576\]"),
+        ("vispruner", {"visual_token_num": 600}, r"valid range is \(0, 576\]"),
+        ("vispruner", {"important_ratio": 1.5}, r"\[0, 1\]"),
+        ("cdpruner", {"visual_tokens": 0}, r"valid range is \[1, 576\]"),
     ],
 )
 def test_bad_parameters_fail_at_load_time(method, params, message):
@@ -113,3 +119,21 @@ def test_ablation_a_logs_its_choice_per_sample(caplog):
     meta = model.language_model.last_selection_metadata
     assert meta["candidates"] == ["graph_based", "multi_objective", "attention_range"]
     assert meta["head_range"] == [4, 4]  # (6, 18) capped at the tiny model's 4 heads
+
+
+@pytest.mark.parametrize("method", ["vispruner", "cdpruner"])
+@torch.no_grad()
+def test_pre_llm_methods_shrink_the_prompt_before_the_llm(method):
+    model = _load(method, 64)
+    ids = llava_prompt(model.config.image_token_id, PREFIX, SUFFIX)
+    seen = {}
+    hook = model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(n=kwargs["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    try:
+        model(input_ids=ids, pixel_values=pixel_values())
+    finally:
+        hook.remove()
+    assert seen["n"] == PREFIX + 64 + SUFFIX
+    assert model.pruning_record["kept_per_layer"] == [64] * 32
+    assert model.language_model.last_gen_kept_indices.shape == (1, 64)

