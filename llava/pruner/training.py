@@ -36,7 +36,7 @@ from llava.pruner.losses import (
 )
 from llava.pruner.masks import hard_keep_mask
 from llava.pruner.schedules import annealed_temperature, cosine_weight
-from llava.pruner.soft_forward import multimodal_embeddings, soft_pruned_forward
+from llava.pruner.soft_forward import SoftForwardOutput, multimodal_embeddings, soft_pruned_forward
 
 LOSS_NAMES = ("task", "adversarial", "sparsity", "binarization")
 
@@ -153,6 +153,38 @@ def hard_keep_ratios(stage_logits: list[torch.Tensor]) -> list[float]:
     return ratios
 
 
+def generator_losses(
+    state: TrainState, batch: PrunerBatch, fake: SoftForwardOutput, text_valid: torch.Tensor, step: int
+) -> dict[str, torch.Tensor]:
+    """Unweighted pruner losses of one step (see the module docstring)."""
+    fake_scores = state.discriminator(fake.stage_states, text_valid, step_generator(state.config.seed, step, 1))
+    return {
+        "task": task_loss(fake.logits, batch.labels),
+        "adversarial": generator_adversarial_loss(fake_scores),
+        "sparsity": sparsity_loss(fake.cumulative_keep, state.config.method_settings.target_ratios(state.span_length)),
+        "binarization": binarization_loss(fake.stage_probs),
+    }
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def discriminator_update(
+    state: TrainState, real: SoftForwardOutput, fake: SoftForwardOutput, text_valid: torch.Tensor, step: int
+) -> float:
+    """One discriminator step on real vs detached fake stage states; returns ``L_D``."""
+    noise = step_generator(state.config.seed, step, 2)
+    loss = discriminator_loss(
+        state.discriminator(real.stage_states, text_valid, noise),
+        state.discriminator([s.detach() for s in fake.stage_states], text_valid, noise),
+    )
+    optimizer_step(state.discriminator_optimizer, loss)
+    return float(loss.detach())
+
+
 def train_step(state: TrainState) -> dict[str, Any]:
     """Run step ``state.step`` (generator then discriminator update), advance ``state.step``; return its metrics."""
     config, step = state.config, state.step
@@ -176,32 +208,16 @@ def train_step(state: TrainState) -> dict[str, Any]:
     fake = soft_pruned_forward(
         state.llava, embeds, batch, layers, state.pruner, temperature, step_generator(config.seed, step, 0)
     )
-    fake_scores = state.discriminator(fake.stage_states, text_valid, step_generator(config.seed, step, 1))
-    losses = {
-        "task": task_loss(fake.logits, batch.labels),
-        "adversarial": generator_adversarial_loss(fake_scores),
-        "sparsity": sparsity_loss(fake.cumulative_keep, config.method_settings.target_ratios(state.span_length)),
-        "binarization": binarization_loss(fake.stage_probs),
-    }
+    losses = generator_losses(state, batch, fake, text_valid, step)
     total = sum(weights[name] * losses[name] for name in LOSS_NAMES)
-    state.pruner_optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    state.pruner_optimizer.step()
-
-    noise = step_generator(config.seed, step, 2)
-    d_loss = discriminator_loss(
-        state.discriminator(real.stage_states, text_valid, noise),
-        state.discriminator([s.detach() for s in fake.stage_states], text_valid, noise),
-    )
-    state.discriminator_optimizer.zero_grad(set_to_none=True)
-    d_loss.backward()
-    state.discriminator_optimizer.step()
+    optimizer_step(state.pruner_optimizer, total)
+    discriminator_total = discriminator_update(state, real, fake, text_valid, step)
     state.step += 1
     return {
         "step": step,
         "total": float(total.detach()),
         **{f"loss_{name}": float(value.detach()) for name, value in losses.items()},
-        "loss_discriminator": float(d_loss.detach()),
+        "loss_discriminator": discriminator_total,
         "temperature": temperature,
         **{f"weight_{name}": value for name, value in weights.items()},
         "keep_ratio": {
