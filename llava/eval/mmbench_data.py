@@ -37,6 +37,16 @@ def decode_base64_image(data: str) -> Image.Image:
         return image.convert("RGB")
 
 
+def _row_problem(row: dict[str, str]) -> str | None:
+    """Why a TSV row cannot be asked, or None."""
+    blank = [name for name in REQUIRED_COLUMNS if is_blank(row.get(name))]
+    if blank:
+        return f"empty cell(s): {', '.join(blank)}"
+    if not row["index"].strip().lstrip("-").isdigit():
+        return f"index {row['index']!r} is not an integer"
+    return None
+
+
 def read_mmbench_tsv(path: str | Path) -> tuple[list[dict[str, str]], list[LineError]]:
     """Rows of an MMBench TSV, and one error per row lacking a required cell (line numbers from 2)."""
     path = Path(path)
@@ -50,9 +60,9 @@ def read_mmbench_tsv(path: str | Path) -> tuple[list[dict[str, str]], list[LineE
             raise InputFileError(f"{path}: missing column(s) {', '.join(missing_columns)}")
         rows, errors = [], []
         for row in reader:
-            blank = [name for name in REQUIRED_COLUMNS if is_blank(row.get(name))]
-            if blank:
-                errors.append(LineError(str(path), reader.line_num, f"empty cell(s): {', '.join(blank)}"))
+            problem = _row_problem(row)
+            if problem:
+                errors.append(LineError(str(path), reader.line_num, problem))
             else:
                 rows.append(row)
     return rows, errors

@@ -19,10 +19,10 @@ FASTV_64 = ["--pruning_method", "fastv", "--visual_token_num", "64"]
 
 @pytest.fixture
 def vqa_benchmark(tmp_path: Path) -> dict[str, Path]:
-    """Five questions on five generated images of different shapes."""
+    """Four questions on four generated images of different shapes (and prompts of different lengths)."""
     images = tmp_path / "images"
     questions = []
-    for index in range(5):
+    for index in range(4):
         make_image(images / f"{index}.png", (40 + 30 * index, 60), (50 * index, 200 - 30 * index, 90))
         text = f"What is shown {index}?" + " Look closely." * index  # different lengths: batches get padding
         questions.append({"question_id": 100 + index, "image": f"{index}.png", "text": text})
@@ -42,11 +42,8 @@ def without_timing(records: list[dict]) -> list[dict]:
             for record in records]
 
 
-def test_loader_writes_llava_answer_format_with_pruning_metadata(vqa_benchmark, tmp_path) -> None:
-    answers = tmp_path / "answers" / "a.jsonl"
-    assert run_loader(vqa_benchmark, answers, *FASTV_64) == 0
-    records = read_lines(answers)
-    assert [record["question_id"] for record in records] == [100, 101, 102, 103, 104]
+def check_llava_format_with_pruning_metadata(records: list[dict]) -> None:
+    assert [record["question_id"] for record in records] == [100, 101, 102, 103]
     first = records[0]
     assert list(first)[:3] == ["question_id", "prompt", "text"]
     assert {"answer_id", "model_id", "metadata"} <= set(first)
@@ -57,20 +54,13 @@ def test_loader_writes_llava_answer_format_with_pruning_metadata(vqa_benchmark, 
     assert metadata["visual_token_num"] == 64
     assert metadata["equivalent_tokens"] == pytest.approx(64, abs=1)
     assert metadata["kept_per_layer"][-1] < 576 and metadata["flops"] > 0 and metadata["prefill_ms"] > 0
-    assert not errors_path_for(answers).exists()
-
-
-def test_vanilla_run_records_unpruned_cost(vqa_benchmark, tmp_path) -> None:
-    answers = tmp_path / "a.jsonl"
-    assert run_loader(vqa_benchmark, answers) == 0
-    metadata = read_lines(answers)[0]["metadata"]
-    assert metadata["pruning_method"] is None and metadata["method"] is None
-    assert metadata["equivalent_tokens"] == 576
 
 
 def test_interrupted_runs_resume_to_the_same_file(vqa_benchmark, tmp_path, monkeypatch) -> None:
     reference = tmp_path / "reference.jsonl"
     assert run_loader(vqa_benchmark, reference, *FASTV_64) == 0
+    check_llava_format_with_pruning_metadata(read_lines(reference))
+    assert not errors_path_for(reference).exists()
 
     # 1) a run stopped after two answers (KeyboardInterrupt inside the loop) ...
     interrupted = tmp_path / "interrupted.jsonl"
@@ -95,7 +85,7 @@ def test_interrupted_runs_resume_to_the_same_file(vqa_benchmark, tmp_path, monke
     assert run_loader(vqa_benchmark, interrupted, *FASTV_64) == 0
     assert without_timing(read_lines(interrupted)) == without_timing(read_lines(reference))
     assert run_loader(vqa_benchmark, interrupted, *FASTV_64) == 0  # nothing left: no duplicates
-    assert len(read_lines(interrupted)) == 5
+    assert len(read_lines(interrupted)) == 4
 
 
 def test_bad_lines_and_missing_images_are_logged_and_skipped(vqa_benchmark, tmp_path, capsys) -> None:
@@ -106,10 +96,10 @@ def test_bad_lines_and_missing_images_are_logged_and_skipped(vqa_benchmark, tmp_
     (vqa_benchmark["images"] / "3.png").write_bytes(b"broken")
     answers = tmp_path / "a.jsonl"
     assert run_loader(vqa_benchmark, answers) == 0
-    assert [record["question_id"] for record in read_lines(answers)] == [100, 101, 102, 104]
+    assert [record["question_id"] for record in read_lines(answers)] == [100, 101, 102]
     errors = read_lines(errors_path_for(answers))
     by_stage = {(error["stage"], error.get("question_id", error.get("line"))) for error in errors}
-    assert by_stage == {("image", 103), ("image", 200), ("question_file", 7), ("question_file", 8)}
+    assert by_stage == {("image", 103), ("image", 200), ("question_file", 6), ("question_file", 7)}
     assert "missing field(s): text" in {error["error"] for error in errors}
     stderr = capsys.readouterr().err
     assert "nope.png" in stderr and "4 error(s)" in stderr
@@ -121,14 +111,15 @@ def test_unknown_method_is_a_clear_error(vqa_benchmark, tmp_path, capsys) -> Non
 
 
 def test_fine_head_and_dynamic_selection_flags_reach_the_engine(vqa_benchmark, tmp_path) -> None:
+    first_two_questions = ("--num-chunks", "2", "--chunk-idx", "0")
     fine = tmp_path / "fine.jsonl"
     assert run_loader(vqa_benchmark, fine, "--pruning_method", "fastv_fine_head", "--visual_token_num", "128",
-                      "--H", "2", "--head-strategy", "entropy") == 0
+                      "--H", "2", "--head-strategy", "entropy", *first_two_questions) == 0
     metadata = read_lines(fine)[0]["metadata"]
     assert (metadata["method"], metadata["H"], metadata["head_strategy"]) == ("fastv_fine_head", 2, "entropy")
     dynamic = tmp_path / "dynamic.jsonl"
     assert run_loader(vqa_benchmark, dynamic, "--visual_token_num", "128", "--enable-dynamic-selection",
-                      "--debug-mode", "True") == 0
+                      "--debug-mode", "True", *first_two_questions) == 0
     metadata = read_lines(dynamic)[0]["metadata"]
     assert metadata["method"] == "ablation_a" and metadata["dynamic_selection"] is True
 
@@ -138,7 +129,7 @@ def test_chunks_cover_the_questions(vqa_benchmark, tmp_path) -> None:
         chunk_args = ("--num-chunks", "2", "--chunk-idx", str(index))
         assert run_loader(vqa_benchmark, tmp_path / f"2_{index}.jsonl", *chunk_args) == 0
     ids = [record["question_id"] for index in range(2) for record in read_lines(tmp_path / f"2_{index}.jsonl")]
-    assert ids == [100, 101, 102, 103, 104]
+    assert ids == [100, 101, 102, 103]
 
 
 def test_answer_batch_is_batch_invariant_on_stock_llava() -> None:
@@ -163,14 +154,16 @@ def test_answer_batch_is_batch_invariant_on_stock_llava() -> None:
 
 
 def test_batch_size_does_not_change_answers(vqa_benchmark, tmp_path) -> None:
-    assert len({len(q["text"]) for q in read_lines(vqa_benchmark["questions"])}) == 5
-    single, batched = tmp_path / "b1.jsonl", tmp_path / "b3.jsonl"
-    assert run_loader(vqa_benchmark, single, *FASTV_64) == 0
-    assert run_loader(vqa_benchmark, batched, *FASTV_64, "--batch-size", "3") == 0
-    assert run_loader(vqa_benchmark, single_vanilla := tmp_path / "v1.jsonl") == 0
-    assert run_loader(vqa_benchmark, batched_vanilla := tmp_path / "v3.jsonl", "--batch-size", "3") == 0
-    assert [r["text"] for r in read_lines(batched_vanilla)] == [r["text"] for r in read_lines(single_vanilla)]
-    assert [r["text"] for r in read_lines(batched)] == [r["text"] for r in read_lines(single)]
+    """Left-padded batches (prompts differ in length) answer as one-by-one runs, pruned and unpruned."""
+    assert len({len(q["text"]) for q in read_lines(vqa_benchmark["questions"])}) == 4
+    for label, method_args in (("fastv", FASTV_64), ("vanilla", ())):
+        single, batched = tmp_path / f"{label}_b1.jsonl", tmp_path / f"{label}_b3.jsonl"
+        assert run_loader(vqa_benchmark, single, *method_args) == 0
+        assert run_loader(vqa_benchmark, batched, *method_args, "--batch-size", "3") == 0
+        assert [r["text"] for r in read_lines(batched)] == [r["text"] for r in read_lines(single)]
+    vanilla = read_lines(tmp_path / "vanilla_b1.jsonl")[0]["metadata"]
+    assert vanilla["pruning_method"] is None and vanilla["method"] is None
+    assert vanilla["equivalent_tokens"] == 576 and vanilla["flops"] > 0
 
 
 def test_science_runs_text_only_questions_unpruned_and_scores(tmp_path) -> None:
