@@ -5,7 +5,9 @@
 * sparsity:      ``mean_i ((mean_j P_i(j) - rho_i) / rho_i)^2`` with ``P_i`` the cumulative keep of stage ``i``
                  and ``rho_i`` its target keep ratio (a target token count ``K_i`` is ``rho_i = K_i / S``);
                  relative, so a late stage with a small target still costs 1 when it drops everything;
-* binarization:  ``mean_i mean_j 4 p_i(j) (1 - p_i(j))`` (0 for 0/1 masks, 1 at p = 0.5).
+* binarization:  ``mean_i mean_j 4 q_i(j) (1 - q_i(j))`` (0 for 0/1, 1 at 0.5), applied to the noise-free
+                 ``q = sigmoid(l)``: Gumbel samples are near 0/1 at low temperature whatever ``l`` is, while
+                 ``E[p] ~ q`` and evaluation keeps ``q > 0.5``, so binary ``q`` makes soft and hard keep agree.
 """
 
 from __future__ import annotations
@@ -41,6 +43,6 @@ def sparsity_loss(cumulative_keep: list[torch.Tensor], target_ratios: list[float
     return torch.stack(gaps).mean()
 
 
-def binarization_loss(stage_probs: list[torch.Tensor]) -> torch.Tensor:
+def binarization_loss(keep_probs: list[torch.Tensor]) -> torch.Tensor:
     """``mean_i mean_j 4 p (1 - p)``."""
-    return torch.stack([(4 * probs * (1 - probs)).mean() for probs in stage_probs]).mean()
+    return torch.stack([(4 * probs * (1 - probs)).mean() for probs in keep_probs]).mean()

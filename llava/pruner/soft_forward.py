@@ -35,13 +35,12 @@ KEEP_EPS = 1e-6
 
 @dataclass
 class SoftForwardOutput:
-    """``stage_logits[i]``, ``stage_probs[i]`` = ``p_i`` and ``cumulative_keep[i]`` = ``P_i`` (``[B, S]``);
+    """``stage_logits[i]`` = ``l_i`` and ``cumulative_keep[i]`` = ``P_i`` (``[B, S]``);
     ``stage_states[i]``: ``[B, N, d]`` hidden states at the end of stage ``i`` (input of the next pruning
     layer; output of the last decoder layer for the last stage)."""
 
     logits: torch.Tensor
     stage_logits: list[torch.Tensor]
-    stage_probs: list[torch.Tensor]
     cumulative_keep: list[torch.Tensor]
     stage_states: list[torch.Tensor]
 
@@ -123,7 +122,6 @@ def soft_pruned_forward(
     key_weights = torch.ones(batch_size, seq_len, device=device)
     mask = keyed_causal_bias(valid, key_weights, inputs_embeds.dtype)
     stage_logits: list[torch.Tensor] = []
-    stage_probs: list[torch.Tensor] = []
     cumulative: list[torch.Tensor] = []
     stage_states: list[torch.Tensor] = []
     hidden = inputs_embeds
@@ -143,11 +141,10 @@ def soft_pruned_forward(
                 stage_logits.append(logits)
                 probs = gumbel_keep_probs(logits.float(), temperature, generator)
                 previous = cumulative[-1] if cumulative else torch.ones_like(probs)
-                stage_probs.append(probs)
                 cumulative.append(previous * probs)
                 key_weights = key_weights.scatter(1, span_index, cumulative[-1])
                 mask = keyed_causal_bias(valid, key_weights, inputs_embeds.dtype)
         hidden = decoder_layer(hidden, attention_mask=mask, position_embeddings=cos_sin, position_ids=positions)
     stage_states.append(hidden)
     logits = llava.lm_head(language_model.norm(hidden))
-    return SoftForwardOutput(logits, stage_logits, stage_probs, cumulative, stage_states)
+    return SoftForwardOutput(logits, stage_logits, cumulative, stage_states)

@@ -5,7 +5,8 @@ Step ``t`` (the frozen VLM never changes; only the pruner and the discriminator 
 1. ``tau_t`` and the loss weights ``w_t`` from their schedules;
 2. real branch: unpruned forward (no gradient); fake branch: soft-pruned forward with Gumbel noise;
 3. generator (pruner) update on
-   ``L_G = w_task CE + w_adv (-log D(fake)) + w_sparsity mean_i ((mean P_i - rho_i) / rho_i)^2 + w_bin mean 4p(1-p)``;
+   ``L_G = w_task CE + w_adv (-log D(fake)) + w_sparsity mean_i ((mean P_i - rho_i) / rho_i)^2 + w_bin mean 4q(1-q)``
+   with ``q = sigmoid(l)`` the noise-free keep probability;
 4. discriminator update on ``L_D = -(log D(real) + log(1 - D(fake))) / 2`` with the fake states detached.
 
 All randomness of step ``t`` (data, Gumbel noise, discriminator noise) comes from generators seeded by
@@ -162,7 +163,7 @@ def generator_losses(
         "task": task_loss(fake.logits, batch.labels),
         "adversarial": generator_adversarial_loss(fake_scores),
         "sparsity": sparsity_loss(fake.cumulative_keep, state.config.method_settings.target_ratios(state.span_length)),
-        "binarization": binarization_loss(fake.stage_probs),
+        "binarization": binarization_loss([torch.sigmoid(logits) for logits in fake.stage_logits]),
     }
 
 

@@ -26,7 +26,7 @@ def test_without_pruner_it_equals_the_model_on_a_left_padded_batch(llava):
     batch = batch_for(llava, 3, seed=4)
     assert batch.attention_mask.sum(dim=1).unique().numel() > 1  # real padding
     out = soft_pruned_forward(llava, multimodal_embeddings(llava, batch.input_ids, batch.pixel_values), batch, LAYERS)
-    assert len(out.stage_states) == len(LAYERS) and out.stage_probs == []
+    assert len(out.stage_states) == len(LAYERS) and out.stage_logits == []
     for row in range(3):
         length = int(batch.attention_mask[row].sum())
         single = llava(
