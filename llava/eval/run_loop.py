@@ -2,7 +2,8 @@
 
 Answers are appended to the answers file one flushed line at a time; a re-run skips every answer
 already there (a partial last line left by a killed run is cut off first). A sample whose image or
-generation fails is reported on stderr and in ``<answers>.errors.jsonl``, and the run goes on.
+generation fails is reported on stderr and in ``<answers>.errors.jsonl`` (rewritten by each run: failed
+samples are retried), and the run goes on.
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ def run_entry_point(
 ) -> int:
     """Shared tail of the entry points: log bad input lines, load the model, answer, report; exit code."""
     errors = ErrorLog(args.answers_file)
+    errors.path.unlink(missing_ok=True)  # failed samples are retried, so the log describes this run only
     if args.chunk_idx == 0:
         for problem in line_errors:
             errors.record("question_file", problem.message, file=problem.path, line=problem.line_number)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +108,8 @@ def test_bad_lines_and_missing_images_are_logged_and_skipped(vqa_benchmark, tmp_
     assert "missing field(s): text" in {error["error"] for error in errors}
     stderr = capsys.readouterr().err
     assert "nope.png" in stderr and "4 error(s)" in stderr
+    assert run_loader(vqa_benchmark, answers) == 0  # the failures are retried and logged afresh, once
+    assert len(read_lines(errors_path_for(answers))) == 4 and len(read_lines(answers)) == 3
 
 
 def test_unknown_method_is_a_clear_error(vqa_benchmark, tmp_path, capsys) -> None:
@@ -226,3 +233,21 @@ def test_mmbench_all_rounds_then_circular_scoring(tmp_path) -> None:
     result = json.loads(result_json.read_text())
     assert result["primary_metric"] == "circular_accuracy"
     assert upload.read_text().splitlines()[0].endswith("\tprediction")
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_to_the_same_file(vqa_benchmark, tmp_path) -> None:
+    args = ["--question-file", str(vqa_benchmark["questions"]), "--image-folder", str(vqa_benchmark["images"]),
+            "--model-path", "tiny-random-llava", "--max_new_tokens", "24", *FASTV_64]
+    reference, killed = tmp_path / "reference.jsonl", tmp_path / "killed.jsonl"
+    assert model_vqa_loader.main([*args, "--answers-file", str(reference)]) == 0
+    process = subprocess.Popen([sys.executable, "-m", "llava.eval.model_vqa_loader", *args, "--answers-file",
+                                str(killed)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not (killed.exists() and killed.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert len(read_lines(killed)) < 4, "the run finished before it could be killed"
+    assert model_vqa_loader.main([*args, "--answers-file", str(killed)]) == 0
+    assert without_timing(read_lines(killed)) == without_timing(read_lines(reference))
