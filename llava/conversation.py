@@ -66,9 +66,6 @@ conv_templates: dict[str, Conversation] = {
     "llava_v1": conv_llava_v1,
 }
 
-default_conversation = conv_vicuna_v1
-
-
 def get_conversation(conv_mode: str) -> Conversation:
     """A fresh copy of the named template; an unknown name raises ValueError listing valid ones."""
     if conv_mode not in conv_templates:
