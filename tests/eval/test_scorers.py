@@ -65,7 +65,7 @@ def test_mme_acc_and_acc_plus(tmp_path: Path) -> None:
     _write_mme_release(tmp_path / "gt")
     answers = [
         answer("artwork/10.jpg", "Yes.", "Is it a painting?"),
-        answer("artwork/10.jpg", "no", "Is it a dog?"),
+        answer("artwork/10.jpg", "no", "Is it a dog?\nAnswer the question using a single word or phrase."),
         answer("artwork/11.jpg", "Yes", "Is it red?"),
         answer("artwork/11.jpg", "Maybe", "Is it blue?"),  # neither yes nor no: wrong
         answer("code_reasoning/0001.png", "Yes", "Does it print 3?"),

@@ -3,7 +3,7 @@
 Ground truth is read from the official release folder (``MME_Benchmark_release_version``): each
 subtask folder holds ``*.txt`` files (directly or under ``questions_answers_YN/``) with one
 ``question<TAB>Yes|No`` line per question, named after the image. An answer is matched by its
-``question_id`` (``<subtask>/<image file>``) and its ``prompt`` (the question text).
+``question_id`` (``<subtask>/<image file>``) and the first line of its ``prompt`` (the question).
 """
 
 from __future__ import annotations
@@ -56,9 +56,12 @@ def load_ground_truth(gt_dir: str | Path) -> dict[GroundTruthKey, str]:
 
 
 def answer_ground_truth_key(answer: dict) -> GroundTruthKey:
-    """The ground-truth key of an answer: subtask and image stem from its id, question from its prompt."""
+    """The ground-truth key of an answer: subtask and image stem from its id, question from its prompt.
+
+    Only the prompt's first line is the question (an instruction line may follow it).
+    """
     subtask, _, image_name = str(answer["question_id"]).partition("/")
-    return subtask, Path(image_name).stem, answer["prompt"].strip()
+    return subtask, Path(image_name).stem, answer["prompt"].split("\n")[0].strip()
 
 
 def subtask_scores(graded: Sequence[tuple[str, bool]]) -> dict[str, float]:
@@ -106,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for subtask, scores in metrics["subtasks"].items():
         print(f"{subtask:<24} " + "  ".join(f"{name} {value:7.2f}" for name, value in scores.items()))
     print("  ".join(f"{name} {metrics[name]:.2f}" for name in ("perception", "cognition", "total")))
+    if metrics["missing_answers"]:
+        print(f"warning: {metrics['missing_answers']} ground-truth question(s) have no answer", file=sys.stderr)
     write_result(args.result_json, build_result("mme", metrics, "total", answers, args.result_file))
     return 0
 
