@@ -5,7 +5,8 @@
 * sparsity:      ``mean_i ((mean_j P_i(j) - rho_i) / rho_i)^2`` with ``P_i`` the cumulative keep of stage ``i``
                  and ``rho_i`` its target keep ratio (a target token count ``K_i`` is ``rho_i = K_i / S``);
                  relative, so a late stage with a small target still costs 1 when it drops everything;
-* binarization:  ``mean_i mean_j 4 q_i(j) (1 - q_i(j))`` (0 for 0/1, 1 at 0.5), applied to the noise-free
+* binarization:  ``mean_i mean_j 2 min(q_i(j), 1 - q_i(j))`` (0 for 0/1, 1 at 0.5; unlike ``4q(1-q)`` its
+                 gradient does not vanish at 0.5, where untrained logits sit), applied to the noise-free
                  ``q = sigmoid(l)``: Gumbel samples are near 0/1 at low temperature whatever ``l`` is, while
                  ``E[p] ~ q`` and evaluation keeps ``q > 0.5``, so binary ``q`` makes soft and hard keep agree.
 """
@@ -44,5 +45,5 @@ def sparsity_loss(cumulative_keep: list[torch.Tensor], target_ratios: list[float
 
 
 def binarization_loss(keep_probs: list[torch.Tensor]) -> torch.Tensor:
-    """``mean_i mean_j 4 p (1 - p)``."""
-    return torch.stack([(4 * probs * (1 - probs)).mean() for probs in keep_probs]).mean()
+    """``mean_i mean_j 2 min(q, 1 - q)``."""
+    return torch.stack([(2 * torch.minimum(probs, 1 - probs)).mean() for probs in keep_probs]).mean()
