@@ -60,3 +60,13 @@ def test_staged_methods_never_materialise_the_full_attention_map(name, monkeypat
     model(input_ids=ids, pixel_values=pixel_values())
     stages = len(model.language_model.last_pruning_record.stages)
     assert len(shapes) == stages and all(q <= 12 for _, _, q, _ in shapes)  # rows: at most the 12 text tokens
+
+
+def test_fine_head_drop_in_class_defaults_to_its_method():
+    from llava.model.language_model.pruning_llama import FastvFineHead_LlamaModel
+
+    config = PruningLlamaConfig.from_llama_config(
+        tiny_llama_config(num_hidden_layers=4), fast_v_attention_rank=8, pruning_params={"heads": 2}
+    )
+    model = FastvFineHead_LlamaModel(config)
+    assert model.pruning_method().name == "fastv_fine_head" and model.pruning_method().heads == 2

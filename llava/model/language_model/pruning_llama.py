@@ -424,3 +424,10 @@ class Fastv_LlamaModel(PruningLlamaModel):
 class FastvAdvanced_LlamaModel(Fastv_LlamaModel):
     """Drop-in name of FastV-Advanced: FastV plus run-time ``token_selection_method`` / ``weighted_alpha``
     switching and ``last_gen_attention_mask`` / ``last_gen_kept_indices`` / ``last_selection_metadata``."""
+
+
+class FastvFineHead_LlamaModel(PruningLlamaModel):
+    """Drop-in name of the fine-head fork: the pruning decoder with ``fastv_fine_head`` as its default method
+    (``pruning_params``: ``heads``, ``head_strategy``)."""
+
+    default_pruning_method = "fastv_fine_head"
