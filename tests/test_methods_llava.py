@@ -14,6 +14,7 @@ METHOD_CASES = {
     "ablation_a": {"debug_mode": True},
     "pdrop": {},
     "sparsevlm": {},
+    "sparsevlm_v2": {"version": "v2", "v2_heads": 2},
     "vispruner": {},
     "cdpruner": {},
 }
@@ -21,7 +22,7 @@ METHOD_CASES = {
 
 def _method(case: str) -> tuple[str, dict]:
     params = METHOD_CASES[case]
-    return ("fastv_fine_head" if case.startswith("fastv_fine_head") else case), params
+    return next(name for name in ("fastv_fine_head", "sparsevlm", case) if case.startswith(name)), params
 
 
 def _load(case: str, budget: float = 64):
@@ -98,6 +99,7 @@ def test_achieved_equivalent_tokens_match_the_budget(case, budget):
         ("sparsevlm", {"stage_budgets": [300, 200, 700]}, "non-increasing"),
         ("sparsevlm", {"stage_budgets": [700, 200, 100]}, r"valid range is \[1, 576\]"),
         ("sparsevlm", {"prune_layers": [2, 6, 40]}, r"\[1, 31\]"),
+        ("sparsevlm", {"version": "v3"}, r"valid: v1.5, v2"),
         ("vispruner", {"visual_tokens": 577}, r"valid range is \[1, 576\]"),
         ("vispruner", {"visual_token_num": 600}, r"valid range is \(0, 576\]"),
         ("vispruner", {"important_ratio": 1.5}, r"\[0, 1\]"),

@@ -242,6 +242,7 @@ class PruningLlamaModel(LlamaModel):
                     original_index=seq.original_index,
                     original_span=span,
                     input_embeddings=inputs_embeds,
+                    rope=(seq.cos, seq.sin),
                 )
                 seq, span_index, query = self._prune(method, step, schedule[idx], seq, past_key_values)
                 stage_valid[idx] = seq.valid

@@ -32,6 +32,8 @@ class PruneStep:
         original_span: ``[B, 2]`` (start, end) of the span in the unpruned input.
         input_embeddings: ``[B, N_0, d]`` the decoder's input embeddings of the *unpruned* input (layer 0),
             for methods that rate tokens before any layer (SparseVLM's text raters).
+        rope: ``(cos, sin)``, each ``[B, N, head_dim]``, the rotary embedding of the current tokens at their
+            original positions (SparseVLM v2's positional-bias correction).
     """
 
     layer: int
@@ -43,6 +45,7 @@ class PruneStep:
     original_index: torch.Tensor
     original_span: torch.Tensor
     input_embeddings: torch.Tensor
+    rope: tuple[torch.Tensor, torch.Tensor]
 
     def query_attention_over_span(self, layer: int) -> torch.Tensor:
         """Attention of the selection query over the live span tokens at ``layer``, ``[B, H, S]``."""

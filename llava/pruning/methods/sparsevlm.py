@@ -13,8 +13,11 @@ Choices where DESIGN.md leaves one:
   188.2 / 123.9 / 61.7 equivalent tokens under our accounting (mean over the 32 layers); a
   ``visual_token_num`` budget therefore scales the nearest preset by the factor that costs the target
   (e.g. 192 -> 307/205/113). Pass ``stage_budgets`` explicitly for the published numbers;
-* token recycling (merging pruned tokens into cluster tokens) and the v2 head/RoPE corrections are not
-  implemented: the sequence only ever loses span tokens.
+* ``version="v2"``: the same raters and stages, scored with only the ``v2_heads`` (14) heads of most
+  rater -> span attention and with the attention divided by a RoPE-only positional bias
+  (``llava.pruning.text_guided``);
+* token recycling (merging pruned tokens into cluster tokens) is not implemented: the sequence only
+  ever loses span tokens.
 """
 
 from __future__ import annotations
@@ -29,10 +32,17 @@ from llava.pruning.budget import equivalent_tokens, span_tokens_per_layer
 from llava.pruning.methods.base import PruneStep, PruningMethod
 from llava.pruning.registry import register_method
 from llava.pruning.selection import TokenSelection, top_r_sorted
-from llava.pruning.text_guided import rater_span_scores, text_raters
+from llava.pruning.text_guided import (
+    debiased_span_attention,
+    rater_span_scores,
+    rope_positional_bias,
+    text_raters,
+    top_rater_heads,
+)
 
 STAGE_BUDGET_PRESETS = {192: (300, 200, 110), 128: (303, 110, 36), 64: (66, 30, 17)}
 PRUNE_LAYERS = (2, 6, 15)
+VERSIONS = ("v1.5", "v2")
 
 
 def scaled_stage_budgets(
@@ -63,6 +73,11 @@ def scaled_stage_budgets(
     return budgets(min((low, high), key=lambda factor: abs(cost(factor) - target_tokens)))
 
 
+def _expand(index: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """``[B, K]`` token index -> ``[B, K, d]`` gather index for a ``[B, N, d]`` rotary table."""
+    return index[:, :, None].expand(-1, -1, rope.shape[-1])
+
+
 def rater_rows(step: PruneStep) -> tuple[torch.Tensor, torch.Tensor]:
     """``[B, Q]`` current indices of each sample's text raters (padded with the query row) and their weights."""
     rows, weights = [], []
@@ -87,14 +102,21 @@ def rater_rows(step: PruneStep) -> tuple[torch.Tensor, torch.Tensor]:
 @register_method
 @dataclass
 class SparseVLM(PruningMethod):
-    """``prune_layers`` and ``stage_budgets`` (span tokens kept from each layer on) from ``pruning_params``."""
+    """``prune_layers``, ``stage_budgets`` (span tokens kept from each layer on), ``version`` and ``v2_heads``
+    from ``pruning_params``."""
 
     prune_layers: tuple[int, ...] = PRUNE_LAYERS
     stage_budgets: tuple[int, ...] = STAGE_BUDGET_PRESETS[192]
+    version: str = "v1.5"
+    v2_heads: int = 14
 
     name = "sparsevlm"
 
     def __post_init__(self) -> None:
+        if self.version not in VERSIONS:
+            raise ValueError(f"sparsevlm: unknown version {self.version!r}; valid: {', '.join(VERSIONS)}")
+        if self.v2_heads < 1:
+            raise ValueError(f"sparsevlm: v2_heads must be >= 1, got {self.v2_heads}")
         self.prune_layers = tuple(self.prune_layers)
         self.stage_budgets = tuple(self.stage_budgets)
         if len(self.prune_layers) != len(self.stage_budgets) or not self.prune_layers:
@@ -114,9 +136,18 @@ class SparseVLM(PruningMethod):
         rows, weights = rater_rows(step)
         probs = step.attention(step.layer - 1, rows)  # [B, H, Q, N]
         index = step.span_index[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1)
-        scores = rater_span_scores(probs.gather(-1, index), weights)
+        span_attention = probs.gather(-1, index)  # [B, H, Q, S]
+        if self.version == "v2":
+            heads = top_rater_heads(span_attention, weights, self.v2_heads)
+            span_attention = span_attention.gather(1, heads[:, :, None, None].expand(-1, -1, *span_attention.shape[2:]))
+            cos, sin = step.rope
+            rows_rope = (cos.gather(1, _expand(rows, cos)), sin.gather(1, _expand(rows, sin)))
+            span_rope = (cos.gather(1, _expand(step.span_index, cos)), sin.gather(1, _expand(step.span_index, sin)))
+            span_attention = debiased_span_attention(span_attention, rope_positional_bias(rows_rope, span_rope))
+        scores = rater_span_scores(span_attention, weights)
         metadata = {
             "method": "sparsevlm",
+            "version": self.version,
             "stage": step.stage,
             "scoring_layer": step.layer - 1,
             "raters": (weights > 0).sum(dim=1).tolist(),
@@ -129,6 +160,8 @@ class SparseVLM(PruningMethod):
         return cls(
             prune_layers=tuple(params.get("prune_layers", cls.prune_layers)),
             stage_budgets=tuple(params.get("stage_budgets", cls.stage_budgets)),
+            version=params.get("version", cls.version),
+            v2_heads=params.get("v2_heads", cls.v2_heads),
         )
 
     @classmethod
