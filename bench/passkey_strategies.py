@@ -127,16 +127,19 @@ def finished_cells(out: Path) -> set[tuple[str, float]]:
     return {(row["strategy"], row["keep_fraction"]) for row in map(json.loads, out.read_text().splitlines()) if row}
 
 
-def run(prompts: int, length: int, out: Path, seed: int) -> None:
+def run(prompts: int, length: int, out: Path, seed: int, label_filter: str) -> None:
+    """Evaluate every planned cell whose label contains ``label_filter`` and that ``out`` does not hold yet.
+
+    ``out`` is re-read before each cell, so several workers with different filters can share one file.
+    """
     torch.manual_seed(seed)
     tokenizer, model = load_smollm2()
     passkeys = make_passkey_prompts(tokenizer, length, prompts, seed)
-    done = finished_cells(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plan = [(cell, 1.0) for cell in strategy_cells() if cell.method is None]
     plan += [(cell, f) for f in KEEP_FRACTIONS for cell in strategy_cells() if cell.method is not None]
     for cell, keep_fraction in plan:
-        if (cell.label, keep_fraction) in done:
+        if label_filter not in cell.label or (cell.label, keep_fraction) in finished_cells(out):
             continue
         started = time.perf_counter()
         correct, tokens = 0, []
@@ -194,13 +197,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results/passkey_smollm2.jsonl"))
+    parser.add_argument("--cells", default="", help="only cells whose label contains this text (e.g. /H=3)")
     parser.add_argument("--table", type=Path, help="print the Markdown table of a results file and exit")
     args = parser.parse_args()
     if args.table is not None:
         print(markdown_table(args.table))
         return
     torch.set_num_threads(args.threads)
-    run(args.prompts, args.length, args.out, args.seed)
+    run(args.prompts, args.length, args.out, args.seed, args.cells)
 
 
 if __name__ == "__main__":
