@@ -74,10 +74,11 @@ def test_batch_with_left_padding_equals_single(case):
             assert torch.equal(stage.kept_index[i], single_stage.kept_index[0] + shift)
 
 
-@pytest.mark.parametrize("budget", [192, 128, 64])
 @pytest.mark.parametrize("case", list(METHOD_CASES))
 @torch.no_grad()
-def test_achieved_equivalent_tokens_match_the_budget(case, budget):
+def test_achieved_equivalent_tokens_match_the_budget(case):
+    """Measured on a run at 64 tokens (192 and 128 are checked on the plans, ``test_methods_reporting``)."""
+    budget = 64
     model = _load(case, budget)
     ids = llava_prompt(model.config.image_token_id, PREFIX, SUFFIX)
     model(input_ids=ids, pixel_values=pixel_values())
