@@ -137,7 +137,8 @@ def unpruned_cost(bundle: ModelBundle, prompt_length: int, with_image: bool) -> 
         "swiglu",
     )
     cost: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
-    cost.update(equivalent_tokens=span, flops=flops)
+    prefill_ms = getattr(bundle.model, "last_prefill_ms", None)
+    cost.update(equivalent_tokens=span, flops=flops, prefill_ms=None if prefill_ms is None else round(prefill_ms, 3))
     return cost
 
 

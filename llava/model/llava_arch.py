@@ -212,6 +212,11 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             )
 
     @property
+    def last_prefill_ms(self) -> float | None:
+        """Wall time of the last prefill forward (vision tower + LLM), pruned or not."""
+        return self._last_prefill_ms
+
+    @property
     def pruning_record(self) -> dict | None:
         """Summary of the last prefill: kept tokens per layer, equivalent tokens, FLOPs, prefill ms; None if unpruned."""
         record = self.language_model.last_pruning_record

@@ -170,7 +170,7 @@ def test_batch_size_does_not_change_answers(vqa_benchmark, tmp_path) -> None:
         assert [r["text"] for r in read_lines(batched)] == [r["text"] for r in read_lines(single)]
     vanilla = read_lines(tmp_path / "vanilla_b1.jsonl")[0]["metadata"]
     assert vanilla["pruning_method"] is None and vanilla["method"] is None
-    assert vanilla["equivalent_tokens"] == 576 and vanilla["flops"] > 0
+    assert vanilla["equivalent_tokens"] == 576 and vanilla["flops"] > 0 and vanilla["prefill_ms"] > 0
 
 
 def test_science_runs_text_only_questions_unpruned_and_scores(tmp_path) -> None:
