@@ -76,3 +76,19 @@ def llava_prompt(image_token_id: int, prefix: int, suffix: int, seed: int = 0, v
 
 def pixel_values(batch: int = 1, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, 336, 336, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_cached_generation_equals_recompute(model, ids: torch.Tensor, pixels: torch.Tensor, steps: int) -> None:
+    """Greedy generation with KV cache == recomputing the pruned model without cache, token for token.
+
+    The recompute fixes the selection query at the prompt's last token (``prune_query_index``), as the
+    cached prefill did.
+    """
+    with torch.no_grad():
+        generated = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=steps, do_sample=False)
+        n = ids.shape[1]
+        for t in range(steps):
+            logits = model(
+                input_ids=generated[:, : n + t], pixel_values=pixels, use_cache=False, prune_query_index=n - 1
+            ).logits
+            assert torch.equal(logits[:, -1].argmax(-1), generated[:, n + t]), f"step {t}"

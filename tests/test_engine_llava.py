@@ -5,7 +5,13 @@ import torch
 
 from llava.model.builder import load_pretrained_model
 from llava.pruning.selection import TOKEN_SELECTION_STRATEGIES
-from tests.conftest import llava_prompt, pixel_values, stock_llava_like, with_fields
+from tests.conftest import (
+    assert_cached_generation_equals_recompute,
+    llava_prompt,
+    pixel_values,
+    stock_llava_like,
+    with_fields,
+)
 
 PREFIX, SUFFIX = 6, 12
 
@@ -46,15 +52,7 @@ def test_no_pruning_and_keep_all_equal_stock_llava(llava):
 def test_llava_generation_with_cache_equals_recompute(llava, fields):
     with_fields(llava, fast_v_attention_rank=30, **fields)
     ids = llava_prompt(llava.config.image_token_id, PREFIX, SUFFIX, seed=1)
-    pixels = pixel_values(seed=1)
-    steps = 5
-    generated = llava.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=steps, do_sample=False)
-    n = ids.shape[1]
-    for t in range(steps):
-        logits = llava(
-            input_ids=generated[:, : n + t], pixel_values=pixels, use_cache=False, prune_query_index=n - 1
-        ).logits
-        assert torch.equal(logits[:, -1].argmax(-1), generated[:, n + t]), f"step {t}"
+    assert_cached_generation_equals_recompute(llava, ids, pixel_values(seed=1), steps=5)
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from llava.model.builder import load_pretrained_model
-from tests.conftest import llava_prompt, pixel_values
+from tests.conftest import assert_cached_generation_equals_recompute, llava_prompt, pixel_values
 
 PREFIX, SUFFIX = 6, 12
 
@@ -35,15 +35,7 @@ def _load(case: str, budget: float = 64):
 def test_generation_with_cache_equals_recompute(case):
     model = _load(case)
     ids = llava_prompt(model.config.image_token_id, PREFIX, SUFFIX, seed=1)
-    pixels = pixel_values(seed=1)
-    steps = 4
-    generated = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=steps, do_sample=False)
-    n = ids.shape[1]
-    for t in range(steps):
-        logits = model(
-            input_ids=generated[:, : n + t], pixel_values=pixels, use_cache=False, prune_query_index=n - 1
-        ).logits
-        assert torch.equal(logits[:, -1].argmax(-1), generated[:, n + t]), f"step {t}"
+    assert_cached_generation_equals_recompute(model, ids, pixel_values(seed=1), steps=4)
 
 
 @pytest.mark.parametrize("case", list(METHOD_CASES))

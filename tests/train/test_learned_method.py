@@ -9,7 +9,7 @@ from llava.model.builder import load_pretrained_model
 from llava.model.tiny import build_tiny_llava
 from llava.pruning.methods.learned import LearnedPruning
 from llava.train.eval_pruner import run_evaluation
-from tests.conftest import llava_prompt, pixel_values, with_fields
+from tests.conftest import assert_cached_generation_equals_recompute, llava_prompt, pixel_values, with_fields
 from tests.train.conftest import LAYERS, NUM_LAYERS, write_checkpoint
 
 PREFIX, SUFFIX = 6, 12
@@ -43,15 +43,7 @@ def test_hard_mode_removes_tokens_below_one_half_and_shortens_the_kv_cache(learn
 @torch.no_grad()
 def test_hard_mode_generation_with_cache_equals_recompute(learned_llava):
     ids = llava_prompt(learned_llava.config.image_token_id, PREFIX, SUFFIX, seed=3)
-    pixels = pixel_values(seed=3)
-    steps = 4
-    generated = learned_llava.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=steps, do_sample=False)
-    n = ids.shape[1]
-    for t in range(steps):
-        logits = learned_llava(
-            input_ids=generated[:, : n + t], pixel_values=pixels, use_cache=False, prune_query_index=n - 1
-        ).logits
-        assert torch.equal(logits[:, -1].argmax(-1), generated[:, n + t]), f"step {t}"
+    assert_cached_generation_equals_recompute(learned_llava, ids, pixel_values(seed=3), steps=4)
 
 
 @pytest.mark.parametrize("use_attn_residual", [False, True])
