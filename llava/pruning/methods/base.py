@@ -117,3 +117,18 @@ class SinglePruneMethod(PruningMethod):
         """Config fields that make this method cost ``target_tokens`` equivalent tokens: the FLOPs-matched R."""
         keep = flops_matched_keep(target_tokens, num_layers, config.fast_v_agg_layer, span)
         return {"fast_v_attention_rank": keep}
+
+
+def validate_stages(method: str, layers: tuple[int, ...], amounts: tuple[float, ...], names: tuple[str, str]) -> None:
+    """A staged schedule needs as many amounts as layers (at least one), layers strictly increasing and
+    amounts (kept tokens or ratios) non-increasing; ``names`` are the two parameters' names for the error."""
+    layers_name, amounts_name = names
+    if len(layers) != len(amounts) or not layers:
+        raise ValueError(
+            f"{method}: {layers_name} {list(layers)} and {amounts_name} {list(amounts)} must be non-empty "
+            "and of equal length"
+        )
+    if any(b <= a for a, b in zip(layers, layers[1:], strict=False)):
+        raise ValueError(f"{method}: {layers_name} must be strictly increasing, got {list(layers)}")
+    if any(b > a for a, b in zip(amounts, amounts[1:], strict=False)):
+        raise ValueError(f"{method}: {amounts_name} must be non-increasing, got {list(amounts)}")

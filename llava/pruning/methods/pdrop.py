@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llava.pruning.budget import equivalent_tokens, span_tokens_per_layer
-from llava.pruning.methods.base import PruneStep, PruningMethod
+from llava.pruning.methods.base import PruneStep, PruningMethod, validate_stages
 from llava.pruning.registry import register_method
 from llava.pruning.selection import TokenSelection, select_span_tokens
 
@@ -77,17 +77,9 @@ class PyramidDrop(PruningMethod):
     def __post_init__(self) -> None:
         self.layer_list = tuple(self.layer_list)
         self.ratio_list = tuple(self.ratio_list)
-        if len(self.layer_list) != len(self.ratio_list) or not self.layer_list:
-            raise ValueError(
-                f"pdrop: layer_list {list(self.layer_list)} and ratio_list {list(self.ratio_list)} must be non-empty "
-                "and of equal length"
-            )
-        if any(b <= a for a, b in zip(self.layer_list, self.layer_list[1:], strict=False)):
-            raise ValueError(f"pdrop: layer_list must be strictly increasing, got {list(self.layer_list)}")
-        if any(not 0 < r <= 1 for r in self.ratio_list) or any(
-            b > a for a, b in zip(self.ratio_list, self.ratio_list[1:], strict=False)
-        ):
-            raise ValueError(f"pdrop: ratio_list must be non-increasing values in (0, 1], got {list(self.ratio_list)}")
+        validate_stages("pdrop", self.layer_list, self.ratio_list, ("layer_list", "ratio_list"))
+        if any(not 0 < r <= 1 for r in self.ratio_list):
+            raise ValueError(f"pdrop: ratio_list values must lie in (0, 1], got {list(self.ratio_list)}")
 
     def schedule(self, span: int) -> list[tuple[int, int]]:
         return list(zip(self.layer_list, stage_keeps(span, self.ratio_list), strict=True))

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from llava.pruning.budget import equivalent_tokens, span_tokens_per_layer
-from llava.pruning.methods.base import PruneStep, PruningMethod
+from llava.pruning.methods.base import PruneStep, PruningMethod, validate_stages
 from llava.pruning.registry import register_method
 from llava.pruning.selection import TokenSelection, top_r_sorted
 from llava.pruning.text_guided import (
@@ -119,15 +119,7 @@ class SparseVLM(PruningMethod):
             raise ValueError(f"sparsevlm: v2_heads must be >= 1, got {self.v2_heads}")
         self.prune_layers = tuple(self.prune_layers)
         self.stage_budgets = tuple(self.stage_budgets)
-        if len(self.prune_layers) != len(self.stage_budgets) or not self.prune_layers:
-            raise ValueError(
-                f"sparsevlm: prune_layers {list(self.prune_layers)} and stage_budgets {list(self.stage_budgets)} "
-                "must be non-empty and of equal length"
-            )
-        if any(b <= a for a, b in zip(self.prune_layers, self.prune_layers[1:], strict=False)):
-            raise ValueError(f"sparsevlm: prune_layers must be strictly increasing, got {list(self.prune_layers)}")
-        if any(b > a for a, b in zip(self.stage_budgets, self.stage_budgets[1:], strict=False)):
-            raise ValueError(f"sparsevlm: stage_budgets must be non-increasing, got {list(self.stage_budgets)}")
+        validate_stages("sparsevlm", self.prune_layers, self.stage_budgets, ("prune_layers", "stage_budgets"))
 
     def schedule(self, span: int) -> list[tuple[int, int]]:
         return list(zip(self.prune_layers, self.stage_budgets, strict=True))
