@@ -82,13 +82,7 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         method = self.language_model.pruning_method() if self.language_model.pruning_enabled else None
         if isinstance(method, PreLLMMethod):
             return self._forward_pre_llm(method, input_ids, pixel_values, attention_mask, past_key_values, **kwargs)
-        if (
-            prefill
-            and prune_span is None
-            and input_ids is not None
-            and self.language_model.pruning_enabled
-            and self.language_model.pruning_method() is not None
-        ):
+        if prefill and prune_span is None and input_ids is not None and method is not None:
             prune_span = span_from_token_id(input_ids, self.config.image_token_id)
         started = time.perf_counter()
         outputs = super().forward(
@@ -100,11 +94,17 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             **kwargs,
         )
         if prefill:
-            if outputs.logits.is_cuda:
-                torch.cuda.synchronize()
-            self._last_prefill_ms = (time.perf_counter() - started) * 1000.0
-            self._last_prompt_length = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[1]
+            self._record_prefill_time(
+                outputs, started, (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[1]
+            )
         return outputs
+
+    def _record_prefill_time(self, outputs: Any, started: float, prompt_length: int) -> None:
+        """Store the prefill wall time (synchronising CUDA first) and the unpruned prompt length."""
+        if outputs.logits.is_cuda:
+            torch.cuda.synchronize()
+        self._last_prefill_ms = (time.perf_counter() - started) * 1000.0
+        self._last_prompt_length = prompt_length
 
     def _forward_pre_llm(
         self,
@@ -170,10 +170,7 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         )
         self.language_model.last_pruning_record = record
         self.language_model._last_prefill_length = seq_len
-        if outputs.logits.is_cuda:
-            torch.cuda.synchronize()
-        self._last_prefill_ms = (time.perf_counter() - started) * 1000.0
-        self._last_prompt_length = seq_len
+        self._record_prefill_time(outputs, started, seq_len)
         return outputs
 
     def _visual_tokens(
