@@ -6,11 +6,14 @@ prunable span and the last prompt token as the selection query, at K = 2, keepin
 the span. Multi-stage methods (PDrop, SparseVLM) get the same equivalent-token budget as that single
 prune (their own budget mapping). A prompt counts as correct when greedy decoding would produce the
 key's tokens: one teacher-forced prefill of prompt + answer, every answer position's argmax equal to
-the answer token (no cache, so nothing but the pruning differs between cells).
+the answer token (no cache, so nothing but the pruning differs between cells). Each row also records
+``key_kept``, the share of prompts where every digit token of at least one of the key's two occurrences
+survived the last pruning stage (a finer signal of what the selection saw than accuracy), and the mean
+answer NLL.
 
 Cells run in order of importance, every strategy at 50% first, then 25%, then 10%. One JSON line per
-cell is appended to ``--out`` as soon as the cell finishes; finished cells are
-skipped on a rerun (resume). ``--table`` prints the Markdown table of a results file.
+cell is appended to ``--out`` as soon as the cell finishes; cells already measured on the same prompt
+set (count and seed) are skipped on a rerun (resume). ``--table`` prints the Markdown table of a results file.
 
     python -m bench.passkey_strategies --prompts 50 --length 600 --out bench/results/passkey_smollm2.jsonl
     python -m bench.passkey_strategies --table bench/results/passkey_smollm2.jsonl
@@ -107,24 +110,36 @@ def cell_fields(cell: Cell, keep_fraction: float, span: int, config: PruningLlam
     return fields
 
 
+@dataclass(frozen=True)
+class PromptResult:
+    correct: bool  # greedy decoding would produce the key
+    answer_nll: float  # mean negative log-likelihood of the answer tokens
+    key_kept: bool  # every digit token of at least one occurrence of the key survived the last stage
+    equivalent_tokens: float | None  # None unpruned
+
+
 @torch.no_grad()
-def answer_correct(
-    model: PruningLlamaForCausalLM, prompt: PasskeyPrompt, span: tuple[int, int]
-) -> tuple[bool, float | None]:
-    """Teacher-forced check of the answer tokens; also returns the pruning's equivalent tokens (None unpruned)."""
+def evaluate_prompt(model: PruningLlamaForCausalLM, prompt: PasskeyPrompt, span: tuple[int, int]) -> PromptResult:
+    """Teacher-forced prefill of prompt + answer: argmax check, answer NLL, and whether the key was kept."""
     n = prompt.input_ids.shape[1]
     ids = torch.cat([prompt.input_ids, prompt.answer_ids], dim=1)
-    answer = prompt.answer_ids.shape[1]
-    logits = model(ids, use_cache=False, prune_span=span, prune_query_index=n - 1, logits_to_keep=answer + 1).logits
-    predicted = logits[0, :-1].argmax(dim=-1)
+    answer = prompt.answer_ids[0]
+    logits = model(ids, use_cache=False, prune_span=span, prune_query_index=n - 1,
+                   logits_to_keep=answer.numel() + 1).logits[0, :-1].float()
+    nll = -logits.log_softmax(-1).gather(-1, answer[:, None]).mean().item()
     record = model.model.last_pruning_record
-    return bool(torch.equal(predicted, prompt.answer_ids[0])), None if record is None else record.equivalent_tokens
+    kept = None if record is None else record.kept_mask(ids.shape[1])[0]
+    key_kept = kept is None or any(bool(kept[list(positions)].all()) for positions in prompt.key_positions)
+    return PromptResult(bool(torch.equal(logits.argmax(dim=-1), answer)), nll, key_kept,
+                        None if record is None else record.equivalent_tokens)
 
 
-def finished_cells(out: Path) -> set[tuple[str, float]]:
+def finished_cells(out: Path, prompts: int, seed: int) -> set[tuple[str, float]]:
+    """(strategy, keep fraction) of the rows of ``out`` measured on the same prompt set."""
     if not out.exists():
         return set()
-    return {(row["strategy"], row["keep_fraction"]) for row in map(json.loads, out.read_text().splitlines()) if row}
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line]
+    return {(r["strategy"], r["keep_fraction"]) for r in rows if r["prompts"] == prompts and r.get("seed", 0) == seed}
 
 
 def run(prompts: int, length: int, out: Path, seed: int, label_filter: str) -> None:
@@ -139,26 +154,30 @@ def run(prompts: int, length: int, out: Path, seed: int, label_filter: str) -> N
     plan = [(cell, 1.0) for cell in strategy_cells() if cell.method is None]
     plan += [(cell, f) for f in KEEP_FRACTIONS for cell in strategy_cells() if cell.method is not None]
     for cell, keep_fraction in plan:
-        if label_filter not in cell.label or (cell.label, keep_fraction) in finished_cells(out):
+        if label_filter not in cell.label or (cell.label, keep_fraction) in finished_cells(out, prompts, seed):
             continue
         started = time.perf_counter()
-        correct, tokens = 0, []
+        results, tokens = [], []
         for prompt in passkeys:
             span = context_span(tokenizer, prompt)
             for key, value in cell_fields(cell, keep_fraction, span[1] - span[0], model.config).items():
                 setattr(model.config, key, value)
-            ok, equivalent = answer_correct(model, prompt, span)
-            correct += ok
+            results.append(evaluate_prompt(model, prompt, span))
+            equivalent = results[-1].equivalent_tokens
             tokens.append(equivalent if equivalent is not None else span[1] - span[0])
+        correct = sum(r.correct for r in results)
         row = {
             "strategy": cell.label,
             "method": cell.method,
             "params": cell.params,
             "keep_fraction": keep_fraction,
             "prompts": len(passkeys),
+            "seed": seed,
             "prompt_tokens": int(passkeys[0].input_ids.shape[1]),
             "correct": correct,
             "accuracy": correct / len(passkeys),
+            "key_kept": sum(r.key_kept for r in results) / len(results),
+            "answer_nll": sum(r.answer_nll for r in results) / len(results),
             "equivalent_tokens": sum(tokens) / len(tokens),
             "seconds": round(time.perf_counter() - started, 1),
         }
@@ -167,11 +186,20 @@ def run(prompts: int, length: int, out: Path, seed: int, label_filter: str) -> N
         print(json.dumps(row), flush=True)
 
 
+def format_cell(row: dict | None) -> str:
+    """``accuracy % / key kept %`` (older rows without the key-kept count: accuracy only)."""
+    if row is None:
+        return ""
+    if "key_kept" not in row:
+        return f"{100 * row['accuracy']:.0f}"
+    return f"{100 * row['accuracy']:.0f} / {100 * row['key_kept']:.0f}"
+
+
 def markdown_table(out: Path) -> str:
-    """Accuracy (%) per strategy and kept share of the span, unpruned on top."""
+    """Per strategy and kept share of the span: passkey accuracy % / share of prompts whose key survived, unpruned on top."""
     rows = [json.loads(line) for line in out.read_text().splitlines() if line]
     accuracy = {(r["strategy"], r["keep_fraction"]): r for r in rows}
-    lines = ["| strategy | 50% kept | 25% kept | 10% kept |", "|---|---|---|---|"]
+    lines = ["| strategy (accuracy % / key kept %) | 50% kept | 25% kept | 10% kept |", "|---|---|---|---|"]
     for cell in strategy_cells():
         if cell.method is None:
             if (cell.label, 1.0) in accuracy:
@@ -184,7 +212,7 @@ def markdown_table(out: Path) -> str:
         if any(cells):
             lines.append(
                 f"| {cell.label} | "
-                + " | ".join("" if c is None else f"{100 * c['accuracy']:.0f}" for c in cells)
+                + " | ".join(format_cell(c) for c in cells)
                 + " |"
             )
     return "\n".join(lines)

@@ -26,6 +26,7 @@ class PasskeyPrompt:
     answer_ids: torch.Tensor  # [1, A]: tokens of " K"
     passkey: str
     depth: float
+    key_positions: tuple[tuple[int, ...], ...] = ()  # per occurrence of the key in the prompt: its digit tokens
 
 
 def make_passkey_prompt(tokenizer: PreTrainedTokenizerBase, length: int, depth: float, passkey: str) -> PasskeyPrompt:
@@ -40,7 +41,20 @@ def make_passkey_prompt(tokenizer: PreTrainedTokenizerBase, length: int, depth: 
     before = round(repeats * depth)
     text = TASK + FILLER * before + needle + FILLER * (repeats - before) + QUESTION
     ids = torch.tensor([encode(text)])
-    return PasskeyPrompt(ids, torch.tensor([encode(" " + passkey)]), passkey, depth)
+    return PasskeyPrompt(ids, torch.tensor([encode(" " + passkey)]), passkey, depth,
+                         key_token_positions(tokenizer, text, passkey))
+
+
+def key_token_positions(tokenizer: PreTrainedTokenizerBase, text: str, passkey: str) -> tuple[tuple[int, ...], ...]:
+    """Token positions covering each occurrence of ``passkey`` in ``text`` (needs a fast tokenizer's offsets)."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+    occurrences = []
+    start = text.find(passkey)
+    while start >= 0:
+        end = start + len(passkey)
+        occurrences.append(tuple(i for i, (a, b) in enumerate(offsets) if a < end and b > start))
+        start = text.find(passkey, end)
+    return tuple(occurrences)
 
 
 def make_passkey_prompts(tokenizer: PreTrainedTokenizerBase, length: int, count: int, seed: int = 0) -> list[PasskeyPrompt]:
