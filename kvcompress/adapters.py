@@ -91,6 +91,10 @@ class ArchitectureAdapter(ABC):
         """Original head geometry, from the config."""
 
     @abstractmethod
+    def decoder(self, model: nn.Module) -> tuple[nn.Module, str]:
+        """The decoder stack (holding ``layers``, an ``nn.ModuleList``) and its token embedding's attribute name."""
+
+    @abstractmethod
     def head_dim(self, attention: nn.Module) -> int:
         """Per-head dimension ``D``."""
 
@@ -134,6 +138,9 @@ class LlamaAdapter(ArchitectureAdapter):
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
         return [layer.self_attn for layer in model.model.layers]
 
+    def decoder(self, model: nn.Module) -> tuple[nn.Module, str]:
+        return model.model, "embed_tokens"
+
     def model_shape(self, model: nn.Module) -> ModelShape:
         config = model.config
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -171,6 +178,9 @@ class GPTNeoXAdapter(ArchitectureAdapter):
 
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
         return [layer.attention for layer in model.gpt_neox.layers]
+
+    def decoder(self, model: nn.Module) -> tuple[nn.Module, str]:
+        return model.gpt_neox, "embed_in"
 
     def model_shape(self, model: nn.Module) -> ModelShape:
         config = model.config

@@ -6,7 +6,10 @@
 Writes ``results/attention_analysis_<model>/``: ``statistics.json`` (main length),
 ``statistics_by_length.json``, ``head_classification.json`` (statistics classifier),
 ``head_classification_calibration.json`` (with ``--calibrate``) and the plots. Every file is written
-as soon as its step finishes.
+as soon as its step finishes; the calibration appends each measured cost to ``calibration_costs.jsonl``
+and a re-run resumes from it. Calibration text comes from ``--calibration-text`` (WikiText-2 *valid*
+by default, so the test split used for perplexity stays unseen) and its passkey prompts use another
+seed than the benchmark's.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dead-min-entropy", type=float, default=0.9)
     parser.add_argument("--dead-max-output-ratio", type=float, default=0.1)
     parser.add_argument("--calibrate", action="store_true", help="also run the calibration classifier")
+    parser.add_argument("--calibration-text", default=str(DEFAULT_TEXT.with_name("valid.txt")))
     parser.add_argument("--calibration-texts", type=int, default=1, help="text windows (0: prompts only)")
     parser.add_argument("--calibration-text-len", type=int, default=256)
     parser.add_argument("--calibration-prompts", type=int, default=2)
@@ -55,7 +59,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--window-budget", type=float, default=0.5, help="max fraction of KV groups windowed")
     parser.add_argument("--dead-budget", type=float, default=0.1, help="max fraction of heads removed")
     parser.add_argument("--max-cost", type=float, default=0.05)
-    parser.add_argument("--max-joint-cost", type=float, default=0.2)
+    parser.add_argument("--max-joint-cost", type=float, default=0.05,
+                        help="joint cost limit of removed heads + windowed groups")
+    parser.add_argument("--max-dead-joint-cost", type=float, default=0.01, help="joint cost limit of removed heads")
     parser.add_argument("--window-candidates", type=int, default=0,
                         help="calibrate windowing only for the N KV groups with the largest window mass (0: all)")
     parser.add_argument("--removal-candidates", type=int, default=0,
@@ -108,11 +114,14 @@ def main() -> None:
         plot_statistics_vs_length(by_length, out / "statistics_vs_length.png")
 
     if args.calibrate:
-        texts = split_windows(tokens, args.calibration_text_len, args.calibration_texts) \
+        calibration_tokens = load_token_stream(args.calibration_text, tokenizer,
+                                               max_tokens=args.calibration_texts * args.calibration_text_len)
+        texts = split_windows(calibration_tokens, args.calibration_text_len, args.calibration_texts) \
             if args.calibration_texts else []
         prompts = make_passkey_prompts(tokenizer, args.calibration_prompt_len, args.calibration_prompts, seed=1234)
         calibration_config = CalibrationConfig(args.window_budget, args.dead_budget, args.max_cost,
-                                               args.max_joint_cost, sinks=args.sinks, window=args.local_window)
+                                               args.max_joint_cost, args.max_dead_joint_cost,
+                                               sinks=args.sinks, window=args.local_window)
         ratios = classification.scores["output_ratio"]
         heads = sorted(((layer, head) for layer, row in enumerate(ratios) for head in range(len(row))),
                        key=lambda item: ratios[item[0]][item[1]])
@@ -123,12 +132,14 @@ def main() -> None:
         calibrated = classify_by_calibration(
             model, CalibrationSet(texts, prompts), calibration_config,
             window_candidates=groups[: args.window_candidates] if args.window_candidates else None,
-            removal_candidates=heads[: args.removal_candidates] if args.removal_candidates else None)
+            removal_candidates=heads[: args.removal_candidates] if args.removal_candidates else None,
+            cost_log=out / "calibration_costs.jsonl")
         calibrated.parameters["model"] = args.model
         calibrated.save(out / "head_classification_calibration.json")
         plot_classification(statistics, calibrated, out / "classification_calibration.png")
         print(f"calibration classifier: {calibrated.counts()}, windowed KV groups: "
-              f"{len(calibrated.windowable_kv_groups())}, joint cost {calibrated.parameters['joint_cost']:.4f}")
+              f"{len(calibrated.windowable_kv_groups())}, joint cost of the dead heads "
+              f"{calibrated.parameters['dead_joint_cost']:.4f}, with the windows {calibrated.parameters['joint_cost']:.4f}")
 
 
 if __name__ == "__main__":

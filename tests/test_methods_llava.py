@@ -15,6 +15,7 @@ METHOD_CASES = {
     "pdrop": {},
     "sparsevlm": {},
     "sparsevlm_v2": {"version": "v2", "v2_heads": 2},
+    "sparsevlm_recycling": {"recycling": True},
     "vispruner": {},
     "cdpruner": {},
 }

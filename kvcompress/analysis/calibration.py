@@ -5,20 +5,34 @@ On a small calibration set (text windows and passkey prompts with their answers)
 
     cost(m) = mean_t KL( p_full(· | x_<t) || p_m(· | x_<t) )  over the positions of every sequence
               (text windows, and passkey prompts followed by their answers)
-            + answer_weight · ( NLL_m(answer | prompt) - NLL_full(answer | prompt) )  averaged over prompts
+            + answer_weight · mean_prompts max(0, NLL_m(answer | prompt) - NLL_full(answer | prompt))
 
-To bound the run, only some candidates may be measured (e.g. the KV groups with the largest
-sink + window mass); the others are never selected. Interventions are sorted by cost and accepted greedily (cheapest first) up to a budget (fraction of KV
-groups / query heads) while each cost stays below ``max_cost``; the accepted set is then measured as a
-whole and shrunk by 10 % steps until its joint cost is below ``max_joint_cost``. Labels: heads of
+(an intervention that happens to make an answer more likely earns no credit for it). To bound the run,
+only some candidates may be measured (e.g. the KV groups with the largest sink + window mass); the
+others are never selected. Selection, dead heads first:
+
+1. heads sorted by removal cost, cheapest first, up to ``dead_budget`` (fraction of query heads) with
+   each cost ``<= max_cost``; the longest prefix of that list whose *joint* removal costs
+   ``<= max_dead_joint_cost`` is found by bisection (joint cost taken as growing with the prefix);
+2. KV groups sorted by windowing cost, up to ``window_budget`` (fraction of KV groups), each ``<=
+   max_cost``; the longest prefix whose joint cost *together with the removed heads* is ``<=
+   max_joint_cost``, again by bisection.
+
+Each intervention re-runs only the layers from its lowest changed layer on, fed with the full model's
+stream entering that layer (``kvcompress.layer_resume``), about half the work of a full forward.
+Every measured cost is appended to a JSONL log (``cost_log``) keyed by a fingerprint of the calibration
+tokens and window geometry, so an interrupted calibration resumes where it stopped. Labels: heads of
 windowed groups are positional, removed heads dead, the rest gathering. On GQA models the unit of
 windowing is the KV group, so all query heads sharing it are windowed together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +42,7 @@ from tqdm.auto import tqdm
 from kvcompress.adapters import ModelShape, adapter_for
 from kvcompress.classification import HeadClassification
 from kvcompress.evaluation.passkey import PasskeyPrompt
+from kvcompress.layer_resume import layer_inputs, starting_at_layer
 from kvcompress.methods.base import ComposedMethod, CompressionMethod
 from kvcompress.methods.dead_heads import DeadHeadPruner
 from kvcompress.methods.kv_policy import all_kv_heads
@@ -41,7 +56,8 @@ class CalibrationConfig:
     window_budget: float = 0.5
     dead_budget: float = 0.1
     max_cost: float = 0.05
-    max_joint_cost: float = 0.2
+    max_joint_cost: float = 0.05
+    max_dead_joint_cost: float = 0.01
     answer_weight: float = 1.0
     sinks: int = 4
     window: int = 64
@@ -57,14 +73,15 @@ class CalibrationSet:
 class Reference:
     log_probs: list[torch.Tensor]  # per sequence (texts, then prompt + answer), [N, vocab]
     answer_nll: list[float]
+    layer_inputs: list[list[torch.Tensor]]  # per sequence, the stream entering each layer, [1, N, d]
 
 
 def _sequences(calibration: CalibrationSet) -> list[torch.Tensor]:
     return [*calibration.texts, *(torch.cat([p.input_ids, p.answer_ids], 1) for p in calibration.prompts)]
 
 
-def _log_probs(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=input_ids, use_cache=False).logits[0].float().log_softmax(-1)
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    return logits[0].float().log_softmax(-1)
 
 
 def _answer_nlls(log_probs: list[torch.Tensor], calibration: CalibrationSet) -> list[float]:
@@ -77,22 +94,75 @@ def _answer_nlls(log_probs: list[torch.Tensor], calibration: CalibrationSet) -> 
 
 
 def reference_outputs(model: nn.Module, calibration: CalibrationSet) -> Reference:
-    """Full-model next-token log-probabilities on every sequence and answer NLLs on the prompts."""
+    """Full-model next-token log-probabilities and layer inputs on every sequence, answer NLLs on the prompts."""
     with torch.no_grad():
-        log_probs = [_log_probs(model, sequence) for sequence in _sequences(calibration)]
-    return Reference(log_probs, _answer_nlls(log_probs, calibration))
+        runs = [layer_inputs(model, sequence) for sequence in _sequences(calibration)]
+    log_probs = [_log_probs(logits) for logits, _ in runs]
+    return Reference(log_probs, _answer_nlls(log_probs, calibration), [inputs for _, inputs in runs])
 
 
 def intervention_cost(model: nn.Module, method: CompressionMethod, calibration: CalibrationSet,
-                      reference: Reference, answer_weight: float) -> float:
-    """``cost(m)`` of the module docstring for one method applied to ``model`` (undone afterwards)."""
+                      reference: Reference, answer_weight: float, first_layer: int = 0) -> float:
+    """``cost(m)`` of the module docstring for one method applied to ``model`` (undone afterwards).
+
+    ``first_layer``: the lowest layer the method changes; the layers below it are not run again (their
+    output is the reference's stream entering ``first_layer``).
+    """
+    log_probs = []
     with torch.no_grad(), method.apply(model):
-        log_probs = [_log_probs(model, sequence) for sequence in _sequences(calibration)]
+        for sequence, inputs in zip(_sequences(calibration), reference.layer_inputs, strict=True):
+            with starting_at_layer(model, first_layer, inputs[first_layer]):
+                log_probs.append(_log_probs(model(input_ids=sequence, use_cache=False).logits))
     kl = [F.kl_div(modified, full, log_target=True, reduction="batchmean").item()
           for modified, full in zip(log_probs, reference.log_probs, strict=True)]
-    nll = [modified - full for modified, full in
+    nll = [max(0.0, modified - full) for modified, full in
            zip(_answer_nlls(log_probs, calibration), reference.answer_nll, strict=True)]
     return sum(kl) / len(kl) + answer_weight * (sum(nll) / max(len(nll), 1))
+
+
+def calibration_fingerprint(calibration: CalibrationSet, config: CalibrationConfig) -> str:
+    """Hash of the calibration tokens and of what changes a cost (window geometry, answer weight)."""
+    digest = hashlib.sha1()
+    for sequence in _sequences(calibration):
+        digest.update(sequence.to(torch.int64).numpy().tobytes())
+        digest.update(b"|")
+    digest.update(json.dumps([config.sinks, config.window, config.answer_weight]).encode())
+    return digest.hexdigest()[:16]
+
+
+class CostLog:
+    """Append-only JSONL of measured costs, ``{"fingerprint", "dead", "windowed", "cost"}`` per line.
+
+    Lines of another fingerprint (other calibration data or geometry) are ignored, so one file may serve
+    several runs; the cost of a known ``(dead, windowed)`` pair is returned instead of measured again.
+    """
+
+    def __init__(self, path: str | Path | None, fingerprint: str):
+        self.path = None if path is None else Path(path)
+        self.fingerprint = fingerprint
+        self.known: dict[tuple[tuple, tuple], float] = {}
+        if self.path is not None and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                row = json.loads(line) if line.strip() else None
+                if row and row["fingerprint"] == fingerprint:
+                    self.known[self._key(row["dead"], row["windowed"])] = row["cost"]
+
+    @staticmethod
+    def _key(dead: Sequence, windowed: Sequence) -> tuple[tuple, tuple]:
+        return tuple(sorted(map(tuple, dead))), tuple(sorted(map(tuple, windowed)))
+
+    def cost(self, dead: Sequence[tuple[int, int]], windowed: Sequence[tuple[int, int]],
+             measure: Callable[[], float]) -> float:
+        key = self._key(dead, windowed)
+        if key not in self.known:
+            self.known[key] = measure()
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                row = {"fingerprint": self.fingerprint, "dead": [list(u) for u in key[0]],
+                       "windowed": [list(u) for u in key[1]], "cost": self.known[key]}
+                with self.path.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+        return self.known[key]
 
 
 def greedy_select(costs: dict, budget: int, max_cost: float) -> list:
@@ -101,11 +171,19 @@ def greedy_select(costs: dict, budget: int, max_cost: float) -> list:
     return [item for item in ranked if costs[item] <= max_cost][:budget]
 
 
-def shrink_to_joint_cost(selection: list, joint_cost: Callable[[list], float], max_joint_cost: float) -> list:
-    """Drop the most expensive 10 % (at least one) of a cost-sorted selection until ``joint_cost`` fits."""
-    while selection and joint_cost(selection) > max_joint_cost:
-        selection = selection[: len(selection) - max(1, len(selection) // 10)]
-    return selection
+def longest_affordable_prefix(selection: list, joint_cost: Callable[[list], float], max_joint_cost: float) -> list:
+    """Longest prefix of a cost-sorted ``selection`` with ``joint_cost(prefix) <= max_joint_cost``, by bisection.
+
+    Assumes the joint cost grows with the prefix (``log2(len)`` measurements instead of ``len``).
+    """
+    low, high = 0, len(selection)  # prefix of length ``low`` fits; longer than ``high`` is not tried
+    while low < high:
+        middle = (low + high + 1) // 2
+        if joint_cost(selection[:middle]) <= max_joint_cost:
+            low = middle
+        else:
+            high = middle - 1
+    return selection[:low]
 
 
 def labels_from_selection(shape: ModelShape, windowed: list[tuple[int, int]],
@@ -123,39 +201,42 @@ def labels_from_selection(shape: ModelShape, windowed: list[tuple[int, int]],
 def classify_by_calibration(model: nn.Module, calibration: CalibrationSet,
                             config: CalibrationConfig | None = None, progress: bool = True,
                             window_candidates: list[tuple[int, int]] | None = None,
-                            removal_candidates: list[tuple[int, int]] | None = None) -> HeadClassification:
+                            removal_candidates: list[tuple[int, int]] | None = None,
+                            cost_log: str | Path | None = None) -> HeadClassification:
     """Measure the windowing cost of every KV group and the removal cost of every head (or only of the
-    given candidates, to bound the run), then select greedily."""
+    given candidates, to bound the run), then select as in the module docstring."""
     config = config or CalibrationConfig()
     shape = adapter_for(model).model_shape(model)
     reference = reference_outputs(model, calibration)
+    log = CostLog(cost_log, calibration_fingerprint(calibration, config))
 
-    def window(groups: list[tuple[int, int]]) -> CompressionMethod:
-        return PositionalHeadOptimizer(groups, config.sinks, config.window)
+    def method(dead: list[tuple[int, int]], windowed: list[tuple[int, int]]) -> CompressionMethod:
+        parts = [DeadHeadPruner(dead, mode="zero")] if dead else []
+        parts += [PositionalHeadOptimizer(windowed, config.sinks, config.window)] if windowed else []
+        return ComposedMethod(parts)
 
-    def cost(method: CompressionMethod) -> float:
-        return intervention_cost(model, method, calibration, reference, config.answer_weight)
+    def cost(dead: list[tuple[int, int]], windowed: list[tuple[int, int]]) -> float:
+        first_layer = min(layer for layer, _ in [*dead, *windowed])
+        return log.cost(dead, windowed, lambda: intervention_cost(model, method(dead, windowed), calibration,
+                                                                  reference, config.answer_weight, first_layer))
 
-    groups = all_kv_heads(shape)
-    window_costs = {group: cost(window([group])) for group in
-                    tqdm(groups if window_candidates is None else window_candidates, desc="calibrate windows",
-                         disable=not progress)}
     all_heads = [(layer, head) for layer in range(shape.num_layers) for head in range(shape.num_query_heads)]
     heads = all_heads if removal_candidates is None else removal_candidates
-    dead_costs = {head: cost(DeadHeadPruner([head], mode="zero"))
-                  for head in tqdm(heads, desc="calibrate removals", disable=not progress)} \
+    dead_costs = {head: cost([head], []) for head in tqdm(heads, desc="calibrate removals", disable=not progress)} \
         if config.dead_budget > 0 else {}
-    windowed = greedy_select(window_costs, int(config.window_budget * len(groups)), config.max_cost)
-    windowed = shrink_to_joint_cost(windowed, lambda chosen: cost(window(chosen)), config.max_joint_cost)
+    groups = all_kv_heads(shape) if window_candidates is None else window_candidates
+    window_costs = {group: cost([], [group]) for group in
+                    tqdm(groups, desc="calibrate windows", disable=not progress)} if config.window_budget > 0 else {}
     dead = greedy_select(dead_costs, int(config.dead_budget * len(all_heads)), config.max_cost)
-    dead = shrink_to_joint_cost(
-        dead, lambda chosen: cost(ComposedMethod([DeadHeadPruner(chosen, mode="zero"), window(windowed)])),
-        config.max_joint_cost)
-    joint = cost(ComposedMethod([DeadHeadPruner(dead, mode="zero"), window(windowed)])) if dead or windowed else 0.0
+    dead = longest_affordable_prefix(dead, lambda chosen: cost(chosen, []), config.max_dead_joint_cost)
+    windowed = greedy_select(window_costs, int(config.window_budget * shape.num_layers * shape.num_kv_heads),
+                             config.max_cost)
+    windowed = longest_affordable_prefix(windowed, lambda chosen: cost(dead, chosen), config.max_joint_cost)
     return HeadClassification(
         shape, labels_from_selection(shape, windowed, dead), "calibration",
         parameters={**asdict(config), "texts": len(calibration.texts), "prompts": len(calibration.prompts),
-                    "joint_cost": joint},
+                    "dead_joint_cost": cost(dead, []) if dead else 0.0,
+                    "joint_cost": cost(dead, windowed) if dead or windowed else 0.0},
         scores={"window_cost": [[window_costs.get((layer, kv)) for kv in range(shape.num_kv_heads)]
                                 for layer in range(shape.num_layers)],
                 "removal_cost": [[dead_costs.get((layer, head)) for head in range(shape.num_query_heads)]

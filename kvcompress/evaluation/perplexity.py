@@ -21,6 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache
 
+from llava.compat import cache_kwargs
+
 
 def strided_perplexity(
     model: nn.Module,
@@ -43,8 +45,9 @@ def strided_perplexity(
     with torch.no_grad():
         for start in tqdm(starts, desc="perplexity", disable=not progress, leave=False):
             window = tokens[start : start + max_length][None].to(device)
-            prefill = model(window[:, :context], past_key_values=new_cache(), use_cache=True, logits_to_keep=1)
-            targets = model(window[:, context:-1], past_key_values=prefill.past_key_values, use_cache=True)
+            cache = new_cache()
+            prefill = model(window[:, :context], use_cache=True, logits_to_keep=1, **cache_kwargs(cache))
+            targets = model(window[:, context:-1], use_cache=True, **cache_kwargs(cache))
             logits = torch.cat([prefill.logits[:, -1:], targets.logits], 1)
             total_nll += F.cross_entropy(logits[0].float(), window[0, context:], reduction="sum").item()
             total_tokens += stride

@@ -21,6 +21,7 @@ from transformers.cache_utils import Cache
 
 from kvcompress.adapters import adapter_for
 from kvcompress.cache import kv_cache_bytes
+from llava.compat import cache_kwargs
 
 
 @dataclass
@@ -45,14 +46,14 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
     with torch.no_grad():
         _sync(device)
         start = time.perf_counter()
-        logits = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **cache_kwargs(cache)).logits[:, -1]
         token = logits.argmax(-1, keepdim=True)
         _sync(device)
         ttft = time.perf_counter() - start
         tokens.append(token)
         for _ in range(max_new_tokens - 1):
             step = time.perf_counter()
-            logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1]
+            logits = model(input_ids=token, use_cache=True, **cache_kwargs(cache)).logits[:, -1]
             token = logits.argmax(-1, keepdim=True)
             _sync(device)
             step_times.append(time.perf_counter() - step)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
+from llava.compat import cache_kwargs, output_cache, resolve_cache
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import PruningLlamaModel
 from llava.pruning.budget import layer_flops, prefill_flops
@@ -74,14 +75,16 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         attention_mask: torch.Tensor | None = None,
         past_key_values: Any = None,
         prune_span: torch.Tensor | None = None,
+        cache: Any = None,
         **kwargs: Any,
     ):
-        prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+        cache = resolve_cache(past_key_values, cache)
+        prefill = cache is None or cache.get_seq_length() == 0
         if input_ids is not None and pixel_values is not None:
             self._check_image_tokens(input_ids, pixel_values)
         method = self.language_model.pruning_method() if self.language_model.pruning_enabled else None
         if isinstance(method, PreLLMMethod):
-            return self._forward_pre_llm(method, input_ids, pixel_values, attention_mask, past_key_values, **kwargs)
+            return self._forward_pre_llm(method, input_ids, pixel_values, attention_mask, cache, **kwargs)
         if prefill and prune_span is None and input_ids is not None and method is not None:
             prune_span = span_from_token_id(input_ids, self.config.image_token_id)
         started = time.perf_counter()
@@ -89,8 +92,8 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             prune_span=prune_span,
+            **cache_kwargs(cache),
             **kwargs,
         )
         if prefill:
@@ -112,7 +115,7 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         input_ids: torch.LongTensor | None,
         pixel_values: torch.FloatTensor | None,
         attention_mask: torch.Tensor | None,
-        past_key_values: Any,
+        cache: Any,
         prune_query_index: torch.Tensor | int | None = None,
         **kwargs: Any,
     ):
@@ -121,8 +124,8 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         Decode steps drop the same prompt columns from the attention mask ``generate`` grows (the cache
         holds only the kept tokens); the LLM itself never prunes.
         """
-        prefill = past_key_values is None or past_key_values.get_seq_length() == 0
-        keep_prompt = getattr(past_key_values, "pre_llm_keep", None)
+        prefill = cache is None or cache.get_seq_length() == 0
+        keep_prompt = getattr(cache, "pre_llm_keep", None)
         if not prefill or pixel_values is None:
             if keep_prompt is not None and attention_mask is not None:
                 prompt = keep_prompt.shape[1]
@@ -130,7 +133,7 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
                 attention_mask = torch.cat([kept_columns, attention_mask[:, prompt:]], dim=1)
             with self.language_model.pruning_disabled():
                 return super().forward(
-                    input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values, **kwargs
+                    input_ids=input_ids, attention_mask=attention_mask, **cache_kwargs(cache), **kwargs
                 )
         started = time.perf_counter()
         batch, seq_len = input_ids.shape
@@ -159,11 +162,11 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             outputs = super().forward(
                 inputs_embeds=embeddings.gather(1, index[..., None].expand(-1, -1, embeddings.shape[-1])),
                 attention_mask=attention_mask.gather(1, index),
-                past_key_values=past_key_values,
+                **cache_kwargs(cache),
                 **kwargs,
             )
-        if outputs.past_key_values is not None:
-            outputs.past_key_values.pre_llm_keep = keep
+        if output_cache(outputs) is not None:
+            output_cache(outputs).pre_llm_keep = keep
         record = PruningRecord(method.name, span.cpu(), self.config.text_config.num_hidden_layers)
         record.stages.append(
             StageRecord(0, kept.cpu(), selection.scores.detach().cpu(), selection.metadata, selection_ms)

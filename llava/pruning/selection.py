@@ -23,11 +23,17 @@ TOKEN_SELECTION_STRATEGIES = ("avg_all_heads", "max_head", "weighted_combination
 
 @dataclass
 class TokenSelection:
-    """Kept span indices ``[B, R]`` (ascending), the per-token scores ``[B, S]`` and strategy metadata."""
+    """Kept span indices ``[B, R]`` (ascending), the per-token scores ``[B, S]`` and strategy metadata.
+
+    ``replacement``: optional ``(columns [B, C], hidden [B, C, d])``: the kept tokens at those columns of
+    ``indices`` enter the next layer with these hidden states instead of their own (merged tokens, e.g.
+    SparseVLM's recycled clusters).
+    """
 
     indices: torch.Tensor
     scores: torch.Tensor
     metadata: dict = field(default_factory=dict)
+    replacement: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def top_r_sorted(scores: torch.Tensor, r: int) -> torch.Tensor:

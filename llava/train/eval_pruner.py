@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from llava.compat import output_cache
 from llava.constants import IGNORE_INDEX
 from llava.model.llava_arch import image_features_per_image
 from llava.pruner.checkpoint import CHECKPOINT_NAME
@@ -64,7 +65,7 @@ def evaluate_sample(llava, tokenizer, sample, max_new_tokens: int) -> dict[str, 
         "answer_tokens": int((batch.labels != IGNORE_INDEX).sum()),
         "generated": tokenizer.decode(generated, skip_special_tokens=True),
         "prefill_ms": round(prefill_ms, 3),
-        "kv_cache_last_layer": int(prefill.past_key_values.layers[-1].keys.shape[2]),
+        "kv_cache_last_layer": int(output_cache(prefill).layers[-1].keys.shape[2]),
         "kept_per_layer": None if record is None else record["kept_per_layer"],
         "equivalent_tokens": image_features_per_image(llava.config) if record is None else record["equivalent_tokens"],
     }

@@ -1,14 +1,16 @@
 """Calibration-based classifier: greedy selection under budgets, GQA groups windowed as a unit."""
 
+import pytest
 import torch
 
 from kvcompress.adapters import adapter_for
 from kvcompress.analysis.calibration import (
     CalibrationConfig,
     CalibrationSet,
+    CostLog,
     classify_by_calibration,
     greedy_select,
-    shrink_to_joint_cost,
+    longest_affordable_prefix,
 )
 from kvcompress.evaluation.passkey import PasskeyPrompt
 
@@ -21,20 +23,44 @@ def test_greedy_select_takes_cheapest_within_budget_and_threshold():
     assert greedy_select(costs, budget=10, max_cost=0.25) == ["d", "b", "c"]
 
 
-def test_shrink_drops_most_expensive_until_joint_cost_fits():
+def test_longest_affordable_prefix_by_bisection():
     selection = list(range(20))
-    shrunk = shrink_to_joint_cost(selection, lambda chosen: len(chosen) * 0.1, max_joint_cost=1.0)
+    shrunk = longest_affordable_prefix(selection, lambda chosen: len(chosen) * 0.1, max_joint_cost=1.0)
     assert shrunk == list(range(10))
+    calls = []
+
+    def joint(chosen):
+        calls.append(len(chosen))
+        return len(chosen) * 0.1
+
+    assert longest_affordable_prefix(list(range(100)), joint, max_joint_cost=3.05) == list(range(30))
+    assert len(calls) <= 7  # bisection, not one measurement per prefix
+    assert longest_affordable_prefix(list(range(5)), lambda chosen: 1.0, max_joint_cost=0.5) == []
 
 
-def test_calibration_classifier_on_tiny_llama():
+def test_cost_log_resumes_and_separates_fingerprints(tmp_path):
+    path = tmp_path / "costs.jsonl"
+    assert CostLog(path, "fp").cost([(0, 1)], [], lambda: 0.5) == 0.5
+    again = CostLog(path, "fp")
+    assert again.cost([(0, 1)], [], lambda: pytest.fail("measured twice")) == 0.5
+    assert again.cost([], [(0, 1)], lambda: 0.9) == 0.9  # windowing (0, 1) is not removing head (0, 1)
+    assert CostLog(path, "other data").cost([(0, 1)], [], lambda: 0.7) == 0.7
+    assert len(path.read_text().splitlines()) == 3
+
+
+def test_calibration_classifier_on_tiny_llama(tmp_path):
     model = tiny_llama(layers=2, heads=4, kv_heads=2)
     torch.manual_seed(0)
     prompt = PasskeyPrompt(torch.randint(0, 90, (1, 40)), torch.tensor([[5, 6]]), "56", 0.0)
     calibration = CalibrationSet([torch.randint(0, 90, (1, 32))], [prompt])
     config = CalibrationConfig(window_budget=0.5, dead_budget=0.25, max_cost=10.0, max_joint_cost=10.0,
-                               sinks=1, window=4)
-    classification = classify_by_calibration(model, calibration, config, progress=False)
+                               max_dead_joint_cost=10.0, sinks=1, window=4)
+    log = tmp_path / "costs.jsonl"
+    classification = classify_by_calibration(model, calibration, config, progress=False, cost_log=log)
+    lines = log.read_text().splitlines()
+    assert len(lines) >= 8 + 4  # every head removal and every KV group windowing was measured
+    resumed = classify_by_calibration(model, calibration, config, progress=False, cost_log=log)
+    assert resumed.labels == classification.labels and log.read_text().splitlines() == lines
     shape = adapter_for(model).model_shape(model)
     windowed = classification.windowable_kv_groups()
     assert len(windowed) <= 2  # 50 % of 4 KV groups

@@ -6,6 +6,7 @@ import torch
 from kvcompress.adapters import adapter_for
 from kvcompress.cache import kv_cache_bytes
 from kvcompress.methods.dead_heads import DeadHeadPruner
+from llava.compat import cache_kwargs
 
 # Llama fixture: 6 query heads, 2 KV heads (0-2 -> KV 0, 3-5 -> KV 1); layer 1 loses a whole KV group.
 HEADS = [(0, 1), (0, 4), (1, 3), (1, 4), (1, 5), (3, 0)]
@@ -36,7 +37,7 @@ def test_structural_removal_slices_weights_and_cache(tiny_model, input_ids):
             cache = handle.new_cache()
             tiny_model(input_ids, past_key_values=cache, use_cache=True)
             generated = tiny_model.generate(input_ids[:1], max_new_tokens=3, min_new_tokens=3, do_sample=False,
-                                            past_key_values=handle.new_cache())
+                                            **cache_kwargs(handle.new_cache()))
         assert generated.shape[1] == input_ids.shape[1] + 3
     assert kv_cache_bytes(cache) < kv_cache_bytes(base_cache)
     assert sum(p.numel() for p in tiny_model.parameters()) == params_before

@@ -10,6 +10,7 @@ from kvcompress.methods.base import ComposedMethod
 from kvcompress.methods.baselines import SnapKV, StreamingLLM
 from kvcompress.methods.dead_heads import DeadHeadPruner
 from kvcompress.methods.positional import PositionalHeadOptimizer
+from llava.compat import cache_kwargs
 
 GROUPS = [(0, 0), (1, 1), (2, 0), (3, 1)]
 
@@ -31,7 +32,7 @@ def test_window_at_least_sequence_length_is_the_full_model(tiny_model, input_ids
             no_cache = tiny_model(input_ids, use_cache=False).logits
             stepped, _ = run_in_steps(tiny_model, handle, input_ids, [17, 30, 31])
             generated = tiny_model.generate(input_ids[:1], max_new_tokens=4, min_new_tokens=4, do_sample=False,
-                                            past_key_values=handle.new_cache())
+                                            **cache_kwargs(handle.new_cache()))
         reference = tiny_model.generate(input_ids[:1], max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert torch.equal(no_cache, full)
     torch.testing.assert_close(stepped, full, rtol=0, atol=1e-5)

@@ -31,6 +31,7 @@ from transformers.models.llama.modeling_llama import LlamaPreTrainedModel, apply
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from llava.compat import cache_kwargs, resolve_cache
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.pruning.attention import attention_probs_for_rows, full_attention_probs
 from llava.pruning.methods.base import PruneStep, PruningMethod
@@ -166,15 +167,17 @@ class PruningLlamaModel(LlamaModel):
         use_cache: bool | None = None,
         prune_span: torch.Tensor | tuple[int, int] | None = None,
         prune_query_index: torch.Tensor | int | None = None,
+        cache: Cache | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
+        cache = resolve_cache(past_key_values, cache)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_seen = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen).unsqueeze(0)
 
@@ -192,20 +195,20 @@ class PruningLlamaModel(LlamaModel):
             )
             span_len = validate_span(span, query_index, seq_len)
             method.validate(self.config.num_hidden_layers, span_len)
-            if past_key_values is not None and type(past_key_values) is not DynamicCache:
+            if cache is not None and type(cache) is not DynamicCache:
                 raise ValueError(
-                    f"pruning needs a DynamicCache (layers hold different lengths), got {type(past_key_values).__name__}"
+                    f"pruning needs a DynamicCache (layers hold different lengths), got {type(cache).__name__}"
                 )
             self._last_prefill_length = seq_len
             self.last_pruning_record = PruningRecord(method.name, span.cpu(), self.config.num_hidden_layers)
-        decode_state: PrunedCacheState | None = getattr(past_key_values, "pruning_state", None) if not prefill else None
+        decode_state: PrunedCacheState | None = getattr(cache, "pruning_state", None) if not prefill else None
 
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             position_ids=position_ids,
+            **cache_kwargs(cache),
         )
         cos, sin = self.rotary_emb(inputs_embeds, position_ids=position_ids)
         valid = (
@@ -244,25 +247,25 @@ class PruningLlamaModel(LlamaModel):
                     input_embeddings=inputs_embeds,
                     rope=(seq.cos, seq.sin),
                 )
-                seq, span_index, query = self._prune(method, step, schedule[idx], seq, past_key_values)
+                seq, span_index, query = self._prune(method, step, schedule[idx], seq, cache)
                 stage_valid[idx] = seq.valid
             elif decode_state is not None and idx in decode_state.stage_valid:
-                seq = self._decode_stage(idx, seq, decode_state, attention_mask, past_key_values)
+                seq = self._decode_stage(idx, seq, decode_state, attention_mask, cache)
             previous_input = seq.hidden
             seq.hidden = decoder_layer(
                 seq.hidden,
                 attention_mask=seq.mask,
                 position_embeddings=(seq.cos, seq.sin),
                 position_ids=None if seq.compacted else position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
+                **cache_kwargs(cache),
                 **kwargs,
             )
 
-        if stage_valid and past_key_values is not None:
-            past_key_values.pruning_state = PrunedCacheState(prefill_length=seq_len, stage_valid=stage_valid)
+        if stage_valid and cache is not None:
+            cache.pruning_state = PrunedCacheState(prefill_length=seq_len, stage_valid=stage_valid)
         hidden_states = self.norm(seq.hidden)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **cache_kwargs(cache))
 
     # ----- helpers -------------------------------------------------------------------------------
     def _resolve_span(self, input_ids, attention_mask, prune_span, batch, seq_len, device) -> torch.Tensor:
@@ -333,22 +336,29 @@ class PruningLlamaModel(LlamaModel):
         index = compaction_index(keep_mask)
         new_position = keep_mask.long().cumsum(dim=1) - 1  # old index -> new index, for kept tokens
         kept_span = step.span_index.gather(1, kept)
+        hidden = _gather_rows(seq.hidden, index)
+        metadata = selection.metadata
+        if selection.replacement is not None:
+            columns, merged = selection.replacement
+            merged_span = kept_span.gather(1, columns.to(kept_span.device))
+            slots = new_position.gather(1, merged_span)
+            hidden = hidden.scatter(1, slots[..., None].expand(-1, -1, hidden.shape[-1]), merged.to(hidden.dtype))
+            metadata = {**metadata, "merged_positions": seq.original_index.gather(1, merged_span).tolist()}
         self.last_pruning_record.stages.append(
             StageRecord(
                 layer=step.layer,
                 kept_index=seq.original_index.gather(1, kept_span).cpu(),
                 scores=selection.scores.detach().cpu(),
-                metadata=selection.metadata,
+                metadata=metadata,
                 selection_ms=selection_ms,
             )
         )
-        hidden = _gather_rows(seq.hidden, index)
         valid = seq.valid.gather(1, index)
         mask = create_causal_mask(
             config=self.config,
             inputs_embeds=hidden,
             attention_mask=valid,
-            past_key_values=cache,
+            **cache_kwargs(cache),
             position_ids=None,
             layer_idx=step.layer,
         )
@@ -386,7 +396,7 @@ class PruningLlamaModel(LlamaModel):
             config=self.config,
             inputs_embeds=seq.hidden,
             attention_mask=torch.cat([kept, new.to(kept.device)], dim=1),
-            past_key_values=cache,
+            **cache_kwargs(cache),
             position_ids=None,
             layer_idx=layer,
         )

@@ -16,8 +16,12 @@ Choices where DESIGN.md leaves one:
 * ``version="v2"``: the same raters and stages, scored with only the ``v2_heads`` (14) heads of most
   rater -> span attention and with the attention divided by a RoPE-only positional bias
   (``llava.pruning.text_guided``);
-* token recycling (merging pruned tokens into cluster tokens) is not implemented: the sequence only
-  ever loses span tokens.
+* ``recycling=True`` (v1.5 token recycling, ``llava.pruning.recycling``): at every stage the top
+  ``recycle_ratio`` (30%) of the pruned tokens by score are merged into ``recycled // 10 + 1`` cluster
+  tokens (density peaks on the hidden states entering the layer, mean of the members). With our
+  original-position semantics a cluster token takes the slot of its centre (its RoPE position and mask
+  column), so it sits in raster order among the kept tokens rather than after them as in the official
+  code, and the cache / decode masks need nothing new. The stage budget counts the cluster tokens.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 
 from llava.pruning.budget import equivalent_tokens, span_tokens_per_layer
 from llava.pruning.methods.base import PruneStep, PruningMethod, validate_stages
+from llava.pruning.recycling import kept_count_with_recycling, recycle_pruned_tokens
 from llava.pruning.registry import register_method
 from llava.pruning.selection import TokenSelection, top_r_sorted
 from llava.pruning.text_guided import (
@@ -102,13 +107,15 @@ def rater_rows(step: PruneStep) -> tuple[torch.Tensor, torch.Tensor]:
 @register_method
 @dataclass
 class SparseVLM(PruningMethod):
-    """``prune_layers``, ``stage_budgets`` (span tokens kept from each layer on), ``version`` and ``v2_heads``
-    from ``pruning_params``."""
+    """``prune_layers``, ``stage_budgets`` (span tokens kept from each layer on), ``version``, ``v2_heads``,
+    ``recycling`` and ``recycle_ratio`` from ``pruning_params``."""
 
     prune_layers: tuple[int, ...] = PRUNE_LAYERS
     stage_budgets: tuple[int, ...] = STAGE_BUDGET_PRESETS[192]
     version: str = "v1.5"
     v2_heads: int = 14
+    recycling: bool = False
+    recycle_ratio: float = 0.3
 
     name = "sparsevlm"
 
@@ -117,12 +124,23 @@ class SparseVLM(PruningMethod):
             raise ValueError(f"sparsevlm: unknown version {self.version!r}; valid: {', '.join(VERSIONS)}")
         if self.v2_heads < 1:
             raise ValueError(f"sparsevlm: v2_heads must be >= 1, got {self.v2_heads}")
+        if not 0.0 < self.recycle_ratio <= 1.0:
+            raise ValueError(f"sparsevlm: recycle_ratio must lie in (0, 1], got {self.recycle_ratio}")
         self.prune_layers = tuple(self.prune_layers)
         self.stage_budgets = tuple(self.stage_budgets)
         validate_stages("sparsevlm", self.prune_layers, self.stage_budgets, ("prune_layers", "stage_budgets"))
 
     def schedule(self, span: int) -> list[tuple[int, int]]:
         return list(zip(self.prune_layers, self.stage_budgets, strict=True))
+
+    def validate(self, num_layers: int, span: int | None) -> None:
+        """The common checks; with recycling also that every stage's budget can hold its cluster tokens."""
+        super().validate(num_layers, span)
+        if self.recycling and span is not None:
+            live = span
+            for budget in self.stage_budgets:
+                kept_count_with_recycling(live, budget, self.recycle_ratio)
+                live = budget
 
     def select(self, step: PruneStep, keep: int) -> TokenSelection:
         rows, weights = rater_rows(step)
@@ -144,7 +162,19 @@ class SparseVLM(PruningMethod):
             "scoring_layer": step.layer - 1,
             "raters": (weights > 0).sum(dim=1).tolist(),
         }
-        return TokenSelection(top_r_sorted(scores, keep), scores, metadata)
+        if not self.recycling:
+            return TokenSelection(top_r_sorted(scores, keep), scores, metadata)
+        return self._recycle(step, scores, keep, metadata)
+
+    def _recycle(self, step: PruneStep, scores: torch.Tensor, keep: int, metadata: dict) -> TokenSelection:
+        """Keep fewer tokens by score and fill the budget with cluster tokens of the best pruned ones."""
+        kept = top_r_sorted(scores, kept_count_with_recycling(scores.shape[1], keep, self.recycle_ratio))
+        span_hidden = step.hidden_states.gather(1, _expand(step.span_index, step.hidden_states))
+        per_sample = [recycle_pruned_tokens(scores[b], span_hidden[b], kept[b], self.recycle_ratio)
+                      for b in range(scores.shape[0])]
+        indices, columns, merged = (torch.stack(parts) for parts in zip(*per_sample, strict=True))
+        metadata["cluster_tokens"] = columns.shape[1]
+        return TokenSelection(indices, scores, metadata, replacement=(columns, merged) if columns.numel() else None)
 
     @classmethod
     def from_config(cls, config: Any) -> SparseVLM:
@@ -154,6 +184,8 @@ class SparseVLM(PruningMethod):
             stage_budgets=tuple(params.get("stage_budgets", cls.stage_budgets)),
             version=params.get("version", cls.version),
             v2_heads=params.get("v2_heads", cls.v2_heads),
+            recycling=bool(params.get("recycling", cls.recycling)),
+            recycle_ratio=params.get("recycle_ratio", cls.recycle_ratio),
         )
 
     @classmethod
