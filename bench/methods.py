@@ -4,7 +4,9 @@ Same setting as ``bench.prefill`` (random 32-layer Llama, 35 system + 576 image 
 interleaved round-robin timing). Each method maps the budget to its own parameters through the one
 budget API (``config_for_budget``). Per row: median prefill ms, ratio to vanilla, theoretical FLOPs ratio
 (SwiGLU convention, decoder only), the achieved equivalent tokens, the method's selection time as a
-share of its prefill, and (CUDA only) the peak memory. Pre-LLM methods (VisPruner, CDPruner) are timed
+share of its prefill, and (CUDA only) the peak memory. The synthetic vision features that VisPruner
+compares are ``width / 4`` wide, LLaVA-1.5-7B's ratio (CLIP ViT-L 1024 : Vicuna 4096), so the quick
+bench keeps the real proportion between its selection work and the LLM prefill. Pre-LLM methods (VisPruner, CDPruner) are timed
 as their selection on synthetic visual features plus the LLM prefill of the shortened prompt; the vision
 tower, common to every row, is not included. The last line is ``max_selection_share_at_64=<x>``.
 
@@ -47,18 +49,20 @@ def method_params(name: str, heads: int) -> dict:
     return {"fastv_fine_head": {"heads": max(1, heads // 2), "head_strategy": "sparsity"}}.get(name, {})
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--all-methods", action="store_true", help=argparse.SUPPRESS)  # bench.prefill's switch
     parser.add_argument("--quick", action="store_true", help="CPU-friendly width 512 (default: 7B width 4096)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 3 quick, 10 full)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default 1 with --quick)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     threads = args.threads or (1 if args.quick else None)
     if threads:
         torch.set_num_threads(threads)
     hidden, mlp, heads = (512, 1376, 8) if args.quick else (4096, 11008, 32)
+    vision_width = hidden // 4  # CLIP ViT-L (1024) : Vicuna-7B (4096), kept when the bench is scaled down
     repeats = args.repeats or (3 if args.quick else 10)
     dtype, device = getattr(torch, args.dtype), args.device
     cuda = device.startswith("cuda")
@@ -95,7 +99,7 @@ def main() -> None:
         image = embeds[:, span[0] : span[1]]
         tokens = VisualTokens(
             features=image,
-            vision_features=torch.randn(1, IMAGE_TOKENS, 1024, generator=generator).to(device, dtype),
+            vision_features=torch.randn(1, IMAGE_TOKENS, vision_width, generator=generator).to(device, dtype),
             cls_attention=lambda: torch.rand(1, IMAGE_TOKENS, generator=generator).softmax(-1).to(device),
             instruction_embeddings=[embeds[0, span[1] :]],
         )

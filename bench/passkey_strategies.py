@@ -33,6 +33,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from kvcompress.evaluation.passkey import QUESTION, TASK, PasskeyPrompt, make_passkey_prompts
+from llava.eval.jsonl_io import JsonlAppender, read_jsonl
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import PruningLlamaForCausalLM
 from llava.pruning.budget import equivalent_tokens, span_tokens_per_layer
@@ -138,8 +139,8 @@ def finished_cells(out: Path, prompts: int, seed: int) -> set[tuple[str, float]]
     """(strategy, keep fraction) of the rows of ``out`` measured on the same prompt set."""
     if not out.exists():
         return set()
-    rows = [json.loads(line) for line in out.read_text().splitlines() if line]
-    return {(r["strategy"], r["keep_fraction"]) for r in rows if r["prompts"] == prompts and r.get("seed", 0) == seed}
+    return {(r["strategy"], r["keep_fraction"]) for r in read_jsonl(out)[0]
+            if r["prompts"] == prompts and r.get("seed", 0) == seed}
 
 
 def run(prompts: int, length: int, out: Path, seed: int, label_filter: str) -> None:
@@ -181,8 +182,8 @@ def run(prompts: int, length: int, out: Path, seed: int, label_filter: str) -> N
             "equivalent_tokens": sum(tokens) / len(tokens),
             "seconds": round(time.perf_counter() - started, 1),
         }
-        with out.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        with JsonlAppender(out) as appender:
+            appender.write(row)
         print(json.dumps(row), flush=True)
 
 
@@ -197,7 +198,7 @@ def format_cell(row: dict | None) -> str:
 
 def markdown_table(out: Path) -> str:
     """Per strategy and kept share of the span: passkey accuracy % / share of prompts whose key survived, unpruned on top."""
-    rows = [json.loads(line) for line in out.read_text().splitlines() if line]
+    rows, _ = read_jsonl(out)
     accuracy = {(r["strategy"], r["keep_fraction"]): r for r in rows}
     lines = ["| strategy (accuracy % / key kept %) | 50% kept | 25% kept | 10% kept |", "|---|---|---|---|"]
     for cell in strategy_cells():

@@ -14,12 +14,14 @@ decoder only) and measured / theoretical. The last line is ``fastv_r144_measured
 
     python -m bench.prefill --quick                          # CPU, width 512
     python -m bench.prefill --device cuda --dtype bfloat16   # full 7B width (4096 / 11008)
+    python -m bench.prefill --quick --all-methods            # every method at 192/128/64 (bench.methods)
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 
@@ -85,6 +87,8 @@ def time_prefill(model: PruningLlamaModel, embeds: torch.Tensor, span: tuple[int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CPU-friendly width 512 (default: 7B width 4096)")
+    parser.add_argument("--all-methods", action="store_true",
+                        help="time every registered method at 192/128/64 instead (same as python -m bench.methods)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 5 quick, 10 full)")
@@ -95,6 +99,11 @@ def main() -> None:
         help="CPU threads (default 1 with --quick: stable ratios on a shared machine)",
     )
     args = parser.parse_args()
+    if args.all_methods:
+        from bench import methods
+
+        methods.main(sys.argv[1:])
+        return
     threads = args.threads or (1 if args.quick else None)
     if threads:
         torch.set_num_threads(threads)

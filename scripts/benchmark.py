@@ -7,25 +7,36 @@
 
 A method is ``name`` or ``name@classification``; StreamingLLM and SnapKV get the KV fraction of
 ``--budget-from`` (a ``positional+dead@...`` method) at the same context length, or ``--kv-fraction``.
-Per method: TTFT, TPOT, throughput, peak memory, KV bytes, prefill FLOPs (speed prompt), strided
-perplexity on ``--text`` (default WikiText-2 test) and passkey accuracy. ``results.json`` and
-``results.md`` are rewritten after every method.
+Speed first, every method side by side (warm-up, then ``--repeats`` rounds that each time every method
+once, medians): TTFT, TPOT, throughput, peak memory, KV bytes, prefill FLOPs. Then per method: strided
+perplexity on ``--text`` (default WikiText-2 test) and passkey accuracy; each method's quality row is
+appended to ``quality.jsonl`` as soon as it is measured and reused by a re-run with the same settings.
+``results.json`` and ``results.md`` are rewritten after every method.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from kvcompress.classification import HeadClassification
-from kvcompress.evaluation.benchmark import BenchmarkSettings, benchmark_method, markdown_table, save_results
+from kvcompress.evaluation.benchmark import (
+    BenchmarkSettings,
+    markdown_table,
+    measure_quality,
+    measure_speed,
+    save_results,
+)
 from kvcompress.evaluation.passkey import make_passkey_prompts
 from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream
 from kvcompress.methods.registry import METHODS, MethodSettings, build_method, kv_fraction
 from kvcompress.models.loading import load_model_and_tokenizer, model_slug
+from llava.eval.jsonl_io import JsonlAppender, read_jsonl
 
 
 def parse_args() -> argparse.Namespace:
@@ -95,19 +106,41 @@ def main() -> None:
                                  args.ppl_stride, args.ppl_windows or None)
     metadata = {key: value for key, value in vars(args).items()}
     metadata.update({"device": str(next(model.parameters()).device), "threads": torch.get_num_threads()})
+
+    def make_method(spec: str, context: int):
+        _, name, classification = next(item for item in specs if item[0] == spec)
+        method_settings = MethodSettings(classification, args.sinks, args.window, context, baseline_fraction(context))
+        return build_method(name, method_settings)
+
+    print(f"timing {len(specs)} methods side by side ({args.warmup} warm-up + {args.repeats} rounds)")
+    speed = measure_speed(model, {spec: make_method(spec, speed_prompt.shape[1]) for spec, _, _ in specs}, settings)
+    quality_log = out / "quality.jsonl"
+    known = {row["key"]: row["quality"] for row in (read_jsonl(quality_log)[0] if quality_log.is_file() else [])}
     results = []
     for spec, name, classification in tqdm(specs, desc="methods"):
-        def make_method(context: int, name=name, classification=classification):
-            method_settings = MethodSettings(classification, args.sinks, args.window, context,
-                                             baseline_fraction(context))
-            return build_method(name, method_settings)
-
-        result = {"method": spec, **benchmark_method(model, tokenizer, make_method, settings, text, prompts)}
+        key = quality_key(spec, classification, args)
+        if key not in known:
+            known[key] = measure_quality(model, tokenizer, lambda context, spec=spec: make_method(spec, context),
+                                         settings, text, prompts)
+            with JsonlAppender(quality_log) as appender:
+                appender.write({"key": key, "method": spec, "quality": known[key]})
+        result = {"method": spec, **speed[spec], **known[key]}
         if name in ("streaming_llm", "snapkv"):
-            result["kv_fraction_budget"] = baseline_fraction(speed_prompt.shape[1])
+            result["kv_fraction_budget"] = baseline_fraction(prompts[0].input_ids.shape[1] if prompts
+                                                             else speed_prompt.shape[1])
         results.append(result)
         save_results(results, metadata, out)
-        print(markdown_table(results))
+    print(markdown_table(results))
+
+
+def quality_key(spec: str, classification: HeadClassification | None, args: argparse.Namespace) -> str:
+    """What a quality row depends on: the method, its classification's labels and the evaluation settings."""
+    settings = {name: getattr(args, name) for name in (
+        "model", "budget_from", "kv_fraction", "sinks", "window", "text", "ppl_max_length", "ppl_stride",
+        "ppl_windows", "passkey_len", "passkey_prompts")}
+    labels = None if classification is None else classification.labels
+    return hashlib.sha1(json.dumps([spec, labels, settings], sort_keys=True).encode()).hexdigest()[:16]
+
 
 if __name__ == "__main__":
     main()

@@ -133,3 +133,10 @@ def test_pre_llm_methods_shrink_the_prompt_before_the_llm(method):
     assert seen["n"] == PREFIX + 64 + SUFFIX
     assert model.pruning_record["kept_per_layer"] == [64] * 32
     assert model.language_model.last_gen_kept_indices.shape == (1, 64)
+
+
+def test_unknown_method_parameter_is_an_error_naming_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown parameters \['recyling'\]; valid parameters: prune_layers"):
+        load_pretrained_model("tiny-random-llava", pruning_method="sparsevlm", visual_token_num=64, recyling=True)
+    with pytest.raises(ValueError, match=r"fastv: unknown parameters \['heads'\]; valid parameters: none"):
+        load_pretrained_model("tiny-random-llava", pruning_method="fastv", visual_token_num=64, heads=4)

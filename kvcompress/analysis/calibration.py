@@ -47,6 +47,7 @@ from kvcompress.methods.base import ComposedMethod, CompressionMethod
 from kvcompress.methods.dead_heads import DeadHeadPruner
 from kvcompress.methods.kv_policy import all_kv_heads
 from kvcompress.methods.positional import PositionalHeadOptimizer
+from llava.eval.jsonl_io import JsonlAppender, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -142,9 +143,8 @@ class CostLog:
         self.fingerprint = fingerprint
         self.known: dict[tuple[tuple, tuple], float] = {}
         if self.path is not None and self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                row = json.loads(line) if line.strip() else None
-                if row and row["fingerprint"] == fingerprint:
+            for row in read_jsonl(self.path)[0]:
+                if row["fingerprint"] == fingerprint:
                     self.known[self._key(row["dead"], row["windowed"])] = row["cost"]
 
     @staticmethod
@@ -157,11 +157,9 @@ class CostLog:
         if key not in self.known:
             self.known[key] = measure()
             if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                row = {"fingerprint": self.fingerprint, "dead": [list(u) for u in key[0]],
-                       "windowed": [list(u) for u in key[1]], "cost": self.known[key]}
-                with self.path.open("a") as handle:
-                    handle.write(json.dumps(row) + "\n")
+                with JsonlAppender(self.path) as appender:
+                    appender.write({"fingerprint": self.fingerprint, "dead": [list(u) for u in key[0]],
+                                    "windowed": [list(u) for u in key[1]], "cost": self.known[key]})
         return self.known[key]
 
 

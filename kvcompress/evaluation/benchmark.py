@@ -1,8 +1,9 @@
-"""Benchmark one method: speed (TTFT, TPOT, throughput), memory (peak, KV bytes), perplexity, passkey."""
+"""Benchmark methods: speed (TTFT, TPOT, throughput) side by side, memory (peak, KV bytes), perplexity, passkey."""
 
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,26 +30,42 @@ class BenchmarkSettings:
     ppl_max_windows: int | None = 16
 
 
-def measure_speed(model: nn.Module, new_cache: Callable, settings: BenchmarkSettings) -> dict[str, float]:
-    """Warm-up runs, then the mean of ``repeats`` timed greedy generations."""
+def measure_speed(model: nn.Module, methods: dict[str, CompressionMethod],
+                  settings: BenchmarkSettings) -> dict[str, dict[str, float]]:
+    """Speed and memory of every method, measured side by side.
+
+    ``warmup`` untimed rounds, then ``repeats`` rounds; each round applies every method in turn, runs one
+    greedy generation of ``settings.prompt`` and undoes it, so load on the machine hits every method
+    alike. Per method: median TTFT / TPOT, throughput from the median total time, the largest peak
+    memory, KV bytes after the run and the analytic prefill FLOPs.
+    """
     device = next(model.parameters()).device
-    for _ in range(settings.warmup):
-        greedy_generate(model, settings.prompt, settings.new_tokens, new_cache())
-    runs = []
-    with PeakMemory(device) as memory:
-        for _ in range(settings.repeats):
-            runs.append(greedy_generate(model, settings.prompt, settings.new_tokens, new_cache()))
-    count = len(runs)
-    return {
-        "ttft_s": sum(run.ttft_s for run in runs) / count,
-        "tpot_s": sum(run.tpot_s for run in runs) / count,
-        "throughput_tok_s": sum(settings.new_tokens / run.total_s for run in runs) / count,
-        "kv_bytes": runs[-1].kv_bytes,
-        "peak_memory_bytes": memory.peak_bytes,
-        "prompt_tokens": settings.prompt.shape[1],
-        "new_tokens": settings.new_tokens,
-        "prefill_gflops": prefill_flops(model, settings.prompt.shape[1]) / 1e9,
-    }
+    runs: dict[str, list] = {name: [] for name in methods}
+    peaks: dict[str, list] = {name: [] for name in methods}
+    flops: dict[str, float] = {}
+    for round_index in range(settings.warmup + settings.repeats):
+        for name, method in methods.items():
+            with method.apply(model) as handle, PeakMemory(device) as memory:
+                run = greedy_generate(model, settings.prompt, settings.new_tokens, handle.new_cache())
+                flops[name] = prefill_flops(model, settings.prompt.shape[1]) / 1e9
+            if round_index >= settings.warmup:
+                runs[name].append(run)
+                peaks[name].append(memory.peak_bytes)
+    results = {}
+    for name, timed in runs.items():
+        known_peaks = [peak for peak in peaks[name] if peak is not None]
+        results[name] = {
+            "ttft_s": statistics.median(run.ttft_s for run in timed),
+            "tpot_s": statistics.median(run.tpot_s for run in timed),
+            "throughput_tok_s": settings.new_tokens / statistics.median(run.total_s for run in timed),
+            "kv_bytes": timed[-1].kv_bytes,
+            "peak_memory_bytes": max(known_peaks) if known_peaks else None,
+            "prompt_tokens": settings.prompt.shape[1],
+            "new_tokens": settings.new_tokens,
+            "speed_repeats": len(timed),
+            "prefill_gflops": flops[name],
+        }
+    return results
 
 
 def measure_passkey(model: nn.Module, tokenizer: PreTrainedTokenizerBase, new_cache: Callable,
@@ -68,14 +85,15 @@ def measure_passkey(model: nn.Module, tokenizer: PreTrainedTokenizerBase, new_ca
             "passkey_kv_bytes": sum(kv_bytes) / len(kv_bytes)}
 
 
-def benchmark_method(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
-                     make_method: Callable[[int], CompressionMethod], settings: BenchmarkSettings,
-                     text_tokens: torch.Tensor | None, passkey_prompts: list[PasskeyPrompt]) -> dict:
-    """All measurements for one method; ``make_method(context_length)`` builds it for each task's context
-    (speed prompt and passkey prompts, perplexity context), so budgets are matched per context."""
-    with make_method(settings.prompt.shape[1]).apply(model) as handle:
-        result = measure_speed(model, handle.new_cache, settings)
-        if passkey_prompts:
+def measure_quality(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                    make_method: Callable[[int], CompressionMethod], settings: BenchmarkSettings,
+                    text_tokens: torch.Tensor | None, passkey_prompts: list[PasskeyPrompt]) -> dict:
+    """Passkey accuracy and strided perplexity of one method; ``make_method(context_length)`` builds it for
+    each task's context (passkey prompts, perplexity context), so budgets are matched per context."""
+    result: dict = {}
+    if passkey_prompts:
+        context = round(sum(p.input_ids.shape[1] for p in passkey_prompts) / len(passkey_prompts))
+        with make_method(context).apply(model) as handle:
             result.update(measure_passkey(model, tokenizer, handle.new_cache, passkey_prompts))
     if text_tokens is not None:
         with make_method(settings.ppl_max_length - settings.ppl_stride).apply(model) as handle:
@@ -87,8 +105,8 @@ def benchmark_method(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
 
 COLUMNS = [
     ("method", "method", "{}"),
-    ("ttft_s", "TTFT ms", "{:.0f}", 1000),
-    ("tpot_s", "TPOT ms", "{:.1f}", 1000),
+    ("ttft_s", "TTFT ms", "{:.1f}", 1000),
+    ("tpot_s", "TPOT ms", "{:.2f}", 1000),
     ("throughput_tok_s", "tok/s", "{:.1f}"),
     ("peak_memory_bytes", "peak MiB", "{:.0f}", 1 / 2**20),
     ("kv_bytes", "KV KiB (speed run)", "{:.0f}", 1 / 1024),
@@ -100,8 +118,8 @@ COLUMNS = [
 
 
 def markdown_table(results: list[dict]) -> str:
-    """Results as a Markdown table, with KV and perplexity relative to the first (full) row."""
-    header = [column[1] for column in COLUMNS] + ["KV vs full", "PPL vs full"]
+    """Results as a Markdown table, with TTFT, KV and perplexity relative to the first (full) row."""
+    header = [column[1] for column in COLUMNS] + ["TTFT vs full", "KV vs full", "PPL vs full"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     base = results[0] if results else {}
     for result in results:
@@ -109,7 +127,7 @@ def markdown_table(results: list[dict]) -> str:
         for key, _, fmt, *scale in COLUMNS:
             value = result.get(key)
             cells.append("-" if value is None else fmt.format(value * scale[0] if scale else value))
-        for key in ("passkey_kv_bytes", "perplexity"):
+        for key in ("ttft_s", "passkey_kv_bytes", "perplexity"):
             value, reference = result.get(key), base.get(key)
             cells.append("-" if value is None or not reference else f"{value / reference - 1:+.1%}")
         lines.append("| " + " | ".join(cells) + " |")

@@ -24,7 +24,7 @@ from llava.model.tiny import (
     build_tiny_tokenizer,
     tiny_llama_config,
 )
-from llava.pruning.registry import method_class
+from llava.pruning.registry import check_method_params, method_class
 
 TINY_MODELS = ("tiny-random-llava", "tiny-random-llama")
 _CONFIG_FIELDS = {f.name for f in fields(PruningLlamaConfig)} - {f.name for f in fields(LlamaConfig)}
@@ -51,6 +51,7 @@ def pruning_fields(
     values: dict[str, Any] = {"pruning_method": pruning_method, "use_fast_v": pruning_method == "fastv"}
     values.update({k: v for k, v in params.items() if k in _CONFIG_FIELDS})
     extra = {k: v for k, v in params.items() if k not in _CONFIG_FIELDS}
+    check_method_params(cls, extra)
     if extra:
         values["pruning_params"] = extra
     if visual_token_num is not None:

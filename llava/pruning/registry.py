@@ -32,6 +32,14 @@ def method_class(name: str) -> type[PruningMethod]:
     return _METHODS[name]
 
 
+def check_method_params(cls: type[PruningMethod], params: dict | None) -> None:
+    """Raise ``ValueError`` for ``pruning_params`` keys the method does not read (a typo would be ignored)."""
+    unknown = sorted(set(params or {}) - set(cls.params))
+    if unknown:
+        valid = ", ".join(cls.params) if cls.params else "none (only config fields such as fast_v_attention_rank)"
+        raise ValueError(f"{cls.name}: unknown parameters {unknown}; valid parameters: {valid}")
+
+
 def method_from_config(config: Any) -> PruningMethod | None:
     """The method a config asks for (``pruning_method``, or ``fastv`` when ``use_fast_v``), or None."""
     name = getattr(config, "pruning_method", None)
@@ -39,4 +47,6 @@ def method_from_config(config: Any) -> PruningMethod | None:
         name = "fastv"
     if name is None:
         return None
-    return method_class(name).from_config(config)
+    cls = method_class(name)
+    check_method_params(cls, getattr(config, "pruning_params", None))
+    return cls.from_config(config)

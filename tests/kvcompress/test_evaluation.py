@@ -9,7 +9,7 @@ from transformers import DynamicCache
 
 from kvcompress.adapters import ModelShape
 from kvcompress.classification import HeadClassification
-from kvcompress.evaluation.benchmark import BenchmarkSettings, benchmark_method, markdown_table
+from kvcompress.evaluation.benchmark import BenchmarkSettings, markdown_table, measure_quality, measure_speed
 from kvcompress.evaluation.perplexity import strided_perplexity
 from kvcompress.evaluation.text import split_windows
 from kvcompress.evaluation.timing import greedy_generate, prefill_flops
@@ -67,24 +67,31 @@ def test_kv_fraction_formula():
     assert kv_fraction(classification, 1000, 4, 64, with_dead=False) == pytest.approx((3 * 1000 + 67) / 4000)
 
 
-def test_benchmark_method_and_table(tiny_model):
+def test_speed_side_by_side_quality_per_context_and_table(tiny_model):
     torch.manual_seed(0)
     tokens = torch.randint(0, 90, (200,))
-    settings = BenchmarkSettings(tokens[None, :50], new_tokens=4, warmup=0, repeats=1, ppl_max_length=40,
+    settings = BenchmarkSettings(tokens[None, :50], new_tokens=4, warmup=1, repeats=2, ppl_max_length=40,
                                  ppl_stride=20, ppl_max_windows=3)
+    streaming_method = build_method("streaming_llm", MethodSettings(context_length=50, kv_fraction=0.5))
+    speed = measure_speed(tiny_model, {"full": build_method("full", MethodSettings()),
+                                       "streaming_llm": streaming_method}, settings)
+    assert speed["streaming_llm"]["kv_bytes"] < speed["full"]["kv_bytes"]
+    assert all(row["speed_repeats"] == 2 and row["ttft_s"] > 0 and row["tpot_s"] > 0 for row in speed.values())
+    assert tiny_model.config._attn_implementation == "sdpa"  # every method was undone after its runs
     contexts = []
 
     def make_method(context):
         contexts.append(context)
         return build_method("streaming_llm", MethodSettings(context_length=context, kv_fraction=0.5))
 
-    full = benchmark_method(tiny_model, None, lambda context: build_method("full", MethodSettings()), settings,
-                            tokens, [])
-    streaming = benchmark_method(tiny_model, None, make_method, settings, tokens, [])
-    assert contexts == [50, 20]
-    assert streaming["kv_bytes"] < full["kv_bytes"]
-    table = markdown_table([{"method": "full", **full}, {"method": "streaming_llm", **streaming}])
-    assert table.count("\n") == 4 and "| streaming_llm |" in table
+    full = measure_quality(tiny_model, None, lambda context: build_method("full", MethodSettings()), settings,
+                           tokens, [])
+    streaming = measure_quality(tiny_model, None, make_method, settings, tokens, [])
+    assert contexts == [20]  # the perplexity context (max_length - stride)
+    assert streaming["perplexity"] != full["perplexity"]
+    rows = [{"method": "full", **speed["full"], **full}, {"method": "streaming_llm", **speed["streaming_llm"], **streaming}]
+    table = markdown_table(rows)
+    assert table.count("\n") == 4 and "| streaming_llm |" in table and "TTFT vs full" in table
 
 
 def test_split_windows_needs_enough_text():

@@ -31,6 +31,7 @@ class DynamicHeadFastV(SinglePruneMethod):
     debug_mode: bool = False
 
     name = "ablation_a"
+    params = ("debug_mode",)
 
     def select(self, step: PruneStep, keep: int) -> TokenSelection:
         attn = step.query_attention_over_span(step.layer - 1)

@@ -61,6 +61,7 @@ class PruningMethod(ABC):
     """
 
     name: ClassVar[str]
+    params: ClassVar[tuple[str, ...]] = ()  # the ``pruning_params`` keys the method reads
 
     @abstractmethod
     def schedule(self, span: int) -> list[tuple[int, int]]:

@@ -25,6 +25,7 @@ class CDPruner(PreLLMMethod):
     """``visual_tokens`` = T from ``pruning_params``."""
 
     name = "cdpruner"
+    params = ("visual_tokens",)
 
     def select_visual(self, tokens: VisualTokens) -> TokenSelection:
         kept, relevance_rows = [], []

@@ -28,6 +28,7 @@ class FastVFineHead(SinglePruneMethod):
     head_strategy: str = "sparsity"
 
     name = "fastv_fine_head"
+    params = ("heads", "head_strategy")
 
     def __post_init__(self) -> None:
         validate_head_selection(self.head_strategy, self.heads)

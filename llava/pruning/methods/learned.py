@@ -54,6 +54,7 @@ class LearnedPruning(PruningMethod):
     pruner_checkpoint: str
 
     name = "learned"
+    params = ("pruner_checkpoint",)
 
     def __post_init__(self) -> None:
         self.pruner = load_pruner(self.pruner_checkpoint)

@@ -73,6 +73,7 @@ class PyramidDrop(PruningMethod):
     ratio_list: tuple[float, ...] = (0.5, 0.25, 0.125)
 
     name = "pdrop"
+    params = ("layer_list", "ratio_list", "lambda")
 
     def __post_init__(self) -> None:
         self.layer_list = tuple(self.layer_list)

@@ -22,6 +22,7 @@ class RandomKeep(SinglePruneMethod):
     seed: int = 0
 
     name = "random"
+    params = ("seed",)
 
     def select(self, step: PruneStep, keep: int) -> TokenSelection:
         span = step.span_index.shape[1]

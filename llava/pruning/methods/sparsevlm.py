@@ -118,6 +118,7 @@ class SparseVLM(PruningMethod):
     recycle_ratio: float = 0.3
 
     name = "sparsevlm"
+    params = ("prune_layers", "stage_budgets", "version", "v2_heads", "recycling", "recycle_ratio")
 
     def __post_init__(self) -> None:
         if self.version not in VERSIONS:

@@ -27,6 +27,7 @@ class VisPruner(PreLLMMethod):
     important_ratio: float = 0.5
 
     name = "vispruner"
+    params = ("visual_tokens", "important_ratio")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.important_ratio <= 1.0:
