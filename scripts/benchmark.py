@@ -60,6 +60,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     return parser.parse_args()
 
 
@@ -75,6 +76,8 @@ def parse_method(spec: str, classifications: dict[str, HeadClassification]) -> t
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     classifications = {}
     for item in args.classification:
         name, _, path = item.partition("=")

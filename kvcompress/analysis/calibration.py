@@ -240,3 +240,19 @@ def classify_by_calibration(model: nn.Module, calibration: CalibrationSet,
                 "removal_cost": [[dead_costs.get((layer, head)) for head in range(shape.num_query_heads)]
                                  for layer in range(shape.num_layers)]},
     )
+
+
+def with_cheapest_windows(classification: HeadClassification, count: int) -> HeadClassification:
+    """A calibration classification re-cut to window exactly the ``count`` KV groups of lowest measured
+    windowing cost (its dead heads kept): one point of a KV-size vs quality curve."""
+    costs = classification.scores.get("window_cost")
+    if not costs:
+        raise ValueError("the classification has no window_cost scores: use one made by the calibration classifier")
+    measured = sorted((cost, (layer, kv)) for layer, row in enumerate(costs) for kv, cost in enumerate(row)
+                      if cost is not None)
+    if not 0 <= count <= len(measured):
+        raise ValueError(f"cannot window {count} KV groups: valid counts are 0..{len(measured)} (the measured groups)")
+    windowed = [group for _, group in measured[:count]]
+    labels = labels_from_selection(classification.shape, windowed, classification.heads_labelled("dead"))
+    return HeadClassification(classification.shape, labels, "calibration-ranked",
+                              {**classification.parameters, "windowed_groups": count}, classification.scores)

@@ -11,6 +11,7 @@ from kvcompress.analysis.calibration import (
     classify_by_calibration,
     greedy_select,
     longest_affordable_prefix,
+    with_cheapest_windows,
 )
 from kvcompress.evaluation.passkey import PasskeyPrompt
 
@@ -71,3 +72,9 @@ def test_calibration_classifier_on_tiny_llama(tmp_path):
     for _, (layer, kv) in cheapest:  # the cheapest groups have all their query heads positional (or dead)
         assert {labels[layer][h] for h in shape.query_heads_of(kv)} <= {"positional", "dead"}
     assert all(cost is not None for row in classification.scores["removal_cost"] for cost in row)
+
+    recut = with_cheapest_windows(classification, 1)
+    assert recut.windowable_kv_groups() == [cheapest[0][1]]
+    assert recut.heads_labelled("dead") == classification.heads_labelled("dead")
+    with pytest.raises(ValueError, match=r"valid counts are 0..4"):
+        with_cheapest_windows(classification, 5)

@@ -1,0 +1,109 @@
+"""KV-cache size vs quality: calibration-ranked windowed heads against StreamingLLM and SnapKV.
+
+For each count ``k`` in ``--groups``, window the ``k`` KV groups with the lowest calibration windowing
+cost (``window_cost`` in a calibration ``head_classification*.json``) and remove the classification's
+dead heads; then run StreamingLLM and SnapKV at the same KV fraction (matched at each task's context
+length: the passkey prompts and the perplexity windows). Each point
+gets passkey accuracy and strided perplexity (``kvcompress.evaluation.benchmark.measure_quality``).
+Rows are appended to ``tradeoff.jsonl`` as they finish (a re-run skips the points it holds) and
+``tradeoff.png`` plots accuracy and perplexity against the KV reduction.
+
+    python scripts/kv_tradeoff.py results/attention_analysis_smollm2-135m/head_classification_calibration.json \
+        --groups 15 30 45 54 63 72
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from kvcompress.analysis.calibration import with_cheapest_windows  # noqa: E402
+from kvcompress.classification import HeadClassification  # noqa: E402
+from kvcompress.evaluation.benchmark import BenchmarkSettings, measure_quality  # noqa: E402
+from kvcompress.evaluation.passkey import make_passkey_prompts  # noqa: E402
+from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream  # noqa: E402
+from kvcompress.methods.registry import MethodSettings, build_method, kv_fraction  # noqa: E402
+from kvcompress.models.loading import load_model_and_tokenizer  # noqa: E402
+from llava.eval.jsonl_io import JsonlAppender, read_jsonl  # noqa: E402
+
+BASELINES = ("streaming_llm", "snapkv")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method in sorted({row["method"] for row in rows}):
+        points = sorted((1 - row["kv_fraction"], row) for row in rows if row["method"] == method)
+        reductions = [100 * reduction for reduction, _ in points]
+        axes[0].plot(reductions, [100 * row["passkey_accuracy"] for _, row in points], "o-", label=method)
+        axes[1].plot(reductions, [row["perplexity"] for _, row in points], "o-", label=method)
+    for axis, label in zip(axes, ("passkey accuracy (%)", "WikiText-2 perplexity"), strict=True):
+        axis.set_xlabel("KV cache reduction vs full (%)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("classification", type=Path)
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--groups", type=int, nargs="+", default=[15, 30, 45, 54, 63, 72])
+    parser.add_argument("--sinks", type=int, default=4)
+    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--text", default=str(DEFAULT_TEXT))
+    parser.add_argument("--ppl-windows", type=int, default=16)
+    parser.add_argument("--passkey-len", type=int, default=600)
+    parser.add_argument("--passkey-prompts", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = HeadClassification.load(args.classification)
+    try:
+        for k in args.groups:
+            with_cheapest_windows(base, k)
+    except ValueError as error:
+        parser.error(str(error))
+    out = args.out or args.classification.parent.parent / f"kv_tradeoff_{args.classification.parent.name}"
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    base.check_model(model)
+    text = load_token_stream(args.text, tokenizer, max_tokens=256 * args.ppl_windows + 512 + 1)
+    prompts = make_passkey_prompts(tokenizer, args.passkey_len, args.passkey_prompts)
+    context = prompts[0].input_ids.shape[1]
+    settings = BenchmarkSettings(prompts[0].input_ids, ppl_max_windows=args.ppl_windows)
+    log = out / "tradeoff.jsonl"
+    rows = read_jsonl(log)[0] if log.is_file() else []
+    done = {(row["method"], row["groups"]) for row in rows}
+    plan = [(method, k) for k in args.groups for method in ("positional+dead", *BASELINES) if (method, k) not in done]
+    for method, k in tqdm(plan, desc="trade-off points"):
+        classification = with_cheapest_windows(base, k)
+        fraction = kv_fraction(classification, context, args.sinks, args.window)
+
+        def make_method(length: int, method: str = method, classification: HeadClassification = classification):
+            matched = kv_fraction(classification, length, args.sinks, args.window)  # baselines match per context
+            return build_method(method, MethodSettings(classification, args.sinks, args.window, length, matched))
+
+        quality = measure_quality(model, tokenizer, make_method, settings, text, prompts)
+        row = {"method": method, "groups": k, "kv_fraction": fraction, "context": context, **quality}
+        with JsonlAppender(log) as appender:
+            appender.write(row)
+        rows.append(row)
+        plot(rows, out / "tradeoff.png")
+    for row in sorted(rows, key=lambda r: (r["groups"], r["method"])):
+        print(f"{row['method']:<16} groups={row['groups']:>3} KV -{100 * (1 - row['kv_fraction']):.1f}% "
+              f"passkey {100 * row['passkey_accuracy']:.0f}% PPL {row['perplexity']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
