@@ -4,7 +4,7 @@ Applies ``DeadHeadPruner(classification)`` in ``structural`` mode (q rows / outp
 k/v rows of KV heads nobody reads any more) and in ``zero`` mode (same function, no FLOPs saved: the
 control), and times one prefill of a WikiText-2 window per row, round-robin, so machine noise hits
 every row alike. Per row: median prefill ms, ratio to full, analytic FLOPs ratio and measured /
-theoretical. The last line is ``structural_measured_over_theoretical=<x>``.
+theoretical (the order rotates every round). The last line is ``structural_measured_over_theoretical=<x>``.
 
     python -m bench.head_removal results/attention_analysis_smollm2-135m/head_classification_calibration.json
     python -m bench.head_removal CLASSIFICATION --model EleutherAI/pythia-70m --tokens 1024 --repeats 30
@@ -53,9 +53,10 @@ def main() -> None:
             "dead (structural)": DeadHeadPruner(classification, mode="structural")}
     times: dict[str, list[float]] = {name: [] for name in rows}
     flops: dict[str, int] = {}
-    for round_index in range(args.repeats + 1):  # round 0 warms up
-        for name, method in rows.items():
-            with method.apply(model):
+    names = list(rows)
+    for round_index in range(args.repeats + 1):  # round 0 warms up; the order rotates every round
+        for name in names[round_index % 3:] + names[: round_index % 3]:
+            with rows[name].apply(model):
                 elapsed = time_prefill_ms(model, input_ids)
                 flops[name] = prefill_flops(model, input_ids.shape[1])
             if round_index:

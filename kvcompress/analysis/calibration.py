@@ -3,11 +3,13 @@
 On a small calibration set (text windows and passkey prompts with their answers), for an intervention
 ``m`` (window one KV group, or zero one query head):
 
-    cost(m) = mean_t KL( p_full(· | x_<t) || p_m(· | x_<t) )  over the positions of every sequence
-              (text windows, and passkey prompts followed by their answers)
-            + answer_weight · mean_prompts max(0, NLL_m(answer | prompt) - NLL_full(answer | prompt))
+    cost(m) = KL_text(m) + KL_prompts(m) + answer_weight · mean_prompts max(0, NLL_m(answer) - NLL_full(answer))
 
-(an intervention that happens to make an answer more likely earns no credit for it). To bound the run,
+    KL_set(m) = mean over the set's sequences of  mean_t KL( p_full(· | x_<t) || p_m(· | x_<t) )
+
+(text windows and passkey prompts followed by their answers are averaged separately, so the
+repetitive prompts do not dilute what an intervention does to ordinary text; an intervention that
+happens to make an answer more likely earns no credit for it). To bound the run,
 only some candidates may be measured (e.g. the KV groups with the largest sink + window mass); the
 others are never selected. Selection, dead heads first:
 
@@ -20,8 +22,9 @@ others are never selected. Selection, dead heads first:
 
 Each intervention re-runs only the layers from its lowest changed layer on, fed with the full model's
 stream entering that layer (``kvcompress.layer_resume``), about half the work of a full forward.
-Every measured cost is appended to a JSONL log (``cost_log``) keyed by a fingerprint of the calibration
-tokens and window geometry, so an interrupted calibration resumes where it stopped. Labels: heads of
+Every measured effect (the three terms) is appended to a JSONL log (``cost_log``) keyed by a fingerprint
+of the calibration tokens and window geometry, so an interrupted calibration resumes where it stopped
+and a different ``answer_weight`` re-uses the measurements. Labels: heads of
 windowed groups are positional, removed heads dead, the rest gathering. On GQA models the unit of
 windowing is the KV group, so all query heads sharing it are windowed together.
 """
@@ -102,9 +105,21 @@ def reference_outputs(model: nn.Module, calibration: CalibrationSet) -> Referenc
     return Reference(log_probs, _answer_nlls(log_probs, calibration), [inputs for _, inputs in runs])
 
 
-def intervention_cost(model: nn.Module, method: CompressionMethod, calibration: CalibrationSet,
-                      reference: Reference, answer_weight: float, first_layer: int = 0) -> float:
-    """``cost(m)`` of the module docstring for one method applied to ``model`` (undone afterwards).
+@dataclass(frozen=True)
+class InterventionEffect:
+    """What one intervention does on the calibration set (the terms of ``cost`` in the module docstring)."""
+
+    text_kl: float
+    prompt_kl: float
+    answer_nll_increase: float
+
+    def cost(self, answer_weight: float) -> float:
+        return self.text_kl + self.prompt_kl + answer_weight * self.answer_nll_increase
+
+
+def measure_intervention(model: nn.Module, method: CompressionMethod, calibration: CalibrationSet,
+                         reference: Reference, first_layer: int = 0) -> InterventionEffect:
+    """The effect of one method applied to ``model`` (undone afterwards) on the calibration set.
 
     ``first_layer``: the lowest layer the method changes; the layers below it are not run again (their
     output is the reference's stream entering ``first_layer``).
@@ -116,50 +131,54 @@ def intervention_cost(model: nn.Module, method: CompressionMethod, calibration: 
                 log_probs.append(_log_probs(model(input_ids=sequence, use_cache=False).logits))
     kl = [F.kl_div(modified, full, log_target=True, reduction="batchmean").item()
           for modified, full in zip(log_probs, reference.log_probs, strict=True)]
+    texts = len(calibration.texts)
     nll = [max(0.0, modified - full) for modified, full in
            zip(_answer_nlls(log_probs, calibration), reference.answer_nll, strict=True)]
-    return sum(kl) / len(kl) + answer_weight * (sum(nll) / max(len(nll), 1))
+    mean = lambda values: sum(values) / len(values) if values else 0.0
+    return InterventionEffect(mean(kl[:texts]), mean(kl[texts:]), mean(nll))
 
 
 def calibration_fingerprint(calibration: CalibrationSet, config: CalibrationConfig) -> str:
-    """Hash of the calibration tokens and of what changes a cost (window geometry, answer weight)."""
+    """Hash of the calibration tokens and of what changes a measured effect (the window geometry)."""
     digest = hashlib.sha1()
     for sequence in _sequences(calibration):
         digest.update(sequence.to(torch.int64).numpy().tobytes())
         digest.update(b"|")
-    digest.update(json.dumps([config.sinks, config.window, config.answer_weight]).encode())
+    digest.update(json.dumps([config.sinks, config.window, "effects"]).encode())
     return digest.hexdigest()[:16]
 
 
 class CostLog:
-    """Append-only JSONL of measured costs, ``{"fingerprint", "dead", "windowed", "cost"}`` per line.
+    """Append-only JSONL of measured effects, ``{"fingerprint", "dead", "windowed", <effect terms>}`` per line.
 
     Lines of another fingerprint (other calibration data or geometry) are ignored, so one file may serve
-    several runs; the cost of a known ``(dead, windowed)`` pair is returned instead of measured again.
+    several runs; the effect of a known ``(dead, windowed)`` pair is returned instead of measured again.
     """
 
     def __init__(self, path: str | Path | None, fingerprint: str):
         self.path = None if path is None else Path(path)
         self.fingerprint = fingerprint
-        self.known: dict[tuple[tuple, tuple], float] = {}
+        self.known: dict[tuple[tuple, tuple], InterventionEffect] = {}
+        terms = InterventionEffect.__dataclass_fields__
         if self.path is not None and self.path.is_file():
             for row in read_jsonl(self.path)[0]:
                 if row["fingerprint"] == fingerprint:
-                    self.known[self._key(row["dead"], row["windowed"])] = row["cost"]
+                    effect = InterventionEffect(**{name: row[name] for name in terms})
+                    self.known[self._key(row["dead"], row["windowed"])] = effect
 
     @staticmethod
     def _key(dead: Sequence, windowed: Sequence) -> tuple[tuple, tuple]:
         return tuple(sorted(map(tuple, dead))), tuple(sorted(map(tuple, windowed)))
 
-    def cost(self, dead: Sequence[tuple[int, int]], windowed: Sequence[tuple[int, int]],
-             measure: Callable[[], float]) -> float:
+    def effect(self, dead: Sequence[tuple[int, int]], windowed: Sequence[tuple[int, int]],
+               measure: Callable[[], InterventionEffect]) -> InterventionEffect:
         key = self._key(dead, windowed)
         if key not in self.known:
             self.known[key] = measure()
             if self.path is not None:
                 with JsonlAppender(self.path) as appender:
                     appender.write({"fingerprint": self.fingerprint, "dead": [list(u) for u in key[0]],
-                                    "windowed": [list(u) for u in key[1]], "cost": self.known[key]})
+                                    "windowed": [list(u) for u in key[1]], **asdict(self.known[key])})
         return self.known[key]
 
 
@@ -215,8 +234,9 @@ def classify_by_calibration(model: nn.Module, calibration: CalibrationSet,
 
     def cost(dead: list[tuple[int, int]], windowed: list[tuple[int, int]]) -> float:
         first_layer = min(layer for layer, _ in [*dead, *windowed])
-        return log.cost(dead, windowed, lambda: intervention_cost(model, method(dead, windowed), calibration,
-                                                                  reference, config.answer_weight, first_layer))
+        effect = log.effect(dead, windowed, lambda: measure_intervention(model, method(dead, windowed), calibration,
+                                                                         reference, first_layer))
+        return effect.cost(config.answer_weight)
 
     all_heads = [(layer, head) for layer in range(shape.num_layers) for head in range(shape.num_query_heads)]
     heads = all_heads if removal_candidates is None else removal_candidates

@@ -36,16 +36,19 @@ def measure_speed(model: nn.Module, methods: dict[str, CompressionMethod],
 
     ``warmup`` untimed rounds, then ``repeats`` rounds; each round applies every method in turn, runs one
     greedy generation of ``settings.prompt`` and undoes it, so load on the machine hits every method
-    alike. Per method: median TTFT / TPOT, throughput from the median total time, the largest peak
-    memory, KV bytes after the run and the analytic prefill FLOPs.
+    alike; the order rotates by one method per round, so no method always runs first. Per method:
+    median TTFT / TPOT, throughput from the median total time, the largest peak memory, KV bytes after
+    the run and the analytic prefill FLOPs.
     """
     device = next(model.parameters()).device
     runs: dict[str, list] = {name: [] for name in methods}
     peaks: dict[str, list] = {name: [] for name in methods}
     flops: dict[str, float] = {}
-    for round_index in range(settings.warmup + settings.repeats):
-        for name, method in methods.items():
-            with method.apply(model) as handle, PeakMemory(device) as memory:
+    names = list(methods)
+    for round_index in tqdm(range(settings.warmup + settings.repeats), desc="speed rounds", leave=False):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            with methods[name].apply(model) as handle, PeakMemory(device) as memory:
                 run = greedy_generate(model, settings.prompt, settings.new_tokens, handle.new_cache())
                 flops[name] = prefill_flops(model, settings.prompt.shape[1]) / 1e9
             if round_index >= settings.warmup:

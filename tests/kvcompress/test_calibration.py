@@ -8,6 +8,7 @@ from kvcompress.analysis.calibration import (
     CalibrationConfig,
     CalibrationSet,
     CostLog,
+    InterventionEffect,
     classify_by_calibration,
     greedy_select,
     longest_affordable_prefix,
@@ -41,11 +42,14 @@ def test_longest_affordable_prefix_by_bisection():
 
 def test_cost_log_resumes_and_separates_fingerprints(tmp_path):
     path = tmp_path / "costs.jsonl"
-    assert CostLog(path, "fp").cost([(0, 1)], [], lambda: 0.5) == 0.5
+    effect = InterventionEffect(0.25, 0.125, 0.5)
+    assert effect.cost(answer_weight=2.0) == 0.25 + 0.125 + 1.0
+    assert CostLog(path, "fp").effect([(0, 1)], [], lambda: effect) == effect
     again = CostLog(path, "fp")
-    assert again.cost([(0, 1)], [], lambda: pytest.fail("measured twice")) == 0.5
-    assert again.cost([], [(0, 1)], lambda: 0.9) == 0.9  # windowing (0, 1) is not removing head (0, 1)
-    assert CostLog(path, "other data").cost([(0, 1)], [], lambda: 0.7) == 0.7
+    assert again.effect([(0, 1)], [], lambda: pytest.fail("measured twice")) == effect
+    other = InterventionEffect(0.0, 0.9, 0.0)
+    assert again.effect([], [(0, 1)], lambda: other) == other  # windowing (0, 1) is not removing head (0, 1)
+    assert CostLog(path, "other data").effect([(0, 1)], [], lambda: other) == other
     assert len(path.read_text().splitlines()) == 3
 
 
