@@ -16,7 +16,7 @@ cell is appended to ``--out`` as soon as the cell finishes; cells already measur
 set (count and seed) are skipped on a rerun (resume). ``--table`` prints the Markdown table of a results file.
 
     python -m bench.passkey_strategies --prompts 50 --length 600 --out bench/results/passkey_smollm2.jsonl
-    python -m bench.passkey_strategies --table bench/results/passkey_smollm2.jsonl
+    python -m bench.passkey_strategies --table bench/results/passkey_smollm2.jsonl --plot passkey.png
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class Cell:
 
 
 def strategy_cells() -> list[Cell]:
-    """Unpruned, FastV's three strategies, PDrop, SparseVLM, random, ablation_a, then every head strategy per H."""
+    """Unpruned, FastV's three strategies, PDrop, SparseVLM, random, ablation_a, every head strategy per H,
+    then SparseVLM with token recycling and SparseVLM v2."""
     cells = [Cell("unpruned", None)]
     cells += [Cell(f"fastv/{s}", "fastv", {"fast_v_token_selection_method": s}) for s in TOKEN_SELECTION_STRATEGIES]
     cells += [Cell("pdrop", "pdrop"), Cell("sparsevlm", "sparsevlm"), Cell("random", "random", {"seed": 0})]
@@ -67,6 +68,8 @@ def strategy_cells() -> list[Cell]:
         for h in HEAD_COUNTS
         for s in HEAD_STRATEGIES
     ]
+    cells += [Cell("sparsevlm (recycling)", "sparsevlm", {"recycling": True}),
+              Cell("sparsevlm v2", "sparsevlm", {"version": "v2"})]
     return cells
 
 
@@ -219,6 +222,38 @@ def markdown_table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def plot_grid(out: Path, path: Path) -> None:
+    """Two heatmaps (passkey accuracy, key kept) of every pruned strategy x kept share of the span."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, _ = read_jsonl(out)
+    measured = {(r["strategy"], r["keep_fraction"]): r for r in rows}
+    labels = [cell.label for cell in strategy_cells()
+              if cell.method is not None and any((cell.label, f) in measured for f in KEEP_FRACTIONS)]
+    figure, axes = plt.subplots(1, 2, figsize=(9, 0.22 * len(labels) + 1.5), sharey=True)
+    for axis, key, title in zip(axes, ("accuracy", "key_kept"), ("passkey accuracy (%)", "key kept (%)"),
+                                strict=True):
+        values = [[100 * measured[(label, f)].get(key, float("nan")) if (label, f) in measured else float("nan")
+                   for f in KEEP_FRACTIONS] for label in labels]
+        image = axis.imshow(values, aspect="auto", cmap="viridis", vmin=0, vmax=100)
+        axis.set_xticks(range(len(KEEP_FRACTIONS)), [f"{100 * f:.0f}% kept" for f in KEEP_FRACTIONS])
+        axis.set_title(title)
+        for i, row in enumerate(values):
+            for j, value in enumerate(row):
+                if value == value:  # not NaN
+                    axis.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7,
+                              color="white" if value < 50 else "black")
+        figure.colorbar(image, ax=axis, fraction=0.05)
+    axes[0].set_yticks(range(len(labels)), labels, fontsize=7)
+    figure.suptitle("SmolLM2-135M passkey, context pruned at K=2")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=50)
@@ -228,9 +263,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/passkey_smollm2.jsonl"))
     parser.add_argument("--cells", default="", help="only cells whose label contains this text (e.g. /H=3)")
     parser.add_argument("--table", type=Path, help="print the Markdown table of a results file and exit")
+    parser.add_argument("--plot", type=Path, help="with --table: also draw the heatmaps to this PNG")
     args = parser.parse_args()
     if args.table is not None:
         print(markdown_table(args.table))
+        if args.plot is not None:
+            plot_grid(args.table, args.plot)
         return
     torch.set_num_threads(args.threads)
     run(args.prompts, args.length, args.out, args.seed, args.cells)
