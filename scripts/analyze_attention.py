@@ -52,10 +52,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dead-max-output-ratio", type=float, default=0.1)
     parser.add_argument("--calibrate", action="store_true", help="also run the calibration classifier")
     parser.add_argument("--calibration-text", default=str(DEFAULT_TEXT.with_name("valid.txt")))
-    parser.add_argument("--calibration-texts", type=int, default=1, help="text windows (0: prompts only)")
-    parser.add_argument("--calibration-text-len", type=int, default=256)
-    parser.add_argument("--calibration-prompts", type=int, default=2)
+    parser.add_argument("--calibration-texts", type=int, default=2, help="text windows (0: prompts only)")
+    parser.add_argument("--calibration-text-len", type=int, default=512)
+    parser.add_argument("--calibration-prompts", type=int, default=3)
     parser.add_argument("--calibration-prompt-len", type=int, default=600)
+    parser.add_argument("--calibration-window", type=int, default=None,
+                        help="recent window of windowed KV groups (default --local-window); another value "
+                             "writes head_classification_calibration_w<W>.json")
     parser.add_argument("--window-budget", type=float, default=0.5, help="max fraction of KV groups windowed")
     parser.add_argument("--dead-budget", type=float, default=0.1, help="max fraction of heads removed")
     parser.add_argument("--max-cost", type=float, default=0.05)
@@ -119,9 +122,11 @@ def main() -> None:
         texts = split_windows(calibration_tokens, args.calibration_text_len, args.calibration_texts) \
             if args.calibration_texts else []
         prompts = make_passkey_prompts(tokenizer, args.calibration_prompt_len, args.calibration_prompts, seed=1234)
+        window = args.calibration_window or args.local_window
+        suffix = "" if window == args.local_window else f"_w{window}"
         calibration_config = CalibrationConfig(args.window_budget, args.dead_budget, args.max_cost,
                                                args.max_joint_cost, args.max_dead_joint_cost,
-                                               sinks=args.sinks, window=args.local_window)
+                                               sinks=args.sinks, window=window)
         ratios = classification.scores["output_ratio"]
         heads = sorted(((layer, head) for layer, row in enumerate(ratios) for head in range(len(row))),
                        key=lambda item: ratios[item[0]][item[1]])
@@ -135,8 +140,8 @@ def main() -> None:
             removal_candidates=heads[: args.removal_candidates] if args.removal_candidates else None,
             cost_log=out / "calibration_costs.jsonl")
         calibrated.parameters["model"] = args.model
-        calibrated.save(out / "head_classification_calibration.json")
-        plot_classification(statistics, calibrated, out / "classification_calibration.png")
+        calibrated.save(out / f"head_classification_calibration{suffix}.json")
+        plot_classification(statistics, calibrated, out / f"classification_calibration{suffix}.png")
         print(f"calibration classifier: {calibrated.counts()}, windowed KV groups: "
               f"{len(calibrated.windowable_kv_groups())}, joint cost of the dead heads "
               f"{calibrated.parameters['dead_joint_cost']:.4f}, with the windows {calibrated.parameters['joint_cost']:.4f}")

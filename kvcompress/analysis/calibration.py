@@ -23,8 +23,9 @@ others are never selected. Selection, dead heads first:
 Each intervention re-runs only the layers from its lowest changed layer on, fed with the full model's
 stream entering that layer (``kvcompress.layer_resume``), about half the work of a full forward.
 Every measured effect (the three terms) is appended to a JSONL log (``cost_log``) keyed by a fingerprint
-of the calibration tokens and window geometry, so an interrupted calibration resumes where it stopped
-and a different ``answer_weight`` re-uses the measurements. Labels: heads of
+of the calibration tokens, the intervention and (for windows) the window geometry, so an interrupted
+calibration resumes where it stopped, a different ``answer_weight`` re-uses the measurements and a
+run with another window size re-uses the head-removal ones. Labels: heads of
 windowed groups are positional, removed heads dead, the rest gathering. On GQA models the unit of
 windowing is the KV group, so all query heads sharing it are windowed together.
 """
@@ -32,7 +33,6 @@ windowing is the KV group, so all query heads sharing it are windowed together.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -138,47 +138,53 @@ def measure_intervention(model: nn.Module, method: CompressionMethod, calibratio
     return InterventionEffect(mean(kl[:texts]), mean(kl[texts:]), mean(nll))
 
 
-def calibration_fingerprint(calibration: CalibrationSet, config: CalibrationConfig) -> str:
-    """Hash of the calibration tokens and of what changes a measured effect (the window geometry)."""
+def calibration_fingerprint(calibration: CalibrationSet) -> str:
+    """Hash of the calibration tokens (texts, then prompts with their answers)."""
     digest = hashlib.sha1()
     for sequence in _sequences(calibration):
         digest.update(sequence.to(torch.int64).numpy().tobytes())
         digest.update(b"|")
-    digest.update(json.dumps([config.sinks, config.window, "effects"]).encode())
     return digest.hexdigest()[:16]
 
 
 class CostLog:
-    """Append-only JSONL of measured effects, ``{"fingerprint", "dead", "windowed", <effect terms>}`` per line.
+    """Append-only JSONL of measured effects, one line per intervention:
+    ``{"fingerprint", "dead", "windowed", "geometry", <effect terms>}`` (``geometry`` = ``[sinks, window]``
+    of the windowed groups, ``null`` without any).
 
-    Lines of another fingerprint (other calibration data or geometry) are ignored, so one file may serve
-    several runs; the effect of a known ``(dead, windowed)`` pair is returned instead of measured again.
+    Lines of another fingerprint (other calibration data) are ignored, so one file may serve several
+    runs; the effect of a known intervention is returned instead of measured again.
     """
 
     def __init__(self, path: str | Path | None, fingerprint: str):
         self.path = None if path is None else Path(path)
         self.fingerprint = fingerprint
-        self.known: dict[tuple[tuple, tuple], InterventionEffect] = {}
+        self.known: dict[tuple, InterventionEffect] = {}
         terms = InterventionEffect.__dataclass_fields__
         if self.path is not None and self.path.is_file():
             for row in read_jsonl(self.path)[0]:
                 if row["fingerprint"] == fingerprint:
                     effect = InterventionEffect(**{name: row[name] for name in terms})
-                    self.known[self._key(row["dead"], row["windowed"])] = effect
+                    self.known[self._key(row["dead"], row["windowed"], row["geometry"])] = effect
 
     @staticmethod
-    def _key(dead: Sequence, windowed: Sequence) -> tuple[tuple, tuple]:
-        return tuple(sorted(map(tuple, dead))), tuple(sorted(map(tuple, windowed)))
+    def _key(dead: Sequence, windowed: Sequence, geometry: Sequence[int] | None) -> tuple:
+        windowed = tuple(sorted(map(tuple, windowed)))
+        return tuple(sorted(map(tuple, dead))), windowed, tuple(geometry) if windowed else None
 
     def effect(self, dead: Sequence[tuple[int, int]], windowed: Sequence[tuple[int, int]],
-               measure: Callable[[], InterventionEffect]) -> InterventionEffect:
-        key = self._key(dead, windowed)
+               geometry: tuple[int, int], measure: Callable[[], InterventionEffect]) -> InterventionEffect:
+        """The logged effect of removing ``dead`` and windowing ``windowed`` with ``geometry`` =
+        ``(sinks, window)``, or ``measure()`` it and log it."""
+        key = self._key(dead, windowed, geometry)
         if key not in self.known:
             self.known[key] = measure()
             if self.path is not None:
                 with JsonlAppender(self.path) as appender:
                     appender.write({"fingerprint": self.fingerprint, "dead": [list(u) for u in key[0]],
-                                    "windowed": [list(u) for u in key[1]], **asdict(self.known[key])})
+                                    "windowed": [list(u) for u in key[1]],
+                                    "geometry": None if key[2] is None else list(key[2]),
+                                    **asdict(self.known[key])})
         return self.known[key]
 
 
@@ -225,7 +231,7 @@ def classify_by_calibration(model: nn.Module, calibration: CalibrationSet,
     config = config or CalibrationConfig()
     shape = adapter_for(model).model_shape(model)
     reference = reference_outputs(model, calibration)
-    log = CostLog(cost_log, calibration_fingerprint(calibration, config))
+    log = CostLog(cost_log, calibration_fingerprint(calibration))
 
     def method(dead: list[tuple[int, int]], windowed: list[tuple[int, int]]) -> CompressionMethod:
         parts = [DeadHeadPruner(dead, mode="zero")] if dead else []
@@ -234,8 +240,9 @@ def classify_by_calibration(model: nn.Module, calibration: CalibrationSet,
 
     def cost(dead: list[tuple[int, int]], windowed: list[tuple[int, int]]) -> float:
         first_layer = min(layer for layer, _ in [*dead, *windowed])
-        effect = log.effect(dead, windowed, lambda: measure_intervention(model, method(dead, windowed), calibration,
-                                                                         reference, first_layer))
+        effect = log.effect(dead, windowed, (config.sinks, config.window),
+                            lambda: measure_intervention(model, method(dead, windowed), calibration, reference,
+                                                         first_layer))
         return effect.cost(config.answer_weight)
 
     all_heads = [(layer, head) for layer in range(shape.num_layers) for head in range(shape.num_query_heads)]

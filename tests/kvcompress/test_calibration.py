@@ -44,13 +44,17 @@ def test_cost_log_resumes_and_separates_fingerprints(tmp_path):
     path = tmp_path / "costs.jsonl"
     effect = InterventionEffect(0.25, 0.125, 0.5)
     assert effect.cost(answer_weight=2.0) == 0.25 + 0.125 + 1.0
-    assert CostLog(path, "fp").effect([(0, 1)], [], lambda: effect) == effect
+    assert CostLog(path, "fp").effect([(0, 1)], [], (4, 64), lambda: effect) == effect
     again = CostLog(path, "fp")
-    assert again.effect([(0, 1)], [], lambda: pytest.fail("measured twice")) == effect
+    assert again.effect([(0, 1)], [], (4, 64), lambda: pytest.fail("measured twice")) == effect
+    assert again.effect([(0, 1)], [], (4, 128), lambda: pytest.fail("removals do not depend on the window")) == effect
     other = InterventionEffect(0.0, 0.9, 0.0)
-    assert again.effect([], [(0, 1)], lambda: other) == other  # windowing (0, 1) is not removing head (0, 1)
-    assert CostLog(path, "other data").effect([(0, 1)], [], lambda: other) == other
-    assert len(path.read_text().splitlines()) == 3
+    assert again.effect([], [(0, 1)], (4, 64), lambda: other) == other  # windowing (0, 1) is not removing (0, 1)
+    wider = InterventionEffect(0.0, 0.1, 0.0)
+    assert again.effect([], [(0, 1)], (4, 128), lambda: wider) == wider  # another window is another measurement
+    assert CostLog(path, "fp").effect([], [(0, 1)], (4, 64), lambda: pytest.fail("logged")) == other
+    assert CostLog(path, "other data").effect([(0, 1)], [], (4, 64), lambda: other) == other
+    assert len(path.read_text().splitlines()) == 4
 
 
 def test_calibration_classifier_on_tiny_llama(tmp_path):
