@@ -6,7 +6,8 @@ dead heads; then run StreamingLLM and SnapKV at the same KV fraction (matched at
 length: the passkey prompts and the perplexity windows). Each point
 gets passkey accuracy and strided perplexity (``kvcompress.evaluation.benchmark.measure_quality``).
 Rows are appended to ``tradeoff.jsonl`` as they finish (a re-run skips the points it holds) and
-``tradeoff.png`` plots accuracy and perplexity against the KV reduction.
+``tradeoff.png`` plots accuracy and perplexity against the KV reduction (default folder
+``results/kv_tradeoff_<model>_w<window>/``).
 
     python scripts/kv_tradeoff.py results/attention_analysis_smollm2-135m/head_classification_calibration.json \
         --groups 15 30 45 54 63 72
@@ -30,7 +31,7 @@ from kvcompress.evaluation.benchmark import BenchmarkSettings, measure_quality  
 from kvcompress.evaluation.passkey import make_passkey_prompts  # noqa: E402
 from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream  # noqa: E402
 from kvcompress.methods.registry import MethodSettings, build_method, kv_fraction  # noqa: E402
-from kvcompress.models.loading import load_model_and_tokenizer  # noqa: E402
+from kvcompress.models.loading import load_model_and_tokenizer, model_slug  # noqa: E402
 from llava.eval.jsonl_io import JsonlAppender, read_jsonl  # noqa: E402
 
 BASELINES = ("streaming_llm", "snapkv")
@@ -75,7 +76,7 @@ def main() -> None:
             with_cheapest_windows(base, k)
     except ValueError as error:
         parser.error(str(error))
-    out = args.out or args.classification.parent.parent / f"kv_tradeoff_{args.classification.parent.name}"
+    out = args.out or Path(f"results/kv_tradeoff_{model_slug(args.model)}_w{args.window}")
     model, tokenizer = load_model_and_tokenizer(args.model)
     base.check_model(model)
     text = load_token_stream(args.text, tokenizer, max_tokens=256 * args.ppl_windows + 512 + 1)
