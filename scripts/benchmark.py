@@ -53,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--ppl-max-length", type=int, default=512)
     parser.add_argument("--ppl-stride", type=int, default=256)
     parser.add_argument("--ppl-windows", type=int, default=16, help="number of strided windows (0: all)")
+    parser.add_argument("--no-perplexity", action="store_true", help="skip perplexity (e.g. a passkey-only run)")
     parser.add_argument("--passkey-len", type=int, default=600)
     parser.add_argument("--passkey-prompts", type=int, default=20)
     parser.add_argument("--prompt-len", type=int, default=600, help="prompt tokens of the speed runs")
@@ -90,10 +91,12 @@ def main() -> None:
             classification.check_model(model)
     text = load_token_stream(args.text, tokenizer, max_tokens=max(
         args.prompt_len, args.ppl_stride * (args.ppl_windows or 10**6) + args.ppl_max_length) + 1) \
-        if Path(args.text).is_file() else None
-    if text is None:
+        if Path(args.text).is_file() and not args.no_perplexity else None
+    if text is None and not args.no_perplexity:
         print(f"text file {args.text} is absent: perplexity skipped")
     prompts = make_passkey_prompts(tokenizer, args.passkey_len, args.passkey_prompts)
+    if not prompts and text is None:
+        raise SystemExit("nothing to measure quality on: give --passkey-prompts > 0 or a perplexity text")
     speed_prompt = prompts[len(prompts) // 2].input_ids if prompts else text[None, : args.prompt_len]
 
     def baseline_fraction(context: int) -> float:
@@ -140,7 +143,7 @@ def quality_key(spec: str, classification: HeadClassification | None, args: argp
     """What a quality row depends on: the method, its classification's labels and the evaluation settings."""
     settings = {name: getattr(args, name) for name in (
         "model", "budget_from", "kv_fraction", "sinks", "window", "text", "ppl_max_length", "ppl_stride",
-        "ppl_windows", "passkey_len", "passkey_prompts")}
+        "ppl_windows", "no_perplexity", "passkey_len", "passkey_prompts")}
     labels = None if classification is None else classification.labels
     return hashlib.sha1(json.dumps([spec, labels, settings], sort_keys=True).encode()).hexdigest()[:16]
 

@@ -5,7 +5,8 @@ cost (``window_cost`` in a calibration ``head_classification*.json``) and remove
 dead heads; then run StreamingLLM and SnapKV at the same KV fraction (matched at each task's context
 length: the passkey prompts and the perplexity windows). Each point
 gets passkey accuracy and strided perplexity (``kvcompress.evaluation.benchmark.measure_quality``).
-Rows are appended to ``tradeoff.jsonl`` as they finish (a re-run skips the points it holds) and
+The full model is measured once as the reference (dashed line). Rows are appended to
+``tradeoff.jsonl`` as they finish (a re-run skips the points it holds) and
 ``tradeoff.png`` plots accuracy and perplexity against the KV reduction (default folder
 ``results/kv_tradeoff_<model>_w<window>/``).
 
@@ -39,7 +40,10 @@ BASELINES = ("streaming_llm", "snapkv")
 
 def plot(rows: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for method in sorted({row["method"] for row in rows}):
+    for row in (row for row in rows if row["method"] == "full"):
+        axes[0].axhline(100 * row["passkey_accuracy"], color="grey", linestyle="--", label="full")
+        axes[1].axhline(row["perplexity"], color="grey", linestyle="--", label="full")
+    for method in sorted({row["method"] for row in rows} - {"full"}):
         points = sorted((1 - row["kv_fraction"], row) for row in rows if row["method"] == method)
         reductions = [100 * reduction for reduction, _ in points]
         axes[0].plot(reductions, [100 * row["passkey_accuracy"] for _, row in points], "o-", label=method)
@@ -86,7 +90,8 @@ def main() -> None:
     log = out / "tradeoff.jsonl"
     rows = read_jsonl(log)[0] if log.is_file() else []
     done = {(row["method"], row["groups"]) for row in rows}
-    plan = [(method, k) for k in args.groups for method in ("positional+dead", *BASELINES) if (method, k) not in done]
+    plan = [("full", 0)] + [(method, k) for k in args.groups for method in ("positional+dead", *BASELINES)]
+    plan = [point for point in plan if point not in done]
     for method, k in tqdm(plan, desc="trade-off points"):
         classification = with_cheapest_windows(base, k)
         fraction = kv_fraction(classification, context, args.sinks, args.window)
