@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--text", default=str(DEFAULT_TEXT))
     parser.add_argument("--ppl-windows", type=int, default=16)
+    parser.add_argument("--ppl-max-length", type=int, default=512, help="strided window length")
+    parser.add_argument("--ppl-stride", type=int, default=256)
     parser.add_argument("--passkey-len", type=int, default=600)
     parser.add_argument("--passkey-prompts", type=int, default=50)
     parser.add_argument("--threads", type=int, default=None)
@@ -83,10 +85,12 @@ def main() -> None:
     out = args.out or Path(f"results/kv_tradeoff_{model_slug(args.model)}_w{args.window}")
     model, tokenizer = load_model_and_tokenizer(args.model)
     base.check_model(model)
-    text = load_token_stream(args.text, tokenizer, max_tokens=256 * args.ppl_windows + 512 + 1)
+    text = load_token_stream(args.text, tokenizer, max_tokens=args.ppl_stride * args.ppl_windows + args.ppl_max_length + 1)
     prompts = make_passkey_prompts(tokenizer, args.passkey_len, args.passkey_prompts)
     context = prompts[0].input_ids.shape[1]
-    settings = BenchmarkSettings(prompts[0].input_ids, ppl_max_windows=args.ppl_windows)
+    settings = BenchmarkSettings(prompts[0].input_ids, ppl_max_length=args.ppl_max_length, ppl_stride=args.ppl_stride,
+                                 ppl_max_windows=args.ppl_windows)
+    ppl_context = args.ppl_max_length - args.ppl_stride
     log = out / "tradeoff.jsonl"
     rows = read_jsonl(log)[0] if log.is_file() else []
     done = {(row["method"], row["groups"]) for row in rows}
@@ -101,7 +105,9 @@ def main() -> None:
             return build_method(method, MethodSettings(classification, args.sinks, args.window, length, matched))
 
         quality = measure_quality(model, tokenizer, make_method, settings, text, prompts)
-        row = {"method": method, "groups": k, "kv_fraction": fraction, "context": context, **quality}
+        row = {"method": method, "groups": k, "kv_fraction": fraction, "context": context,
+               "ppl_kv_fraction": kv_fraction(classification, ppl_context, args.sinks, args.window),
+               "ppl_context": ppl_context, **quality}
         with JsonlAppender(log) as appender:
             appender.write(row)
         rows.append(row)
