@@ -61,9 +61,23 @@ def _group_mask(
 
 def _attend(group: KVGroup, query: torch.Tensor, mask: torch.Tensor | None, scaling: float,
             causal: bool) -> torch.Tensor:
-    keys = group.keys.index_select(1, group.query_to_local_kv)
-    values = group.values.index_select(1, group.query_to_local_kv)
-    return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, is_causal=causal, scale=scaling)
+    """SDPA of the group's query heads on their KV heads without copying K/V per query head: one GQA call
+    when query heads read KV heads in contiguous equal runs (the model's own layout), else one GQA call
+    per KV head (after structural removal left runs of unequal length)."""
+    if group.contiguous_runs:
+        return F.scaled_dot_product_attention(query, group.keys, group.values, attn_mask=mask, is_causal=causal,
+                                              scale=scaling, enable_gqa=True)
+    output = torch.empty_like(query)
+    for local_kv in range(group.keys.shape[1]):
+        heads = (group.query_to_local_kv == local_kv).nonzero().squeeze(-1)
+        if heads.numel() == 0:
+            continue
+        head_mask = mask if mask is None or mask.shape[1] == 1 else mask.index_select(1, heads)
+        output[:, heads] = F.scaled_dot_product_attention(
+            query.index_select(1, heads), group.keys[:, local_kv:local_kv + 1],
+            group.values[:, local_kv:local_kv + 1], attn_mask=head_mask, is_causal=causal, scale=scaling,
+            enable_gqa=True)
+    return output
 
 
 def _compress_snapkv(group: KVGroup, query: torch.Tensor, scaling: float) -> None:

@@ -30,6 +30,7 @@ class KVGroup:
     ``kv_index``: indices of the group's KV heads in the layer; ``query_index``: indices of the query
     heads reading them; ``query_to_local_kv``: for each of those query heads, its KV head inside the group.
     ``positions`` is ``[1, 1, L]`` (shared by the group) or ``[B, n, L]`` (per head, after SnapKV).
+    ``contiguous_runs``: ``query_to_local_kv == [0]*r + [1]*r + ...``, the layout SDPA's ``enable_gqa`` reads.
     """
 
     policy: KVPolicy
@@ -40,6 +41,7 @@ class KVGroup:
     values: torch.Tensor | None = None
     positions: torch.Tensor | None = None
     compressed: bool = field(default=False)
+    contiguous_runs: bool = False  # query heads read the KV heads in equal contiguous runs (SDPA enable_gqa)
 
     def append(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
         """Add new tokens (``keys``/``values`` already restricted to the group's KV heads)."""
@@ -88,11 +90,14 @@ def group_heads(layout: HeadLayout) -> list[KVGroup]:
         kv = [k for k, p in enumerate(layout.kv_policies) if p == policy]
         local = {k: i for i, k in enumerate(kv)}
         queries = [i for i, k in enumerate(layout.query_to_kv) if k in local]
+        query_to_local_kv = [local[layout.query_to_kv[i]] for i in queries]
+        runs = len(queries) // len(kv)
         groups.append(KVGroup(
             policy=policy,
             kv_index=torch.tensor(kv, dtype=torch.long),
             query_index=torch.tensor(queries, dtype=torch.long),
-            query_to_local_kv=torch.tensor([local[layout.query_to_kv[i]] for i in queries], dtype=torch.long),
+            query_to_local_kv=torch.tensor(query_to_local_kv, dtype=torch.long),
+            contiguous_runs=query_to_local_kv == [j for j in range(len(kv)) for _ in range(runs)],
         ))
     return groups
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from kvcompress.adapters import adapter_for
-from kvcompress.cache import kv_cache_bytes
+from kvcompress.cache import group_heads, kv_cache_bytes
+from kvcompress.layout import get_layout
 from kvcompress.methods.dead_heads import DeadHeadPruner
 from llava.compat import cache_kwargs
 
@@ -50,6 +51,19 @@ def test_structural_with_cache_matches_no_cache(tiny_model, input_ids):
         first = tiny_model(input_ids[:, :30], past_key_values=cache, use_cache=True).logits
         rest = tiny_model(input_ids[:, 30:], past_key_values=cache, use_cache=True).logits
     torch.testing.assert_close(torch.cat([first, rest], 1), no_cache, rtol=0, atol=1e-5)
+
+
+def test_removal_leaves_unequal_gqa_runs_where_a_group_loses_some_heads(tiny_model):
+    """Llama: layer 0 keeps 2 + 2 query heads per KV head (one GQA SDPA call), layer 3 keeps 2 + 3 (one call
+    per KV head); GPT-NeoX has one KV head per query head. Logits of both paths are checked above."""
+    adapter = adapter_for(tiny_model)
+    shape = adapter.model_shape(tiny_model)
+    grouped = shape.num_kv_heads < shape.num_query_heads
+    with DeadHeadPruner(HEADS).apply(tiny_model):
+        attentions = adapter.attention_modules(tiny_model)
+        runs = {layer: [g.contiguous_runs for g in group_heads(get_layout(attentions[layer], adapter))]
+                for layer in (0, 2, 3)}
+    assert runs == {0: [True], 2: [True], 3: [not grouped]}
 
 
 def test_unknown_mode():
