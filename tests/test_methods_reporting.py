@@ -70,3 +70,20 @@ def test_fine_head_drop_in_class_defaults_to_its_method():
     )
     model = FastvFineHead_LlamaModel(config)
     assert model.pruning_method().name == "fastv_fine_head" and model.pruning_method().heads == 2
+
+
+@pytest.mark.parametrize("class_name, method, prunes_in_llm", [
+    ("SparseVLM_LlamaModel", "sparsevlm", True), ("PDrop_LlamaModel", "pdrop", True),
+    ("VisPruner_LlamaModel", "vispruner", False), ("CDPruner_LlamaModel", "cdpruner", False),
+])
+def test_method_drop_in_classes_default_to_their_method(class_name, method, prunes_in_llm):
+    """In-LLM methods drop span tokens from the hidden states; pre-LLM ones leave the decoder unpruned."""
+    import llava.model
+
+    config = PruningLlamaConfig.from_llama_config(tiny_llama_config(num_hidden_layers=32))
+    model = getattr(llava.model, class_name)(config)
+    assert model.pruning_method().name == method
+    ids = torch.randint(0, config.vocab_size, (1, 600))
+    with torch.no_grad():
+        kept = model(input_ids=ids, prune_span=(4, 580)).last_hidden_state.shape[1]
+    assert (kept < 600) == prunes_in_llm

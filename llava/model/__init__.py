@@ -4,10 +4,15 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import (
+    CDPruner_LlamaModel,
     Fastv_LlamaModel,
     FastvAdvanced_LlamaModel,
+    FastvFineHead_LlamaModel,
+    PDrop_LlamaModel,
     PruningLlamaForCausalLM,
     PruningLlamaModel,
+    SparseVLM_LlamaModel,
+    VisPruner_LlamaModel,
 )
 
 AutoConfig.register(PruningLlamaConfig.model_type, PruningLlamaConfig, exist_ok=True)
@@ -15,9 +20,14 @@ AutoModel.register(PruningLlamaConfig, PruningLlamaModel, exist_ok=True)
 AutoModelForCausalLM.register(PruningLlamaConfig, PruningLlamaForCausalLM, exist_ok=True)
 
 __all__ = [
+    "CDPruner_LlamaModel",
     "FastvAdvanced_LlamaModel",
+    "FastvFineHead_LlamaModel",
     "Fastv_LlamaModel",
+    "PDrop_LlamaModel",
     "PruningLlamaConfig",
     "PruningLlamaForCausalLM",
     "PruningLlamaModel",
+    "SparseVLM_LlamaModel",
+    "VisPruner_LlamaModel",
 ]

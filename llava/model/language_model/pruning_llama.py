@@ -442,3 +442,28 @@ class FastvFineHead_LlamaModel(PruningLlamaModel):
     (``pruning_params``: ``heads``, ``head_strategy``)."""
 
     default_pruning_method = "fastv_fine_head"
+
+
+class SparseVLM_LlamaModel(PruningLlamaModel):
+    """Drop-in name for SparseVLM: the pruning decoder with ``sparsevlm`` as its default method."""
+
+    default_pruning_method = "sparsevlm"
+
+
+class PDrop_LlamaModel(PruningLlamaModel):
+    """Drop-in name for PyramidDrop: the pruning decoder with ``pdrop`` as its default method."""
+
+    default_pruning_method = "pdrop"
+
+
+class VisPruner_LlamaModel(PruningLlamaModel):
+    """Drop-in name for VisPruner, a pre-LLM method: the decoder itself runs unpruned and
+    :class:`~llava.model.llava_arch.PruningLlavaForConditionalGeneration` selects the visual tokens."""
+
+    default_pruning_method = "vispruner"
+
+
+class CDPruner_LlamaModel(PruningLlamaModel):
+    """Drop-in name for CDPruner, a pre-LLM method (see :class:`VisPruner_LlamaModel`)."""
+
+    default_pruning_method = "cdpruner"
