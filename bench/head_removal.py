@@ -20,7 +20,7 @@ import torch
 
 from kvcompress.classification import HeadClassification
 from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream
-from kvcompress.evaluation.timing import prefill_flops
+from kvcompress.evaluation.timing import prefill_flops, rotated
 from kvcompress.methods.dead_heads import DeadHeadPruner
 from kvcompress.methods.registry import NoCompression
 from kvcompress.models.loading import load_model_and_tokenizer
@@ -55,7 +55,7 @@ def main() -> None:
     flops: dict[str, int] = {}
     names = list(rows)
     for round_index in range(args.repeats + 1):  # round 0 warms up; the order rotates every round
-        for name in names[round_index % 3:] + names[: round_index % 3]:
+        for name in rotated(names, round_index):
             with rows[name].apply(model):
                 elapsed = time_prefill_ms(model, input_ids)
                 flops[name] = prefill_flops(model, input_ids.shape[1])

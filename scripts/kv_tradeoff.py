@@ -82,6 +82,8 @@ def main() -> None:
             with_cheapest_windows(base, k)
     except ValueError as error:
         parser.error(str(error))
+    if not Path(args.text).is_file():
+        parser.error(f"--text {args.text} is absent: the perplexity of every point needs it")
     out = args.out or Path(f"results/kv_tradeoff_{model_slug(args.model)}_w{args.window}")
     model, tokenizer = load_model_and_tokenizer(args.model)
     base.check_model(model)

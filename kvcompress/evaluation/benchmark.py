@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 
 from kvcompress.evaluation.passkey import PasskeyPrompt, passkey_correct
 from kvcompress.evaluation.perplexity import strided_perplexity
-from kvcompress.evaluation.timing import PeakMemory, greedy_generate, prefill_flops
+from kvcompress.evaluation.timing import PeakMemory, greedy_generate, prefill_flops, rotated
 from kvcompress.methods.base import CompressionMethod
 
 
@@ -46,8 +46,7 @@ def measure_speed(model: nn.Module, methods: dict[str, CompressionMethod],
     flops: dict[str, float] = {}
     names = list(methods)
     for round_index in tqdm(range(settings.warmup + settings.repeats), desc="speed rounds", leave=False):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in rotated(names, round_index):
             with methods[name].apply(model) as handle, PeakMemory(device) as memory:
                 run = greedy_generate(model, settings.prompt, settings.new_tokens, handle.new_cache())
                 flops[name] = prefill_flops(model, settings.prompt.shape[1]) / 1e9

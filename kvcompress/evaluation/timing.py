@@ -89,6 +89,13 @@ class PeakMemory:
                     self.peak_bytes = int(line.split()[1]) * 1024
 
 
+def rotated(names: list[str], round_index: int) -> list[str]:
+    """``names`` rotated left by ``round_index`` places: the run order of one round of side-by-side
+    timing, so that no method always runs first (right after a warm cache or an idle spell)."""
+    shift = round_index % len(names)
+    return names[shift:] + names[:shift]
+
+
 def prefill_flops(model: nn.Module, tokens: int) -> int:
     """Analytic prefill FLOPs for ``tokens`` tokens (see module docstring)."""
     linear = sum(module.in_features * module.out_features for module in model.modules()

@@ -12,6 +12,7 @@ from kvcompress.classification import HeadClassification
 from kvcompress.evaluation.benchmark import BenchmarkSettings, markdown_table, measure_quality, measure_speed
 from kvcompress.evaluation.perplexity import strided_perplexity
 from kvcompress.evaluation.text import split_windows
+from kvcompress.evaluation.timing import rotated
 from kvcompress.evaluation.timing import greedy_generate, prefill_flops
 from kvcompress.methods.dead_heads import DeadHeadPruner
 from kvcompress.methods.registry import METHODS, MethodSettings, build_method, kv_fraction
@@ -97,3 +98,10 @@ def test_speed_side_by_side_quality_per_context_and_table(tiny_model):
 def test_split_windows_needs_enough_text():
     with pytest.raises(ValueError, match="need 3 windows"):
         split_windows(torch.arange(10), 4, 3)
+
+
+def test_rotated_order_puts_every_method_first_once_per_cycle():
+    names = ["full", "dead", "snapkv"]
+    orders = [rotated(names, round_index) for round_index in range(4)]
+    assert orders[:3] == [["full", "dead", "snapkv"], ["dead", "snapkv", "full"], ["snapkv", "full", "dead"]]
+    assert orders[3] == orders[0] and all(sorted(order) == sorted(names) for order in orders)
