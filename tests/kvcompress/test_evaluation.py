@@ -12,8 +12,7 @@ from kvcompress.classification import HeadClassification
 from kvcompress.evaluation.benchmark import BenchmarkSettings, markdown_table, measure_quality, measure_speed
 from kvcompress.evaluation.perplexity import strided_perplexity
 from kvcompress.evaluation.text import split_windows
-from kvcompress.evaluation.timing import rotated
-from kvcompress.evaluation.timing import greedy_generate, prefill_flops
+from kvcompress.evaluation.timing import greedy_generate, prefill_flops, rotated
 from kvcompress.methods.dead_heads import DeadHeadPruner
 from kvcompress.methods.registry import METHODS, MethodSettings, build_method, kv_fraction
 
