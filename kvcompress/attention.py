@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,16 +28,31 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from kvcompress.attention_math import allowed_keys, snapkv_keep_indices
+from kvcompress.attention_math import allowed_keys, gated_window_attention, snapkv_keep_indices
 from kvcompress.cache import CompressedKVLayer, KVGroup
-from kvcompress.layout import LAYOUT_ATTRIBUTE, FullKV, SnapKVPolicy
+from kvcompress.layout import LAYOUT_ATTRIBUTE, FullKV, SnapKVPolicy, WindowKV
 
 IMPLEMENTATION = "kvcompress"
 OBSERVERS_ATTRIBUTE = "kvcompress_observers"
+GATES_ATTRIBUTE = "kvcompress_gates"
 
 FULL_PREFILL = (FullKV, SnapKVPolicy)  # policies whose queries see every retained past key
 
 Observer = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class LayerGates:
+    """Gates of one layer for :func:`~kvcompress.attention_math.gated_window_attention`.
+
+    ``window`` ``[L, H_kv]`` and ``heads`` ``[L, H_q]`` are the whole model's tables, indexed at ``layer``
+    in every forward so that the gradients reach them.
+    """
+
+    window: torch.Tensor
+    heads: torch.Tensor
+    layer: int
+    policy: WindowKV
 
 
 def _group_mask(
@@ -102,7 +118,15 @@ def kvcompress_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Attention with observers and head layouts; falls back to transformers' SDPA when neither is set."""
+    """Attention with observers, head layouts or gates; falls back to transformers' SDPA when none is set."""
+    gates: LayerGates | None = getattr(module, GATES_ATTRIBUTE, None)
+    if gates is not None:
+        if not isinstance(key, torch.Tensor) or getattr(module, LAYOUT_ATTRIBUTE, None) is not None:
+            raise RuntimeError("gated attention runs on the unmodified model without cache (use_cache=False)")
+        scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+        output = gated_window_attention(query, key, value, gates.window[gates.layer], gates.heads[gates.layer],
+                                        gates.policy, scaling, attention_mask)
+        return output.transpose(1, 2).contiguous(), None
     observers = getattr(module, OBSERVERS_ATTRIBUTE, ())
     if observers and not isinstance(key, torch.Tensor):
         raise RuntimeError("attention observers need raw keys: run the analysis with use_cache=False")

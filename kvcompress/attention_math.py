@@ -71,3 +71,39 @@ def snapkv_keep_indices(
     top = pooled.reshape(batch, num_kv_heads, prefix).topk(budget - window, dim=-1).indices
     recent = torch.arange(prefix, length, device=keys.device).expand(batch, num_kv_heads, window)
     return torch.cat([top.sort(-1).values, recent], dim=-1)
+
+
+def gated_window_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    window_gate: torch.Tensor,
+    head_gate: torch.Tensor,
+    policy: WindowKV,
+    scaling: float,
+    model_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention of heads that are a mixture of full and windowed (DuoAttention, Xiao et al. 2024, eq. 1),
+    each output scaled by a head gate:
+
+        O_h = g_h · (a_k · O^full_h + (1 - a_k) · O^window_h),   k = the KV head that query head h reads
+
+    with ``O^full`` causal attention, ``O^window`` attention restricted to ``policy`` (sinks + recent
+    window), ``a = window_gate`` ``[H_kv]`` (1 = full KV, 0 = windowed KV) and ``g = head_gate`` ``[H_q]``
+    (1 = kept, 0 = removed). Shapes: ``query`` ``[B, H_q, N, D]``, ``key``/``value`` ``[B, H_kv, N, D]``
+    (a forward without past keys), optional boolean ``model_mask`` ``[B|1, 1, N, N]``; returns ``[B, H_q, N, D]``.
+    Gradients reach both gates.
+    """
+    length = query.shape[2]
+    if key.shape[2] != length:
+        raise ValueError("gated attention needs a forward without past keys (use_cache=False)")
+    positions = torch.arange(length, device=query.device)
+    window_mask = allowed_keys(positions, positions, policy)
+    if model_mask is not None:
+        window_mask = window_mask & model_mask
+    full = F.scaled_dot_product_attention(query, key, value, attn_mask=model_mask, is_causal=model_mask is None,
+                                          scale=scaling, enable_gqa=True)
+    windowed = F.scaled_dot_product_attention(query, key, value, attn_mask=window_mask, scale=scaling,
+                                              enable_gqa=True)
+    mixing = window_gate.repeat_interleave(query.shape[1] // key.shape[1])[None, :, None, None]
+    return head_gate[None, :, None, None] * (windowed + mixing * (full - windowed))

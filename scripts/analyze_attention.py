@@ -5,7 +5,9 @@
 
 Writes ``results/attention_analysis_<model>/``: ``statistics.json`` (main length),
 ``statistics_by_length.json``, ``head_classification.json`` (statistics classifier),
-``head_classification_calibration.json`` (with ``--calibrate``) and the plots. Every file is written
+``head_classification_calibration.json`` (with ``--calibrate``), ``head_classification_gates_w<W>.json``
+(with ``--optimize-gates``: DuoAttention-style gates trained on longer calibration sequences, see
+``kvcompress.analysis.gates``; checkpoint ``gates_w<W>.pt``, resumed on re-run) and the plots. Every file is written
 as soon as its step finishes; the calibration appends each measured cost to ``calibration_costs.jsonl``
 and a re-run resumes from it. Calibration text comes from ``--calibration-text`` (WikiText-2 *valid*
 by default, so the test split used for perplexity stays unseen) and its passkey prompts use another
@@ -20,12 +22,15 @@ from pathlib import Path
 
 import torch
 
+from kvcompress.adapters import adapter_for
 from kvcompress.analysis.calibration import CalibrationConfig, CalibrationSet, classify_by_calibration
 from kvcompress.analysis.classify import StatisticsThresholds, classify_by_statistics
 from kvcompress.analysis.collector import HeadStatistics, collect_head_statistics
+from kvcompress.analysis.gates import GateTrainingConfig, classify_by_gates, train_gates
 from kvcompress.analysis.plots import (
     plot_classification,
     plot_entropy_heatmap,
+    plot_gates,
     plot_position_preference,
     plot_statistics_vs_length,
 )
@@ -69,6 +74,16 @@ def parse_args() -> argparse.Namespace:
                         help="calibrate windowing only for the N KV groups with the largest window mass (0: all)")
     parser.add_argument("--removal-candidates", type=int, default=0,
                         help="calibrate removal only for the N heads with the lowest output ratio (0: all)")
+    parser.add_argument("--optimize-gates", action="store_true", help="also run the gate-optimised classifier")
+    parser.add_argument("--gate-texts", type=int, default=4, help="calibration text windows for the gates")
+    parser.add_argument("--gate-text-len", type=int, default=1024)
+    parser.add_argument("--gate-prompts", type=int, default=4)
+    parser.add_argument("--gate-prompt-len", type=int, default=1000)
+    parser.add_argument("--gate-steps", type=int, default=48)
+    parser.add_argument("--gate-lr", type=float, default=0.05)
+    parser.add_argument("--gate-window-penalty", type=float, default=0.05)
+    parser.add_argument("--gate-head-penalty", type=float, default=0.0, help="> 0 also trains head gates (removal)")
+    parser.add_argument("--gate-threshold", type=float, default=0.5)
     parser.add_argument("--reuse", action="store_true", help="reuse statistics JSON files already in --out")
     parser.add_argument("--out", default=None, help="output folder (default results/attention_analysis_<model>)")
     parser.add_argument("--threads", type=int, default=None)
@@ -145,6 +160,31 @@ def main() -> None:
         print(f"calibration classifier: {calibrated.counts()}, windowed KV groups: "
               f"{len(calibrated.windowable_kv_groups())}, joint cost of the dead heads "
               f"{calibrated.parameters['dead_joint_cost']:.4f}, with the windows {calibrated.parameters['joint_cost']:.4f}")
+
+    if args.optimize_gates:
+        optimize_gates(args, model, tokenizer, out, statistics)
+
+
+def optimize_gates(args: argparse.Namespace, model, tokenizer, out: Path, statistics: HeadStatistics) -> None:
+    """Train window (and head) gates on longer calibration sequences; save the classification and plot."""
+    window = args.calibration_window or args.local_window
+    config = GateTrainingConfig(args.sinks, window, args.gate_steps, args.gate_lr, args.gate_window_penalty,
+                                args.gate_head_penalty, threshold=args.gate_threshold,
+                                window_budget=args.window_budget, dead_budget=args.dead_budget)
+    tokens = load_token_stream(args.calibration_text, tokenizer, max_tokens=args.gate_texts * args.gate_text_len)
+    texts = split_windows(tokens, args.gate_text_len, args.gate_texts) if args.gate_texts else []
+    prompts = make_passkey_prompts(tokenizer, args.gate_prompt_len, args.gate_prompts, seed=1234)
+    gates, history = train_gates(model, CalibrationSet(texts, prompts), config, checkpoint=out / f"gates_w{window}.pt")
+    shape = adapter_for(model).model_shape(model)
+    classification = classify_by_gates(shape, gates, config, history)
+    classification.parameters.update(model=args.model, texts=len(texts), text_len=args.gate_text_len,
+                                     prompts=len(prompts), prompt_len=args.gate_prompt_len)
+    classification.save(out / f"head_classification_gates_w{window}.json")
+    plot_gates(classification, history, out / f"gates_w{window}.png")
+    plot_classification(statistics, classification, out / f"classification_gates_w{window}.png")
+    print(f"gate classifier: {classification.counts()}, windowed KV groups: "
+          f"{len(classification.windowable_kv_groups())}, final distillation loss {history[-1]['distillation']:.4f}"
+          if history else "gate classifier: no training steps")
 
 
 if __name__ == "__main__":

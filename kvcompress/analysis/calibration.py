@@ -80,7 +80,8 @@ class Reference:
     layer_inputs: list[list[torch.Tensor]]  # per sequence, the stream entering each layer, [1, N, d]
 
 
-def _sequences(calibration: CalibrationSet) -> list[torch.Tensor]:
+def calibration_sequences(calibration: CalibrationSet) -> list[torch.Tensor]:
+    """Every calibration sequence ``[1, N]``: the texts, then each prompt followed by its answer."""
     return [*calibration.texts, *(torch.cat([p.input_ids, p.answer_ids], 1) for p in calibration.prompts)]
 
 
@@ -100,7 +101,7 @@ def _answer_nlls(log_probs: list[torch.Tensor], calibration: CalibrationSet) -> 
 def reference_outputs(model: nn.Module, calibration: CalibrationSet) -> Reference:
     """Full-model next-token log-probabilities and layer inputs on every sequence, answer NLLs on the prompts."""
     with torch.no_grad():
-        runs = [layer_inputs(model, sequence) for sequence in _sequences(calibration)]
+        runs = [layer_inputs(model, sequence) for sequence in calibration_sequences(calibration)]
     log_probs = [_log_probs(logits) for logits, _ in runs]
     return Reference(log_probs, _answer_nlls(log_probs, calibration), [inputs for _, inputs in runs])
 
@@ -126,7 +127,7 @@ def measure_intervention(model: nn.Module, method: CompressionMethod, calibratio
     """
     log_probs = []
     with torch.no_grad(), method.apply(model):
-        for sequence, inputs in zip(_sequences(calibration), reference.layer_inputs, strict=True):
+        for sequence, inputs in zip(calibration_sequences(calibration), reference.layer_inputs, strict=True):
             with starting_at_layer(model, first_layer, inputs[first_layer]):
                 log_probs.append(_log_probs(model(input_ids=sequence, use_cache=False).logits))
     kl = [F.kl_div(modified, full, log_target=True, reduction="batchmean").item()
@@ -141,7 +142,7 @@ def measure_intervention(model: nn.Module, method: CompressionMethod, calibratio
 def calibration_fingerprint(calibration: CalibrationSet) -> str:
     """Hash of the calibration tokens (texts, then prompts with their answers)."""
     digest = hashlib.sha1()
-    for sequence in _sequences(calibration):
+    for sequence in calibration_sequences(calibration):
         digest.update(sequence.to(torch.int64).numpy().tobytes())
         digest.update(b"|")
     return digest.hexdigest()[:16]
@@ -270,11 +271,14 @@ def classify_by_calibration(model: nn.Module, calibration: CalibrationSet,
 
 
 def with_cheapest_windows(classification: HeadClassification, count: int) -> HeadClassification:
-    """A calibration classification re-cut to window exactly the ``count`` KV groups of lowest measured
-    windowing cost (its dead heads kept): one point of a KV-size vs quality curve."""
-    costs = classification.scores.get("window_cost")
+    """A calibration (or gate) classification re-cut to window exactly the ``count`` KV groups of lowest
+    score (measured windowing cost, or trained window gate; its dead heads kept): one point of a
+    KV-size vs quality curve."""
+    score = classification.parameters.get("window_score", "window_cost")
+    costs = classification.scores.get(score)
     if not costs:
-        raise ValueError("the classification has no window_cost scores: use one made by the calibration classifier")
+        raise ValueError(f"the classification has no {score} scores: use one made by the calibration or gate "
+                         "classifier")
     measured = sorted((cost, (layer, kv)) for layer, row in enumerate(costs) for kv, cost in enumerate(row)
                       if cost is not None)
     if not 0 <= count <= len(measured):

@@ -90,3 +90,26 @@ def plot_classification(statistics: HeadStatistics, classification: HeadClassifi
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plot_gates(classification: HeadClassification, history: list[dict], path: Path) -> None:
+    """Trained gates (window gate per KV group, output gate per head; 0 = windowed / removed) and the
+    distillation loss and mean window gate over the optimisation steps."""
+    figure, axes = plt.subplots(1, 3, figsize=(13, 1.5 + 0.2 * classification.shape.num_layers),
+                                gridspec_kw={"width_ratios": [1, 2, 3]})
+    for axis, name, label in ((axes[0], "window_gate", "KV head"), (axes[1], "head_gate", "query head")):
+        image = axis.imshow(np.array(classification.scores[name]), aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        axis.set_xlabel(label)
+        axis.set_ylabel("layer")
+        axis.set_title(name.replace("_", " "))
+        figure.colorbar(image, ax=axis)
+    steps = [row["step"] for row in history]
+    axes[2].plot(steps, [row["distillation"] for row in history], color="tab:red")
+    axes[2].set_xlabel("step")
+    axes[2].set_ylabel("distillation loss (nats)", color="tab:red")
+    twin = axes[2].twinx()
+    twin.plot(steps, [row["mean_window_gate"] for row in history], color="tab:blue")
+    twin.set_ylabel("mean window gate", color="tab:blue")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
