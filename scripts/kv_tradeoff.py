@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--ppl-stride", type=int, default=256)
     parser.add_argument("--passkey-len", type=int, default=600)
     parser.add_argument("--passkey-prompts", type=int, default=50)
+    parser.add_argument("--methods", nargs="+", default=["positional+dead", *BASELINES],
+                        choices=["positional+dead", *BASELINES],
+                        help="methods measured at each count (the baselines do not depend on the classification)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -96,7 +99,7 @@ def main() -> None:
     log = out / "tradeoff.jsonl"
     rows = read_jsonl(log)[0] if log.is_file() else []
     done = {(row["method"], row["groups"]) for row in rows}
-    plan = [("full", 0)] + [(method, k) for k in args.groups for method in ("positional+dead", *BASELINES)]
+    plan = [("full", 0)] + [(method, k) for k in args.groups for method in args.methods]
     plan = [point for point in plan if point not in done]
     for method, k in tqdm(plan, desc="trade-off points"):
         classification = with_cheapest_windows(base, k)

@@ -9,7 +9,7 @@ so the gates of the heads that do not need the whole context are pushed to 0 *to
 the one-at-a-time costs of :mod:`kvcompress.analysis.calibration`, the optimisation sees how the
 windowed heads interact. Here ``D`` is the calibration classifier's cost made differentiable:
 
-    D = mean_texts KL(p_full || p_gated) + mean_prompts KL(p_full || p_gated) + answer_weight · mean_prompts NLL_gated(answer)
+    D = mean_texts KL(p_full || p_gated) + mean_prompts KL(p_full || p_gated) + answer_weight · mean_prompts (NLL_gated(answer) - NLL_full(answer))
 
 (KL averaged over positions; the passkey answers follow their prompts). Optionally each query head
 also gets an output gate ``g`` with its own penalty ``λ_h · mean(g)`` (0 = removed), so dead heads are
@@ -20,7 +20,7 @@ is kept in the classification's scores (``window_gate``, ``head_gate``) for KV-s
 
 Training is one calibration sequence per step (cycling), Adam on the gates only. A checkpoint (gates,
 optimiser state, loss history) is written after every step, so an interrupted run resumes where it
-stopped.
+stopped and a run with more ``steps`` continues it.
 """
 
 from __future__ import annotations
@@ -104,12 +104,14 @@ def gated_attention(model: nn.Module, gates: AttentionGates) -> Iterator[None]:
 
 def distillation_loss(log_probs: torch.Tensor, reference: torch.Tensor, answer_ids: torch.Tensor | None,
                       answer_weight: float) -> torch.Tensor:
-    """``KL(p_full || p_gated)`` averaged over positions, plus ``answer_weight`` times the answer's NLL
-    when the sequence ends with an answer (``answer_ids`` ``[A]``); ``log_probs``/``reference`` ``[N, V]``."""
+    """``KL(p_full || p_gated)`` averaged over positions, plus ``answer_weight`` times the increase of the
+    answer's NLL over the full model's when the sequence ends with an answer (``answer_ids`` ``[A]``);
+    ``log_probs``/``reference`` ``[N, V]``. Zero when the gated model is the full model."""
     loss = F.kl_div(log_probs, reference, log_target=True, reduction="batchmean")
     if answer_ids is not None:
-        predicted = log_probs[-answer_ids.numel() - 1 : -1]
-        loss = loss - answer_weight * predicted.gather(-1, answer_ids[:, None]).mean()
+        rows = slice(-answer_ids.numel() - 1, -1)
+        gated, full = (table[rows].gather(-1, answer_ids[:, None]).mean() for table in (log_probs, reference))
+        loss = loss + answer_weight * (full - gated)
     return loss
 
 
@@ -120,12 +122,20 @@ class _Checkpoint:
     history: list[dict]
 
 
+SELECTION_SETTINGS = ("steps", "threshold", "window_budget", "dead_budget")
+
+
+def _training_settings(config: dict) -> dict:
+    """The settings a checkpoint depends on (more steps continue it; the selection may change freely)."""
+    return {name: value for name, value in config.items() if name not in SELECTION_SETTINGS}
+
+
 def _load_checkpoint(path: Path | None, fingerprint: str, config: GateTrainingConfig) -> _Checkpoint | None:
     if path is None or not path.is_file():
         return None
     saved = torch.load(path, weights_only=False)
-    if saved["fingerprint"] != fingerprint or saved["config"] != asdict(config):
-        return None  # other data or settings: start again
+    if saved["fingerprint"] != fingerprint or _training_settings(saved["config"]) != _training_settings(asdict(config)):
+        return None  # other data or training settings: start again
     policy = WindowKV(config.sinks, config.window)
     return _Checkpoint(AttentionGates(saved["window"], saved["heads"], policy), saved["optimizer"], saved["history"])
 

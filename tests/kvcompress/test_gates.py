@@ -69,8 +69,12 @@ def test_distillation_loss_is_zero_on_the_reference_and_counts_the_answer():
     reference = torch.randn(6, 11).log_softmax(-1)
     assert distillation_loss(reference, reference, None, 1.0).abs() < 1e-7
     answer = torch.tensor([3, 4])
-    expected = -(reference[3, 3] + reference[4, 4]) / 2
-    assert torch.isclose(distillation_loss(reference, reference, answer, 2.0), 2 * expected)
+    assert distillation_loss(reference, reference, answer, 2.0).abs() < 1e-7
+    shifted = reference.clone()
+    shifted[3] = torch.randn(11).log_softmax(-1)
+    kl = (reference[3].exp() * (reference[3] - shifted[3])).sum() / 6
+    increase = (reference[3, 3] - shifted[3, 3]) / 2  # answer rows 3 and 4; only row 3 changed
+    assert torch.isclose(distillation_loss(shifted, reference, answer, 2.0), kl + 2 * increase, atol=1e-6)
 
 
 def _calibration() -> CalibrationSet:
@@ -95,7 +99,10 @@ def test_training_pushes_gates_down_under_a_penalty_and_resumes(tmp_path):
     assert torch.equal(again.window, gates.window) and history_again == history
     longer = GateTrainingConfig(**{**config.__dict__, "steps": 8})
     _, history_longer = train_gates(model, calibration, longer, checkpoint=checkpoint, progress=False)
-    assert len(history_longer) == 8  # another configuration starts again
+    assert history_longer[:6] == history and len(history_longer) == 8  # more steps continue the run
+    other = GateTrainingConfig(**{**config.__dict__, "window_penalty": 0.5})
+    _, history_other = train_gates(model, calibration, other, checkpoint=checkpoint, progress=False)
+    assert len(history_other) == 6  # another penalty starts again (a resumed run would hold 8 steps)
 
 
 def test_without_penalty_the_gates_stay_open():
