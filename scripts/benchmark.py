@@ -34,7 +34,7 @@ from kvcompress.evaluation.benchmark import (
 )
 from kvcompress.evaluation.passkey import make_passkey_prompts
 from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream
-from kvcompress.methods.registry import METHODS, MethodSettings, build_method, kv_fraction
+from kvcompress.methods.registry import BASELINES, METHODS, MethodSettings, build_method, kv_fraction
 from kvcompress.models.loading import load_model_and_tokenizer, model_slug
 from llava.eval.jsonl_io import JsonlAppender, read_jsonl
 
@@ -124,28 +124,31 @@ def main() -> None:
     known = {row["key"]: row["quality"] for row in (read_jsonl(quality_log)[0] if quality_log.is_file() else [])}
     results = []
     for spec, name, classification in tqdm(specs, desc="methods"):
-        key = quality_key(spec, classification, args)
+        budget = baseline_fraction(prompts[0].input_ids.shape[1] if prompts else speed_prompt.shape[1]) \
+            if name in BASELINES else None
+        key = quality_key(spec, classification, args, budget)
         if key not in known:
             known[key] = measure_quality(model, tokenizer, lambda context, spec=spec: make_method(spec, context),
                                          settings, text, prompts)
             with JsonlAppender(quality_log) as appender:
                 appender.write({"key": key, "method": spec, "quality": known[key]})
         result = {"method": spec, **speed[spec], **known[key]}
-        if name in ("streaming_llm", "snapkv"):
-            result["kv_fraction_budget"] = baseline_fraction(prompts[0].input_ids.shape[1] if prompts
-                                                             else speed_prompt.shape[1])
+        if budget is not None:
+            result["kv_fraction_budget"] = budget
         results.append(result)
         save_results(results, metadata, out)
     print(markdown_table(results))
 
 
-def quality_key(spec: str, classification: HeadClassification | None, args: argparse.Namespace) -> str:
-    """What a quality row depends on: the method, its classification's labels and the evaluation settings."""
+def quality_key(spec: str, classification: HeadClassification | None, args: argparse.Namespace,
+                budget: float | None) -> str:
+    """What a quality row depends on: the method, its classification's labels, the evaluation settings and,
+    for a baseline, the KV fraction it is given (so rows of other methods survive a change of budget)."""
     settings = {name: getattr(args, name) for name in (
-        "model", "budget_from", "kv_fraction", "sinks", "window", "text", "ppl_max_length", "ppl_stride",
-        "ppl_windows", "no_perplexity", "passkey_len", "passkey_prompts")}
+        "model", "sinks", "window", "text", "ppl_max_length", "ppl_stride", "ppl_windows", "no_perplexity",
+        "passkey_len", "passkey_prompts")}
     labels = None if classification is None else classification.labels
-    return hashlib.sha1(json.dumps([spec, labels, settings], sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha1(json.dumps([spec, labels, settings, budget], sort_keys=True).encode()).hexdigest()[:16]
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ METHODS: dict[str, Callable[[MethodSettings], CompressionMethod]] = {
                                       settings.snapkv_observation_window),
 }
 
+BASELINES = ("streaming_llm", "snapkv")  # methods that take a KV budget instead of a classification
+
 
 def build_method(name: str, settings: MethodSettings) -> CompressionMethod:
     """Instantiate a registered method."""

@@ -104,3 +104,21 @@ def test_rotated_order_puts_every_method_first_once_per_cycle():
     orders = [rotated(names, round_index) for round_index in range(4)]
     assert orders[:3] == [["full", "dead", "snapkv"], ["dead", "snapkv", "full"], ["snapkv", "full", "dead"]]
     assert orders[3] == orders[0] and all(sorted(order) == sorted(names) for order in orders)
+
+
+def test_benchmark_quality_rows_depend_on_the_budget_only_for_baselines():
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = argparse.Namespace(model="m", sinks=4, window=128, text="t", ppl_max_length=512, ppl_stride=256,
+                              ppl_windows=16, no_perplexity=False, passkey_len=1000, passkey_prompts=50)
+    other_budget = argparse.Namespace(**vars(args), budget_from="positional+dead@gates", kv_fraction=None)
+    assert script.quality_key("full", None, args, None) == script.quality_key("full", None, other_budget, None)
+    assert script.quality_key("snapkv", None, args, 0.5) != script.quality_key("snapkv", None, args, 0.6)
+    assert script.quality_key("full", None, args, None) != script.quality_key("full", None,
+                                                                              argparse.Namespace(**{**vars(args), "window": 64}), None)

@@ -57,3 +57,26 @@ def test_real_model_wikitext_perplexity_is_sane(smollm2):
     result = strided_perplexity(model, tokens, lambda: None, max_length=512, stride=256, max_windows=2,
                                 progress=False)
     assert 5 < result["perplexity"] < 60
+
+
+def test_real_model_gates_open_equal_the_model_and_closed_gates_equal_the_windows(smollm2):
+    from kvcompress.adapters import adapter_for
+    from kvcompress.analysis.gates import AttentionGates, gated_attention
+    from kvcompress.layout import WindowKV
+
+    model, tokenizer = smollm2
+    ids = tokenizer("The quick brown fox jumps over the lazy dog. " * 12, return_tensors="pt").input_ids
+    gates = AttentionGates.open(adapter_for(model).model_shape(model), WindowKV(4, 32))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        with gated_attention(model, gates):
+            opened = model(ids, use_cache=False).logits
+        gates.window[5:12] = 0.0
+        with gated_attention(model, gates):
+            closed = model(ids, use_cache=False).logits
+        groups = [(layer, kv) for layer in range(5, 12) for kv in range(3)]
+        with PositionalHeadOptimizer(groups, 4, 32).apply(model):
+            windowed = model(ids, use_cache=False).logits
+    assert torch.allclose(opened, full, atol=1e-4)
+    assert torch.allclose(closed, windowed, atol=1e-4)
+    assert not torch.allclose(closed, full, atol=1e-2)
