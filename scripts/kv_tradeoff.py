@@ -1,8 +1,8 @@
-"""KV-cache size vs quality: calibration-ranked windowed heads against StreamingLLM and SnapKV.
+"""KV-cache size vs quality: ranked windowed heads against StreamingLLM and SnapKV.
 
-For each count ``k`` in ``--groups``, window the ``k`` KV groups with the lowest calibration windowing
-cost (``window_cost`` in a calibration ``head_classification*.json``) and remove the classification's
-dead heads; then run StreamingLLM and SnapKV at the same KV fraction (matched at each task's context
+For each count ``k`` in ``--groups``, window the ``k`` KV groups ranked lowest by the classification
+(``window_cost`` of a calibration ``head_classification*.json``, or ``window_gate`` of a gate-optimised
+one) and remove the classification's dead heads (``k = 0``: the dead heads alone); then run StreamingLLM and SnapKV at the same KV fraction (matched at each task's context
 length: the passkey prompts and the perplexity windows). Each point
 gets passkey accuracy and strided perplexity (``kvcompress.evaluation.benchmark.measure_quality``).
 The full model is measured once as the reference (dashed line). Rows are appended to
