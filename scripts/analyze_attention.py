@@ -183,7 +183,8 @@ def optimize_gates(args: argparse.Namespace, model, tokenizer, out: Path, statis
     plot_gates(classification, history, out / f"gates_w{window}.png")
     plot_classification(statistics, classification, out / f"classification_gates_w{window}.png")
     print(f"gate classifier: {classification.counts()}, windowed KV groups: "
-          f"{len(classification.windowable_kv_groups())}, final distillation loss {history[-1]['distillation']:.4f}"
+          f"{len(classification.windowable_kv_groups())}, distillation loss of the last pass "
+          f"{classification.parameters['last_pass_distillation']:.4f}"
           if history else "gate classifier: no training steps")
 
 

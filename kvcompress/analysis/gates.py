@@ -143,7 +143,7 @@ def _load_checkpoint(path: Path | None, fingerprint: str, config: GateTrainingCo
 def train_gates(model: nn.Module, calibration: CalibrationSet, config: GateTrainingConfig | None = None,
                 checkpoint: str | Path | None = None, progress: bool = True) -> tuple[AttentionGates, list[dict]]:
     """Optimise the gates on ``calibration`` (module docstring); returns them and the per-step history
-    ``{"step", "distillation", "mean_window_gate", "mean_head_gate"}``."""
+    ``{"step", "sequence", "distillation", "mean_window_gate", "mean_head_gate"}``."""
     config = config or GateTrainingConfig()
     shape = adapter_for(model).model_shape(model)
     path = None if checkpoint is None else Path(checkpoint)
@@ -182,7 +182,7 @@ def train_gates(model: nn.Module, calibration: CalibrationSet, config: GateTrain
             with torch.no_grad():
                 for tensor in trained:
                     tensor.clamp_(0.0, 1.0)
-            state.history.append({"step": step, "distillation": distillation.item(),
+            state.history.append({"step": step, "sequence": index, "distillation": distillation.item(),
                                   "mean_window_gate": gates.window.mean().item(),
                                   "mean_head_gate": gates.heads.mean().item()})
             bar.set_postfix(distillation=f"{distillation.item():.4f}", window=f"{gates.window.mean().item():.3f}")
@@ -208,6 +208,12 @@ def lowest_below(scores: torch.Tensor, threshold: float, budget: int) -> list[tu
     return [divmod(i, scores.shape[1]) for i in order]
 
 
+def last_pass_distillation(history: list[dict]) -> float:
+    """Mean distillation loss of the last step on each calibration sequence (one pass over the set)."""
+    last = {row["sequence"]: row["distillation"] for row in history}
+    return sum(last.values()) / len(last)
+
+
 def classify_by_gates(shape: ModelShape, gates: AttentionGates, config: GateTrainingConfig,
                       history: list[dict] | None = None) -> HeadClassification:
     """Window the KV groups and remove the heads whose gates end under ``config.threshold`` (lowest first,
@@ -216,6 +222,6 @@ def classify_by_gates(shape: ModelShape, gates: AttentionGates, config: GateTrai
     dead = lowest_below(gates.heads, config.threshold, int(config.dead_budget * gates.heads.numel())) \
         if config.head_penalty > 0 else []
     parameters = {**asdict(config), "window_score": "window_gate",
-                  "final_distillation": history[-1]["distillation"] if history else None}
+                  "last_pass_distillation": last_pass_distillation(history) if history else None}
     return HeadClassification(shape, labels_from_selection(shape, windowed, dead), "gates", parameters,
                               {"window_gate": gates.window.tolist(), "head_gate": gates.heads.tolist()})

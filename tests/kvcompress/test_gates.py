@@ -11,6 +11,7 @@ from kvcompress.analysis.gates import (
     classify_by_gates,
     distillation_loss,
     gated_attention,
+    last_pass_distillation,
     lowest_below,
     train_gates,
 )
@@ -91,6 +92,7 @@ def test_training_pushes_gates_down_under_a_penalty_and_resumes(tmp_path):
     checkpoint = tmp_path / "gates.pt"
     gates, history = train_gates(model, calibration, config, checkpoint=checkpoint, progress=False)
     assert [row["step"] for row in history] == list(range(6))
+    assert [row["sequence"] for row in history] == [0, 1, 0, 1, 0, 1]  # one text, one prompt: cycled
     assert gates.window.max() < 1.0 and gates.heads.max() < 1.0  # the penalty moved every gate
     assert gates.window.min() >= 0.0 and gates.heads.min() >= 0.0  # clipped to [0, 1]
     assert all(parameter.requires_grad for parameter in model.parameters())  # model flags restored
@@ -112,6 +114,12 @@ def test_without_penalty_the_gates_stay_open():
     assert torch.all(gates.window > 0.9)  # at 1 the distillation loss is at its minimum 0
     assert torch.equal(gates.heads, torch.ones_like(gates.heads))
     assert history[0]["distillation"] < 1e-5
+
+
+def test_last_pass_distillation_averages_the_last_step_of_each_sequence():
+    history = [{"sequence": 0, "distillation": 9.0}, {"sequence": 1, "distillation": 1.0},
+               {"sequence": 0, "distillation": 3.0}]
+    assert last_pass_distillation(history) == 2.0
 
 
 def test_lowest_below_respects_threshold_and_budget():
