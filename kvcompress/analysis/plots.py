@@ -93,8 +93,9 @@ def plot_classification(statistics: HeadStatistics, classification: HeadClassifi
 
 
 def plot_gates(classification: HeadClassification, history: list[dict], path: Path) -> None:
-    """Trained gates (window gate per KV group, output gate per head; 0 = windowed / removed) and the
-    distillation loss and mean window gate over the optimisation steps."""
+    """Trained gates (window gate per KV group, output gate per head; 0 = windowed / removed) and, over the
+    optimisation steps, the distillation loss (thin: each calibration sequence, bold: mean of each pass
+    over the set) and the mean window gate."""
     figure, axes = plt.subplots(1, 3, figsize=(13, 1.5 + 0.2 * classification.shape.num_layers),
                                 gridspec_kw={"width_ratios": [1, 2, 3]})
     for axis, name, label in ((axes[0], "window_gate", "KV head"), (axes[1], "head_gate", "query head")):
@@ -103,12 +104,19 @@ def plot_gates(classification: HeadClassification, history: list[dict], path: Pa
         axis.set_ylabel("layer")
         axis.set_title(name.replace("_", " "))
         figure.colorbar(image, ax=axis)
-    steps = [row["step"] for row in history]
-    axes[2].plot(steps, [row["distillation"] for row in history], color="tab:red")
+    sequences = sorted({row["sequence"] for row in history})
+    for sequence in sequences:
+        rows = [row for row in history if row["sequence"] == sequence]
+        axes[2].plot([row["step"] for row in rows], [row["distillation"] for row in rows], color="tab:red",
+                     alpha=0.25, linewidth=0.8)
+    passes = [history[i : i + len(sequences)] for i in range(0, len(history) - len(sequences) + 1, len(sequences))]
+    axes[2].plot([rows[-1]["step"] for rows in passes],
+                 [sum(row["distillation"] for row in rows) / len(rows) for rows in passes], color="tab:red",
+                 linewidth=2)
     axes[2].set_xlabel("step")
-    axes[2].set_ylabel("distillation loss (nats)", color="tab:red")
+    axes[2].set_ylabel("distillation loss (nats): per sequence, mean per pass", color="tab:red")
     twin = axes[2].twinx()
-    twin.plot(steps, [row["mean_window_gate"] for row in history], color="tab:blue")
+    twin.plot([row["step"] for row in history], [row["mean_window_gate"] for row in history], color="tab:blue")
     twin.set_ylabel("mean window gate", color="tab:blue")
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -156,3 +156,14 @@ def test_bad_gate_settings():
     wrong = AttentionGates.open(adapter_for(tiny_llama(layers=3)).model_shape(tiny_llama(layers=3)), WindowKV(1, 4))
     with pytest.raises(ValueError, match="layers"), gated_attention(model, wrong):
         pass
+
+
+def test_gate_plot_is_written(tmp_path):
+    from kvcompress.analysis.plots import plot_gates
+
+    model = tiny_llama(layers=2, heads=4, kv_heads=2)
+    config = GateTrainingConfig(sinks=1, window=4, steps=4, window_penalty=1.0)
+    gates, history = train_gates(model, _calibration(), config, progress=False)
+    classification = classify_by_gates(adapter_for(model).model_shape(model), gates, config, history)
+    plot_gates(classification, history, tmp_path / "gates.png")
+    assert (tmp_path / "gates.png").stat().st_size > 10_000
