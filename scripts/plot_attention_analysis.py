@@ -3,8 +3,9 @@
     python scripts/plot_attention_analysis.py results/attention_analysis_smollm2-135m
 
 Plots: entropy heatmap (layers x heads), position preference (argmax sink / distance bins),
-statistics vs sequence length, and the classification scatter + label map for each
-``head_classification*.json`` in the folder.
+statistics vs sequence length, the classification scatter + label map for each
+``head_classification*.json`` in the folder, and the trained gates for each ``gates_w<W>.pt`` checkpoint
+next to its ``head_classification_gates_w<W>.json``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import json
 from pathlib import Path
 
 from kvcompress.analysis.collector import HeadStatistics
+from kvcompress.analysis.gates import checkpoint_history
 from kvcompress.analysis.plots import (
     plot_classification,
     plot_entropy_heatmap,
+    plot_gates,
     plot_position_preference,
     plot_statistics_vs_length,
 )
@@ -43,6 +46,9 @@ def main() -> None:
         classification.check_shape(statistics.shape)
         suffix = path.stem.removeprefix("head_classification")
         plot_classification(statistics, classification, folder / f"classification{suffix}.png")
+        checkpoint = folder / f"{suffix.removeprefix('_')}.pt"
+        if suffix.startswith("_gates") and checkpoint.is_file():
+            plot_gates(classification, checkpoint_history(checkpoint), folder / f"{checkpoint.stem}.png")
     print(f"plots written to {folder}")
 
 

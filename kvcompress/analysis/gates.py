@@ -140,6 +140,11 @@ def _load_checkpoint(path: Path | None, fingerprint: str, config: GateTrainingCo
     return _Checkpoint(AttentionGates(saved["window"], saved["heads"], policy), saved["optimizer"], saved["history"])
 
 
+def checkpoint_history(path: str | Path) -> list[dict]:
+    """The per-step history stored in a gate checkpoint (``gates_w<W>.pt``)."""
+    return torch.load(path, weights_only=False)["history"]
+
+
 def train_gates(model: nn.Module, calibration: CalibrationSet, config: GateTrainingConfig | None = None,
                 checkpoint: str | Path | None = None, progress: bool = True) -> tuple[AttentionGates, list[dict]]:
     """Optimise the gates on ``calibration`` (module docstring); returns them and the per-step history
