@@ -140,6 +140,14 @@ def _load_checkpoint(path: Path | None, fingerprint: str, config: GateTrainingCo
     return _Checkpoint(AttentionGates(saved["window"], saved["heads"], policy), saved["optimizer"], saved["history"])
 
 
+def _save_checkpoint(path: Path, content: dict) -> None:
+    """Write through a temporary file and rename, so an interruption never leaves a truncated checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(content, temporary)
+    temporary.replace(path)
+
+
 def checkpoint_history(path: str | Path) -> list[dict]:
     """The per-step history stored in a gate checkpoint (``gates_w<W>.pt``)."""
     return torch.load(path, weights_only=False)["history"]
@@ -150,6 +158,8 @@ def train_gates(model: nn.Module, calibration: CalibrationSet, config: GateTrain
     """Optimise the gates on ``calibration`` (module docstring); returns them and the per-step history
     ``{"step", "sequence", "distillation", "mean_window_gate", "mean_head_gate"}``."""
     config = config or GateTrainingConfig()
+    if not calibration.texts and not calibration.prompts:
+        raise ValueError("the calibration set is empty: give at least one text window or passkey prompt")
     shape = adapter_for(model).model_shape(model)
     path = None if checkpoint is None else Path(checkpoint)
     fingerprint = calibration_fingerprint(calibration)
@@ -192,10 +202,9 @@ def train_gates(model: nn.Module, calibration: CalibrationSet, config: GateTrain
                                   "mean_head_gate": gates.heads.mean().item()})
             bar.set_postfix(distillation=f"{distillation.item():.4f}", window=f"{gates.window.mean().item():.3f}")
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"fingerprint": fingerprint, "config": asdict(config), "window": gates.window.detach(),
-                            "heads": gates.heads.detach(), "optimizer": optimizer.state_dict(),
-                            "history": state.history}, path)
+                _save_checkpoint(path, {"fingerprint": fingerprint, "config": asdict(config),
+                                        "window": gates.window.detach(), "heads": gates.heads.detach(),
+                                        "optimizer": optimizer.state_dict(), "history": state.history})
     finally:
         for parameter, flag in zip(model.parameters(), requires_grad, strict=True):
             parameter.requires_grad_(flag)

@@ -91,6 +91,7 @@ def test_training_pushes_gates_down_under_a_penalty_and_resumes(tmp_path):
                                 head_penalty=1.0)
     checkpoint = tmp_path / "gates.pt"
     gates, history = train_gates(model, calibration, config, checkpoint=checkpoint, progress=False)
+    assert [path.name for path in tmp_path.iterdir()] == ["gates.pt"]  # no temporary file left
     assert [row["step"] for row in history] == list(range(6))
     assert [row["sequence"] for row in history] == [0, 1, 0, 1, 0, 1]  # one text, one prompt: cycled
     assert gates.window.max() < 1.0 and gates.heads.max() < 1.0  # the penalty moved every gate
@@ -156,6 +157,8 @@ def test_bad_gate_settings():
     wrong = AttentionGates.open(adapter_for(tiny_llama(layers=3)).model_shape(tiny_llama(layers=3)), WindowKV(1, 4))
     with pytest.raises(ValueError, match="layers"), gated_attention(model, wrong):
         pass
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        train_gates(model, CalibrationSet([], []), GateTrainingConfig(steps=1), progress=False)
 
 
 def test_gate_plot_is_written(tmp_path):
