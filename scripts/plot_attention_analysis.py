@@ -46,7 +46,7 @@ def main() -> None:
         classification.check_shape(statistics.shape)
         suffix = path.stem.removeprefix("head_classification")
         plot_classification(statistics, classification, folder / f"classification{suffix}.png")
-        checkpoint = folder / f"{suffix.removeprefix('_')}.pt"
+        checkpoint = folder / f"{suffix.removeprefix('_')}.pt"  # ..._gates_w<W>.json -> gates_w<W>.pt
         if suffix.startswith("_gates") and checkpoint.is_file():
             plot_gates(classification, checkpoint_history(checkpoint), folder / f"{checkpoint.stem}.png")
     print(f"plots written to {folder}")

@@ -85,24 +85,27 @@ def calibration_sequences(calibration: CalibrationSet) -> list[torch.Tensor]:
     return [*calibration.texts, *(torch.cat([p.input_ids, p.answer_ids], 1) for p in calibration.prompts)]
 
 
-def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+def next_token_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """``[N, V]`` fp32 log-probabilities of the first sequence of ``logits`` ``[1, N, V]``."""
     return logits[0].float().log_softmax(-1)
 
 
+def answer_nll(log_probs: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
+    """Mean NLL of ``answer_ids`` ``[A]``, the last ``A`` tokens of a sequence with ``log_probs`` ``[N, V]``."""
+    predicted = log_probs[-answer_ids.numel() - 1 : -1]
+    return -predicted.gather(-1, answer_ids[:, None]).mean()
+
+
 def _answer_nlls(log_probs: list[torch.Tensor], calibration: CalibrationSet) -> list[float]:
-    nlls = []
-    for prompt, sequence in zip(calibration.prompts, log_probs[len(calibration.texts):], strict=True):
-        answer = prompt.answer_ids[0]
-        predicted = sequence[-answer.numel() - 1 : -1]
-        nlls.append(-predicted.gather(-1, answer[:, None]).mean().item())
-    return nlls
+    return [answer_nll(sequence, prompt.answer_ids[0]).item()
+            for prompt, sequence in zip(calibration.prompts, log_probs[len(calibration.texts):], strict=True)]
 
 
 def reference_outputs(model: nn.Module, calibration: CalibrationSet) -> Reference:
     """Full-model next-token log-probabilities and layer inputs on every sequence, answer NLLs on the prompts."""
     with torch.no_grad():
         runs = [layer_inputs(model, sequence) for sequence in calibration_sequences(calibration)]
-    log_probs = [_log_probs(logits) for logits, _ in runs]
+    log_probs = [next_token_log_probs(logits) for logits, _ in runs]
     return Reference(log_probs, _answer_nlls(log_probs, calibration), [inputs for _, inputs in runs])
 
 
@@ -129,7 +132,7 @@ def measure_intervention(model: nn.Module, method: CompressionMethod, calibratio
     with torch.no_grad(), method.apply(model):
         for sequence, inputs in zip(calibration_sequences(calibration), reference.layer_inputs, strict=True):
             with starting_at_layer(model, first_layer, inputs[first_layer]):
-                log_probs.append(_log_probs(model(input_ids=sequence, use_cache=False).logits))
+                log_probs.append(next_token_log_probs(model(input_ids=sequence, use_cache=False).logits))
     kl = [F.kl_div(modified, full, log_target=True, reduction="batchmean").item()
           for modified, full in zip(log_probs, reference.log_probs, strict=True)]
     texts = len(calibration.texts)

@@ -38,9 +38,11 @@ from tqdm.auto import tqdm
 from kvcompress.adapters import ModelShape, adapter_for
 from kvcompress.analysis.calibration import (
     CalibrationSet,
+    answer_nll,
     calibration_fingerprint,
     calibration_sequences,
     labels_from_selection,
+    next_token_log_probs,
 )
 from kvcompress.attention import GATES_ATTRIBUTE, LayerGates, use_kvcompress_attention
 from kvcompress.classification import HeadClassification
@@ -109,9 +111,7 @@ def distillation_loss(log_probs: torch.Tensor, reference: torch.Tensor, answer_i
     ``log_probs``/``reference`` ``[N, V]``. Zero when the gated model is the full model."""
     loss = F.kl_div(log_probs, reference, log_target=True, reduction="batchmean")
     if answer_ids is not None:
-        rows = slice(-answer_ids.numel() - 1, -1)
-        gated, full = (table[rows].gather(-1, answer_ids[:, None]).mean() for table in (log_probs, reference))
-        loss = loss + answer_weight * (full - gated)
+        loss = loss + answer_weight * (answer_nll(log_probs, answer_ids) - answer_nll(reference, answer_ids))
     return loss
 
 
@@ -178,7 +178,7 @@ def train_gates(model: nn.Module, calibration: CalibrationSet, config: GateTrain
     if not remaining:
         return _frozen(gates), state.history
     with torch.no_grad():
-        reference = [model(input_ids=sequence, use_cache=False).logits[0].float().log_softmax(-1)
+        reference = [next_token_log_probs(model(input_ids=sequence, use_cache=False).logits)
                      for sequence in tqdm(sequences, desc="reference outputs", disable=not progress)]
     requires_grad = [parameter.requires_grad for parameter in model.parameters()]
     model.requires_grad_(False)
@@ -187,9 +187,8 @@ def train_gates(model: nn.Module, calibration: CalibrationSet, config: GateTrain
         for step in bar:
             index = step % len(sequences)
             with gated_attention(model, gates):
-                logits = model(input_ids=sequences[index], use_cache=False).logits[0].float()
-            distillation = distillation_loss(logits.log_softmax(-1), reference[index], answers[index],
-                                             config.answer_weight)
+                log_probs = next_token_log_probs(model(input_ids=sequences[index], use_cache=False).logits)
+            distillation = distillation_loss(log_probs, reference[index], answers[index], config.answer_weight)
             loss = distillation + config.window_penalty * gates.window.mean() + config.head_penalty * gates.heads.mean()
             optimizer.zero_grad()
             loss.backward()
