@@ -2,7 +2,7 @@
 
 Same setting as ``bench.prefill`` (random 32-layer Llama, 35 system + 576 image + 60 question tokens,
 interleaved round-robin timing). Each method maps the budget to its own parameters through the one
-budget API (``config_for_budget``). Per row: median prefill ms, ratio to vanilla, theoretical FLOPs ratio
+budget API (``llava.pruning.reporting.plan_budget``). Per row: median prefill ms, ratio to vanilla, theoretical FLOPs ratio
 (SwiGLU convention, decoder only), the achieved equivalent tokens, the method's selection time as a
 share of its prefill, and (CUDA only) the peak memory. The synthetic vision features that VisPruner
 compares are ``width / 4`` wide, LLaVA-1.5-7B's ratio (CLIP ViT-L 1024 : Vicuna 4096), so the quick
@@ -24,15 +24,17 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.prefill import AGG_LAYER, IMAGE_TOKENS, QUESTION_TOKENS, SYSTEM_TOKENS, time_prefill
+from bench.timing import AGG_LAYER, IMAGE_TOKENS, LAYERS, QUESTION_TOKENS, SYSTEM_TOKENS, time_prefill
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import PruningLlamaModel
-from llava.pruning.budget import prefill_flops
+from llava.pruning.budget import equivalent_tokens, prefill_flops
+from llava.pruning.methods.base import PruningMethod
 from llava.pruning.methods.pre_llm import PreLLMMethod, VisualTokens
-from llava.pruning.registry import method_class
+from llava.pruning.registry import available_methods
+from llava.pruning.reporting import plan_budget
 
 BUDGETS = (192, 128, 64)
-LAYERS = 32
+NEEDS_TRAINING = ("learned",)  # needs a trained checkpoint for this model: not benchmarked here
 
 
 @dataclass
@@ -45,8 +47,10 @@ class Row:
 
 
 def method_params(name: str, heads: int) -> dict:
-    """Method-specific parameters of the bench rows."""
-    return {"fastv_fine_head": {"heads": max(1, heads // 2), "head_strategy": "sparsity"}}.get(name, {})
+    """Method parameters of the bench rows besides the budget (K = 2 for the single-prune methods)."""
+    single = {"agg_layer": AGG_LAYER} if name in ("fastv", "fastv_fine_head", "ablation_a", "random") else {}
+    extra = {"fastv_fine_head": {"heads": max(1, heads // 2), "head_strategy": "sparsity"}}.get(name, {})
+    return {**single, **extra}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,7 +79,6 @@ def main(argv: list[str] | None = None) -> None:
         num_attention_heads=heads,
         num_key_value_heads=heads,
         max_position_embeddings=4096,
-        fast_v_agg_layer=AGG_LAYER,
         fast_v_image_token_length=IMAGE_TOKENS,
     )
     torch.manual_seed(0)
@@ -85,9 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(0)
     embeds = (torch.randn(1, n, hidden, generator=generator) * 0.02).to(device, dtype)
 
-    def in_llm(config: PruningLlamaConfig) -> Callable[[], tuple[float, float]]:
-        model = PruningLlamaModel(config).to(device=device, dtype=dtype).eval()
+    def in_llm(method: PruningMethod) -> Callable[[], tuple[float, float]]:
+        model = PruningLlamaModel(PruningLlamaConfig(**base)).to(device=device, dtype=dtype).eval()
         model.load_state_dict(vanilla.state_dict())
+        model.set_pruning_method(method)
 
         def run() -> tuple[float, float]:
             ms = time_prefill(model, embeds, span)
@@ -116,23 +120,11 @@ def main(argv: list[str] | None = None) -> None:
         return run
 
     rows = [Row("vanilla", None, lambda: (time_prefill(vanilla, embeds, span), 0.0), [IMAGE_TOKENS] * LAYERS, [])]
-    for name in ("fastv", "fastv_fine_head", "ablation_a", "pdrop", "sparsevlm", "random", "vispruner", "cdpruner"):
-        cls = method_class(name)
+    for name in (m for m in available_methods() if m not in NEEDS_TRAINING):
         for budget in BUDGETS:
-            draft = PruningLlamaConfig(**base, pruning_method=name, pruning_params=method_params(name, heads) or None)
-            fields = cls.config_for_budget(budget, LAYERS, IMAGE_TOKENS, draft)
-            config = PruningLlamaConfig(**{**base, **fields}, pruning_method=name)
-            if "pruning_params" not in fields:
-                config.pruning_params = draft.pruning_params
-            method = cls.from_config(config)
-            if isinstance(method, PreLLMMethod):
-                per_layer, run = [method.visual_tokens] * LAYERS, pre_llm(method)
-            else:
-                per_layer = [IMAGE_TOKENS] * LAYERS
-                for layer, keep in method.schedule(IMAGE_TOKENS):
-                    per_layer[layer:] = [keep] * (LAYERS - layer)
-                run = in_llm(config)
-            rows.append(Row(name, budget, run, per_layer, []))
+            plan = plan_budget(name, budget, LAYERS, IMAGE_TOKENS, method_params(name, heads))
+            run = pre_llm(plan.method) if isinstance(plan.method, PreLLMMethod) else in_llm(plan.method)
+            rows.append(Row(name, budget, run, plan.span_per_layer, []))
 
     for row in rows:  # warm-up
         row.run()
@@ -160,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         ms = statistics.median(t[0] for t in times[i])
         selection_share = statistics.median(t[1] / t[0] for t in times[i])
         flops = prefill_flops(row.span_per_layer, other, hidden, mlp, "swiglu") / full_flops
-        equivalent = sum(row.span_per_layer) / LAYERS
+        equivalent = equivalent_tokens(row.span_per_layer)
         peak = f"{max(row.peak_bytes) / 2**20:.0f}" if row.peak_bytes else "n/a"
         budget = "-" if row.budget is None else str(row.budget)
         print(

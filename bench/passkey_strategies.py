@@ -27,19 +27,19 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from kvcompress.evaluation.passkey import QUESTION, TASK, PasskeyPrompt, make_passkey_prompts
-from llava.eval.jsonl_io import JsonlAppender, read_jsonl
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import PruningLlamaForCausalLM
 from llava.pruning.budget import equivalent_tokens, span_tokens_per_layer
 from llava.pruning.head_selection import HEAD_STRATEGIES
-from llava.pruning.registry import method_class
+from llava.pruning.methods.base import PruningMethod
+from llava.pruning.registry import build_method, plan_method
 from llava.pruning.selection import TOKEN_SELECTION_STRATEGIES
+from toolkit_common.jsonl import JsonlAppender, read_jsonl
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KEEP_FRACTIONS = (0.5, 0.25, 0.1)
@@ -60,7 +60,7 @@ def strategy_cells() -> list[Cell]:
     """Unpruned, FastV's three strategies, PDrop, SparseVLM, random, ablation_a, every head strategy per H,
     then SparseVLM with token recycling and SparseVLM v2."""
     cells = [Cell("unpruned", None)]
-    cells += [Cell(f"fastv/{s}", "fastv", {"fast_v_token_selection_method": s}) for s in TOKEN_SELECTION_STRATEGIES]
+    cells += [Cell(f"fastv/{s}", "fastv", {"token_selection_method": s}) for s in TOKEN_SELECTION_STRATEGIES]
     cells += [Cell("pdrop", "pdrop"), Cell("sparsevlm", "sparsevlm"), Cell("random", "random", {"seed": 0})]
     cells.append(Cell("ablation_a (dynamic)", "ablation_a"))
     cells += [
@@ -94,24 +94,16 @@ def context_span(tokenizer: PreTrainedTokenizerBase, prompt: PasskeyPrompt) -> t
     return task, prompt.input_ids.shape[1] - question
 
 
-def cell_fields(cell: Cell, keep_fraction: float, span: int, config: PruningLlamaConfig) -> dict[str, Any]:
-    """Config fields of ``cell`` keeping ``keep_fraction`` of ``span`` at K = 2 (or that many equivalent tokens)."""
+def cell_method(cell: Cell, keep_fraction: float, span: int, num_layers: int) -> PruningMethod | None:
+    """The method of ``cell`` keeping ``keep_fraction`` of ``span`` at K = 2 (staged methods: at that many
+    equivalent tokens)."""
     if cell.method is None:
-        return {"pruning_method": None, "pruning_params": None}
+        return None
     keep = max(1, round(keep_fraction * span))
-    layers = config.num_hidden_layers
-    fields: dict[str, Any] = {
-        "pruning_method": cell.method,
-        "fast_v_agg_layer": PRUNE_LAYER,
-        "fast_v_attention_rank": keep,
-        "fast_v_token_selection_method": cell.params.get("fast_v_token_selection_method", "avg_all_heads"),
-        "pruning_params": {k: v for k, v in cell.params.items() if k != "fast_v_token_selection_method"} or None,
-    }
     if cell.method in ("pdrop", "sparsevlm"):
-        target = equivalent_tokens(span_tokens_per_layer(layers, span, [(PRUNE_LAYER, keep)]))
-        draft = PruningLlamaConfig.from_llama_config(config, **fields)
-        fields.update(method_class(cell.method).config_for_budget(target, layers, span, draft))
-    return fields
+        target = equivalent_tokens(span_tokens_per_layer(num_layers, span, [(PRUNE_LAYER, keep)]))
+        return plan_method(cell.method, target, num_layers, span, cell.params)
+    return build_method(cell.method, {"agg_layer": PRUNE_LAYER, "keep": keep, **cell.params})
 
 
 @dataclass(frozen=True)
@@ -164,8 +156,9 @@ def run(prompts: int, length: int, out: Path, seed: int, label_filter: str) -> N
         results, tokens = [], []
         for prompt in passkeys:
             span = context_span(tokenizer, prompt)
-            for key, value in cell_fields(cell, keep_fraction, span[1] - span[0], model.config).items():
-                setattr(model.config, key, value)
+            model.model.set_pruning_method(
+                cell_method(cell, keep_fraction, span[1] - span[0], model.config.num_hidden_layers)
+            )
             results.append(evaluate_prompt(model, prompt, span))
             equivalent = results[-1].equivalent_tokens
             tokens.append(equivalent if equivalent is not None else span[1] - span[0])

@@ -22,17 +22,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 
 import torch
 
+from bench.timing import AGG_LAYER, IMAGE_TOKENS, QUESTION_TOKENS, SYSTEM_TOKENS, time_prefill
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import PruningLlamaModel
 from llava.pruning.budget import prefill_flops, span_tokens_per_layer
-
-SYSTEM_TOKENS, IMAGE_TOKENS, QUESTION_TOKENS = 35, 576, 60
-AGG_LAYER = 2
 
 
 @dataclass
@@ -71,17 +68,6 @@ def build_rows(hidden: int, mlp: int, heads: int, dtype: torch.dtype, device: st
         fields = dict(use_fast_v=True, fast_v_attention_rank=keep, pruning_scoring="full_matrix")
         rows.append(Row(f"fastv reference R={keep}", variant("eager", **fields), keep))
     return rows
-
-
-def time_prefill(model: PruningLlamaModel, embeds: torch.Tensor, span: tuple[int, int]) -> float:
-    if embeds.is_cuda:
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    with torch.no_grad():
-        model(inputs_embeds=embeds, prune_span=span, use_cache=True)
-    if embeds.is_cuda:
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) * 1000.0
 
 
 def main() -> None:

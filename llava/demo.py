@@ -89,7 +89,7 @@ def main() -> None:
             kept = pruned.language_model.last_gen_kept_indices[0]
             print(
                 f"FastV {strategy:<20} budget {budget:>3}: keeps R={kept.numel()} of 576 at layer "
-                f"{pruned.config.text_config.fast_v_agg_layer}, equivalent tokens {record['equivalent_tokens']:.1f}, "
+                f"{pruned.method.agg_layer}, equivalent tokens {record['equivalent_tokens']:.1f}, "
                 f"FLOPs {record['flops_ratio']:.2f}x, prefill {pruned_ms:.1f} ms ({pruned_ms / vanilla_ms:.2f}x)"
             )
             if strategy == TOKEN_SELECTION_STRATEGIES[0]:

@@ -36,7 +36,7 @@ from kvcompress.evaluation.passkey import make_passkey_prompts
 from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream
 from kvcompress.methods.registry import BASELINES, METHODS, MethodSettings, build_method, kv_fraction
 from kvcompress.models.loading import load_model_and_tokenizer, model_slug
-from llava.eval.jsonl_io import JsonlAppender, read_jsonl
+from toolkit_common.jsonl import JsonlAppender, read_jsonl
 
 
 def parse_args() -> argparse.Namespace:

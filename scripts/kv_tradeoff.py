@@ -33,7 +33,7 @@ from kvcompress.evaluation.passkey import make_passkey_prompts  # noqa: E402
 from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream  # noqa: E402
 from kvcompress.methods.registry import BASELINES, MethodSettings, build_method, kv_fraction  # noqa: E402
 from kvcompress.models.loading import load_model_and_tokenizer, model_slug  # noqa: E402
-from llava.eval.jsonl_io import JsonlAppender, read_jsonl  # noqa: E402
+from toolkit_common.jsonl import JsonlAppender, read_jsonl  # noqa: E402
 
 
 def plot(rows: list[dict], path: Path) -> None:

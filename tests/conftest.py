@@ -40,9 +40,15 @@ def tiny_llava():
 
 
 def with_fields(model, **fields):
-    """Set pruning config fields on a tiny LLaVA's language model in place; returns the model."""
-    for key, value in fields.items():
-        setattr(model.config.text_config, key, value)
+    """Run the method that these config fields describe (``pruning_method``, ``use_fast_v``, FastV's fields,
+    ``pruning_params``; none: pruning off) on a tiny LLaVA; returns the model."""
+    from types import SimpleNamespace
+
+    from llava.pruning.registry import PARAMETER_ALIASES, method_from_config
+
+    values = {"pruning_method": None, "use_fast_v": False, "pruning_params": None, **dict.fromkeys(PARAMETER_ALIASES)}
+    values.update(fields)
+    model.set_pruning_method(method_from_config(SimpleNamespace(**values)))
     return model
 
 
@@ -78,17 +84,23 @@ def pixel_values(batch: int = 1, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, 336, 336, generator=torch.Generator().manual_seed(seed))
 
 
-def assert_cached_generation_equals_recompute(model, ids: torch.Tensor, pixels: torch.Tensor, steps: int) -> None:
-    """Greedy generation with KV cache == recomputing the pruned model without cache, token for token.
-
-    The recompute fixes the selection query at the prompt's last token (``prune_query_index``), as the
-    cached prefill did.
-    """
+def assert_cached_generation_equals_recompute(model, ids: torch.Tensor, pixels: torch.Tensor | None, steps: int, **kwargs) -> None:
+    """Greedy ``generate`` with KV cache == ``generate(use_cache=False)`` (every step a full forward that
+    reuses the prompt's keep set), token for token, and the record after both is the one of the prompt."""
+    inputs = {"input_ids": ids, **({"pixel_values": pixels} if pixels is not None else {}), **kwargs}
     with torch.no_grad():
-        generated = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=steps, do_sample=False)
-        n = ids.shape[1]
-        for t in range(steps):
-            logits = model(
-                input_ids=generated[:, : n + t], pixel_values=pixels, use_cache=False, prune_query_index=n - 1
-            ).logits
-            assert torch.equal(logits[:, -1].argmax(-1), generated[:, n + t]), f"step {t}"
+        cached = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+        record = _record_summary(model)
+        recomputed = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, use_cache=False)
+        assert torch.equal(cached, recomputed), f"{cached[:, ids.shape[1]:].tolist()} != {recomputed[:, ids.shape[1]:].tolist()}"
+        assert _record_summary(model) == record
+        model(**inputs)  # a forward over the prompt records the same keep set
+        assert _record_summary(model) == record
+
+
+def _record_summary(model):
+    decoder = model.language_model if hasattr(model, "language_model") else model.model
+    record = decoder.last_pruning_record
+    if record is None:
+        return None
+    return [(stage.layer, stage.kept_index.tolist(), None if stage.kept_valid is None else stage.kept_valid.tolist()) for stage in record.stages]

@@ -19,15 +19,7 @@ PREFIX, SUFFIX = 6, 12
 @pytest.fixture()
 def llava(tiny_llava):
     yield tiny_llava
-    with_fields(
-        tiny_llava,
-        pruning_method=None,
-        use_fast_v=False,
-        pruning_params=None,
-        fast_v_token_selection_method="avg_all_heads",
-        fast_v_attention_rank=None,
-        fast_v_agg_layer=2,
-    )
+    with_fields(tiny_llava)
 
 
 @torch.no_grad()
@@ -103,7 +95,8 @@ def test_builder_maps_a_token_budget_to_fastv_keep_count():
         _, model, processor, context = load_pretrained_model(
             "tiny-random-llava", pruning_method="fastv", visual_token_num=budget
         )
-        assert model.config.text_config.fast_v_attention_rank == keep
+        assert model.language_model.method.keep == keep
+        assert model.config.text_config.pruning_params["keep"] == keep  # what save_pretrained writes
     assert processor is not None and context == 4096
 
 
@@ -119,8 +112,8 @@ def test_builder_loads_a_saved_checkpoint_with_pruning(tmp_path, tiny_llava):
         fast_v_attention_rank=50,
         fast_v_token_selection_method="max_head",
     )
-    assert model.language_model.pruning_method().keep == 50
-    assert model.language_model.pruning_method().token_selection_method == "max_head"
+    assert model.language_model.method.keep == 50
+    assert model.language_model.method.token_selection_method == "max_head"
 
 
 @pytest.mark.parametrize(

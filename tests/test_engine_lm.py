@@ -224,7 +224,8 @@ def test_fastv_advanced_runtime_switching_and_readouts(stock_lm):
         assert int((~mask).sum()) == 2 * (32 - R)
     assert not torch.equal(kept["avg_all_heads"], kept["max_head"])
     model.weighted_alpha = 0.9
-    assert model.config.fast_v_weighted_alpha == 0.9
+    assert model.method.weighted_alpha == 0.9
+    assert model.config.pruning_params["weighted_alpha"] == 0.9  # saved with the model
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         model.weighted_alpha = -0.1
     with pytest.raises(ValueError, match="valid: avg_all_heads"):
@@ -234,11 +235,11 @@ def test_fastv_advanced_runtime_switching_and_readouts(stock_lm):
 def test_drop_in_classes_and_auto_registration(stock_lm):
     config = PruningLlamaConfig.from_llama_config(stock_lm.config, fast_v_attention_rank=R)
     assert isinstance(AutoModel.from_config(config), PruningLlamaModel)
-    assert Fastv_LlamaModel(config).pruning_method().name == "fastv"
+    assert Fastv_LlamaModel(config).method.name == "fastv"
 
 
 def test_from_pretrained_on_a_stock_llama_checkpoint(stock_lm, tmp_path):
     stock_lm.save_pretrained(tmp_path)
     model = PruningLlamaForCausalLM.from_pretrained(tmp_path, use_fast_v=True, fast_v_attention_rank=R)
-    assert model.model.pruning_method().keep == R
+    assert model.model.method.keep == R
     assert torch.equal(model.lm_head.weight, stock_lm.lm_head.weight)

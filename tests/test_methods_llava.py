@@ -138,5 +138,5 @@ def test_pre_llm_methods_shrink_the_prompt_before_the_llm(method):
 def test_unknown_method_parameter_is_an_error_naming_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown parameters \['recyling'\]; valid parameters: prune_layers"):
         load_pretrained_model("tiny-random-llava", pruning_method="sparsevlm", visual_token_num=64, recyling=True)
-    with pytest.raises(ValueError, match=r"fastv: unknown parameters \['heads'\]; valid parameters: none"):
+    with pytest.raises(ValueError, match=r"fastv: unknown parameters \['heads'\]; valid parameters: agg_layer, keep, "):
         load_pretrained_model("tiny-random-llava", pruning_method="fastv", visual_token_num=64, heads=4)

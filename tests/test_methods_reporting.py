@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import llava.model.language_model.pruning_llama as engine
+import llava.pruning.scoring as scoring
 from llava.model.builder import load_pretrained_model
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.tiny import tiny_llama_config
@@ -21,10 +21,13 @@ def test_every_registered_inference_method_is_covered():
 @pytest.mark.parametrize("budget", [192, 128, 64])
 @pytest.mark.parametrize("name", BUDGETED)
 def test_plan_reports_parameters_and_achieved_equivalent_tokens(name, budget):
-    config = PruningLlamaConfig.from_llama_config(tiny_llama_config(), pruning_params={"heads": 2})
-    plan = plan_budget(name, budget, 32, 576, config)
+    params = {"heads": 2} if name == "fastv_fine_head" else {}
+    plan = plan_budget(name, budget, 32, 576, params)
     assert abs(plan.equivalent_tokens - budget) <= 1
-    assert plan.summary()["fields"] == plan.fields and len(plan.span_per_layer) == 32
+    assert plan.method.name == name and len(plan.span_per_layer) == 32
+    assert plan.summary()["params"] == plan.method.params()
+    rebuilt = type(plan.method).from_params(plan.method.params())  # the params round-trip (configs, records)
+    assert rebuilt.schedule(576) == plan.method.schedule(576)
 
 
 @torch.no_grad()
@@ -44,7 +47,7 @@ def test_kept_indices_by_layer_follow_the_stages():
 @torch.no_grad()
 def test_staged_methods_never_materialise_the_full_attention_map(name, monkeypatch):
     shapes = []
-    rows = engine.attention_probs_for_rows
+    rows = scoring.attention_probs_for_rows
 
     def recording(queries, keys, query_index, key_valid, scaling):
         shapes.append(tuple(queries.shape))
@@ -53,8 +56,8 @@ def test_staged_methods_never_materialise_the_full_attention_map(name, monkeypat
     def forbidden(*args, **kwargs):
         raise AssertionError("the N x N attention map was built")
 
-    monkeypatch.setattr(engine, "attention_probs_for_rows", recording)
-    monkeypatch.setattr(engine, "full_attention_probs", forbidden)
+    monkeypatch.setattr(scoring, "attention_probs_for_rows", recording)
+    monkeypatch.setattr(scoring, "full_attention_probs", forbidden)
     model = load_pretrained_model("tiny-random-llava", pruning_method=name, visual_token_num=64)[1]
     ids = llava_prompt(model.config.image_token_id, 6, 12)
     model(input_ids=ids, pixel_values=pixel_values())
@@ -63,13 +66,13 @@ def test_staged_methods_never_materialise_the_full_attention_map(name, monkeypat
 
 
 def test_fine_head_drop_in_class_defaults_to_its_method():
-    from llava.model.language_model.pruning_llama import FastvFineHead_LlamaModel
+    from llava.model.language_model.drop_in import FastvFineHead_LlamaModel
 
     config = PruningLlamaConfig.from_llama_config(
         tiny_llama_config(num_hidden_layers=4), fast_v_attention_rank=8, pruning_params={"heads": 2}
     )
     model = FastvFineHead_LlamaModel(config)
-    assert model.pruning_method().name == "fastv_fine_head" and model.pruning_method().heads == 2
+    assert model.method.name == "fastv_fine_head" and model.method.heads == 2
 
 
 @pytest.mark.parametrize("class_name, method, prunes_in_llm", [
@@ -82,7 +85,7 @@ def test_method_drop_in_classes_default_to_their_method(class_name, method, prun
 
     config = PruningLlamaConfig.from_llama_config(tiny_llama_config(num_hidden_layers=32))
     model = getattr(llava.model, class_name)(config)
-    assert model.pruning_method().name == method
+    assert model.method.name == method
     ids = torch.randint(0, config.vocab_size, (1, 600))
     with torch.no_grad():
         kept = model(input_ids=ids, prune_span=(4, 580)).last_hidden_state.shape[1]

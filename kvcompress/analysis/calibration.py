@@ -50,7 +50,7 @@ from kvcompress.methods.base import ComposedMethod, CompressionMethod
 from kvcompress.methods.dead_heads import DeadHeadPruner
 from kvcompress.methods.kv_policy import all_kv_heads
 from kvcompress.methods.positional import PositionalHeadOptimizer
-from llava.eval.jsonl_io import JsonlAppender, read_jsonl
+from toolkit_common.jsonl import JsonlAppender, read_jsonl
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.cache_utils import Cache
 
-from llava.compat import cache_kwargs
+from toolkit_common.transformers_compat import cache_kwargs
 
 
 def strided_perplexity(

@@ -21,7 +21,7 @@ from transformers.cache_utils import Cache
 
 from kvcompress.adapters import adapter_for
 from kvcompress.cache import kv_cache_bytes
-from llava.compat import cache_kwargs
+from toolkit_common.transformers_compat import cache_kwargs
 
 
 @dataclass

@@ -14,7 +14,7 @@ from llava.conversation import build_question_prompt
 from llava.eval.cli_args import pruning_method, pruning_params
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
-from llava.model.llava_arch import image_features_per_image
+from llava.model.vision import image_features_per_image
 from llava.pruning.budget import prefill_flops
 
 RECORD_FIELDS = ("method", "kept_per_layer", "equivalent_tokens", "flops", "prefill_ms")
@@ -151,11 +151,11 @@ def pruning_context(model: Any, with_image: bool) -> AbstractContextManager:
 
 def answer_batch(
     bundle: ModelBundle, settings: GenerationSettings, questions: list[str], images: list[Image.Image] | None
-) -> tuple[list[str], dict[str, Any]]:
+) -> tuple[list[str], list[dict[str, Any]]]:
     """Answer questions that all have an image (``images``) or none (``images=None``, run unpruned).
 
-    Returns the stripped answers and the cost fields of this prefill (pruning record, or the
-    unpruned cost when nothing was pruned).
+    Returns the stripped answers and each sample's cost fields of this prefill (its pruning record, or
+    the unpruned cost when nothing was pruned).
     """
     with_image = images is not None
     prompts = [build_question_prompt(question, settings.conv_mode, with_image) for question in questions]
@@ -177,9 +177,11 @@ def answer_batch(
     with pruning_context(bundle.model, with_image), torch.inference_mode():
         output_ids = bundle.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=pad_id)
     answers = bundle.tokenizer.batch_decode(output_ids[:, input_ids.shape[1] :], skip_special_tokens=True)
-    record = getattr(bundle.model, "pruning_record", None) if with_image else None
-    if record is None:
-        cost = unpruned_cost(bundle, max(len(tokens) for tokens in token_lists), with_image)
-    else:
-        cost = {name: record.get(name) for name in RECORD_FIELDS}
-    return [answer.strip() for answer in answers], cost
+    costs = []
+    for sample, tokens in enumerate(token_lists):
+        record = bundle.model.sample_pruning_record(sample) if with_image and hasattr(bundle.model, "sample_pruning_record") else None
+        if record is None:
+            costs.append(unpruned_cost(bundle, len(tokens), with_image))
+        else:
+            costs.append({name: record.get(name) for name in RECORD_FIELDS})
+    return [answer.strip() for answer in answers], costs

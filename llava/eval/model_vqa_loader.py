@@ -7,7 +7,6 @@ an ``image`` field is answered from text alone, unpruned.
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 from llava.eval.chunking import get_chunk
 from llava.eval.cli_args import build_parser
 from llava.eval.jsonl_io import LineError, exit_code_on_input_error, read_jsonl
-from llava.eval.run_loop import EvalSample, open_image, run_entry_point
+from llava.eval.run_loop import EvalSample, folder_sample, run_entry_point
 
 
 def load_vqa_samples(
@@ -24,13 +23,7 @@ def load_vqa_samples(
     """This chunk's samples from a question JSONL, and the file's unusable lines."""
     questions, line_errors = read_jsonl(question_file, required_fields=("question_id", "text"))
     samples = [
-        EvalSample(
-            question_id=question["question_id"],
-            prompt=question["text"],
-            load_image=functools.partial(open_image, Path(image_folder) / question["image"])
-            if question.get("image")
-            else None,
-        )
+        folder_sample(question["question_id"], question["text"], image_folder, question.get("image"))
         for question in get_chunk(questions, num_chunks, chunk_idx)
     ]
     return samples, line_errors

@@ -7,7 +7,6 @@ image are answered from text alone and unpruned. ``--single-pred-prompt`` append
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.eval.chunking import get_chunk
 from llava.eval.cli_args import build_parser
 from llava.eval.jsonl_io import InputFileError, LineError, exit_code_on_input_error, read_json
-from llava.eval.run_loop import EvalSample, open_image, run_entry_point
+from llava.eval.run_loop import EvalSample, folder_sample, run_entry_point
 
 SINGLE_PREDICTION_PROMPT = "Answer with the option's letter from the given choices directly."
 
@@ -58,13 +57,7 @@ def load_science_samples(
         else:
             line_errors.append(LineError(str(question_file), number, f"entry {number}: {problem}"))
     samples = [
-        EvalSample(
-            question_id=entry["id"],
-            prompt=science_question_text(entry, single_pred_prompt),
-            load_image=functools.partial(open_image, Path(image_folder) / entry["image"])
-            if entry.get("image")
-            else None,
-        )
+        folder_sample(entry["id"], science_question_text(entry, single_pred_prompt), image_folder, entry.get("image"))
         for entry in get_chunk(usable, num_chunks, chunk_idx)
     ]
     return samples, line_errors

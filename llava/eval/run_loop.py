@@ -9,6 +9,7 @@ samples are retried), and the run goes on.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import traceback
@@ -64,6 +65,12 @@ def open_image(path: str | Path) -> Image.Image:
     """Open and fully decode an image as RGB (a truncated or corrupt file fails here)."""
     with Image.open(path) as image:
         return image.convert("RGB")
+
+
+def folder_sample(question_id: Any, prompt: str, image_folder: str | Path, image: str | None) -> EvalSample:
+    """A sample whose image (if it names one) is ``image_folder / image``, opened when answered."""
+    load_image = functools.partial(open_image, Path(image_folder) / image) if image else None
+    return EvalSample(question_id=question_id, prompt=prompt, load_image=load_image)
 
 
 def answer_record(sample: EvalSample, text: str, model_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -135,8 +142,8 @@ def _answer_or_split(
 ) -> list[tuple[EvalSample, str, dict[str, Any]]]:
     """Answer a batch; if it fails, answer its samples one by one so only the broken one is lost."""
     try:
-        texts, cost = answer_batch(bundle, settings, [sample.prompt for sample in batch], images)
-        return [(sample, text, cost) for sample, text in zip(batch, texts, strict=True)]
+        texts, costs = answer_batch(bundle, settings, [sample.prompt for sample in batch], images)
+        return list(zip(batch, texts, costs, strict=True))
     except Exception as exc:  # a broken sample must not stop the run
         if len(batch) == 1:
             errors.record_sample("generate", exc, batch[0])

@@ -13,7 +13,7 @@ LLaVA-1.5-7B (L=32, S=576), K=2 gives 166 / 98 / 30 for T = 192 / 128 / 64.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 FLOPS_CONVENTIONS = ("fastv", "swiglu")
 
@@ -69,3 +69,28 @@ def flops_matched_keep(target_tokens: float, num_layers: int, prune_layer: int, 
             f"{num_layers}: the first {prune_layer} layers alone already cost {lowest:.1f}; lower K or raise the target"
         )
     return keep
+
+
+def bisect_for_target(cost: Callable[[float], float], target: float, low: float, high: float) -> float:
+    """``x`` in ``[low, high]`` whose ``cost(x)`` is closest to ``target``, for a non-decreasing ``cost``.
+
+    60 bisection steps, then the closer of the two bracket ends (rounded schedules make ``cost`` a step
+    function, so an exact hit may not exist).
+    """
+    for _ in range(60):
+        middle = (low + high) / 2
+        if cost(middle) < target:
+            low = middle
+        else:
+            high = middle
+    return min((low, high), key=lambda x: abs(cost(x) - target))
+
+
+def check_budget_reachable(method: str, target_tokens: float, num_layers: int, span: int, first_layer: int) -> None:
+    """A schedule whose first prune is before ``first_layer`` costs more than ``first_layer * span / L``."""
+    lowest = first_layer * span / num_layers
+    if not lowest < target_tokens <= span:
+        raise ValueError(
+            f"{method}: {target_tokens} equivalent tokens are out of reach when the first prune is before layer "
+            f"{first_layer} of {num_layers}: valid range is ({lowest:.1f}, {span}]"
+        )

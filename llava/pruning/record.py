@@ -11,9 +11,10 @@ from llava.pruning.budget import equivalent_tokens
 
 @dataclass
 class StageRecord:
-    """One pruning boundary: before ``layer`` the span shrank to ``kept_index.shape[1]`` tokens.
+    """One pruning boundary: before ``layer`` the span shrank to ``kept_index.shape[1]`` slots.
 
     ``kept_index``: ``[B, R]`` positions in the *unpruned* input of the span tokens kept;
+    ``kept_valid``: ``[B, R]`` bool when samples keep different counts (False = padding slot), else None;
     ``scores``: ``[B, S]`` the method's per-token scores over the live span (may be empty);
     ``selection_ms``: time spent choosing (scoring + top-k), for overhead reports.
     """
@@ -23,6 +24,19 @@ class StageRecord:
     scores: torch.Tensor
     metadata: dict
     selection_ms: float
+    kept_valid: torch.Tensor | None = None
+
+    @property
+    def kept_counts(self) -> list[int]:
+        """Span tokens each sample kept."""
+        if self.kept_valid is None:
+            return [self.kept_index.shape[1]] * self.kept_index.shape[0]
+        return self.kept_valid.sum(dim=1).tolist()
+
+    def kept_positions(self, sample: int) -> torch.Tensor:
+        """``[R_b]`` positions in the unpruned input of the span tokens sample ``sample`` kept."""
+        row = self.kept_index[sample]
+        return row if self.kept_valid is None else row[self.kept_valid[sample]]
 
 
 @dataclass
@@ -37,13 +51,23 @@ class PruningRecord:
         return int((self.span[0, 1] - self.span[0, 0]).item())
 
     @property
-    def span_per_layer(self) -> list[int]:
-        """Span tokens each layer processed."""
+    def batch_size(self) -> int:
+        return self.span.shape[0]
+
+    def sample_span_per_layer(self, sample: int) -> list[int]:
+        """Span tokens each layer processed for one sample."""
         per_layer = [self.span_length] * self.num_layers
         for stage in self.stages:
             for i in range(stage.layer, self.num_layers):
-                per_layer[i] = stage.kept_index.shape[1]
+                per_layer[i] = stage.kept_counts[sample]
         return per_layer
+
+    @property
+    def span_per_layer(self) -> list[float]:
+        """Span tokens each layer processed (mean over the batch when samples differ)."""
+        rows = [self.sample_span_per_layer(b) for b in range(self.batch_size)]
+        means = [sum(column) / len(column) for column in zip(*rows, strict=True)]
+        return [int(m) if float(m).is_integer() else round(m, 2) for m in means]
 
     @property
     def equivalent_tokens(self) -> float:
@@ -61,14 +85,21 @@ class PruningRecord:
         keep = ~in_span
         if not self.stages:
             return keep | in_span
-        return keep.scatter(1, self.stages[-1].kept_index.to(keep.device), True)
+        last = self.stages[-1]
+        kept = torch.zeros_like(keep).scatter(1, last.kept_index.to(keep.device), True)
+        if last.kept_valid is not None:
+            kept = torch.zeros_like(keep).scatter(
+                1, last.kept_index.to(keep.device), last.kept_valid.to(keep.device)
+            )
+        return keep | kept
 
-    def summary(self) -> dict:
-        """JSON-friendly summary (for answers' metadata and result tables)."""
+    def summary(self, sample: int | None = None) -> dict:
+        """JSON-friendly summary (for answers' metadata and result tables); one sample's when given."""
+        per_layer = self.span_per_layer if sample is None else self.sample_span_per_layer(sample)
         return {
             "method": self.method,
             "span_length": self.span_length,
-            "kept_per_layer": self.span_per_layer,
-            "equivalent_tokens": round(self.equivalent_tokens, 2),
+            "kept_per_layer": per_layer,
+            "equivalent_tokens": round(equivalent_tokens(per_layer), 2),
             "selection_ms": round(self.selection_ms, 3),
         }

@@ -1,52 +1,86 @@
-"""Registry of pruning methods by name, used by the config, the builder, the CLI and the tests."""
+"""Lookups of pruning methods by name, used by the config, the builder, the CLI and the tests.
+
+Methods register themselves (``llava.pruning.methods.base.register_method``) when the
+``llava.pruning.methods`` package is imported; every lookup here imports it first.
+
+Legacy names (FastV's config fields and command-line flags) map onto method parameters through one
+table, ``PARAMETER_ALIASES``; an alias and its parameter given together are an error.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from llava.pruning.methods.base import PruningMethod
+import llava.pruning.methods  # noqa: F401  (registers the built-in methods)
+from llava.pruning.methods.base import REGISTERED_METHODS, PruningMethod
 
-_METHODS: dict[str, type[PruningMethod]] = {}
-
-
-def register_method(cls: type[PruningMethod]) -> type[PruningMethod]:
-    """Class decorator: make ``cls`` available under ``cls.name``."""
-    if cls.name in _METHODS:
-        raise ValueError(f"pruning method {cls.name!r} registered twice")
-    _METHODS[cls.name] = cls
-    return cls
+PARAMETER_ALIASES: dict[str, str] = {
+    "fast_v_agg_layer": "agg_layer",
+    "fast_v_attention_rank": "keep",
+    "fast_v_token_selection_method": "token_selection_method",
+    "fast_v_weighted_alpha": "weighted_alpha",
+    "H": "heads",
+}
 
 
 def available_methods() -> list[str]:
     """Sorted names of every registered method."""
-    import llava.pruning.methods  # noqa: F401  (registers the built-in methods)
-
-    return sorted(_METHODS)
+    return sorted(REGISTERED_METHODS)
 
 
 def method_class(name: str) -> type[PruningMethod]:
     """The class registered as ``name``; an unknown name is an error listing the valid ones."""
-    valid = available_methods()
-    if name not in _METHODS:
-        raise ValueError(f"unknown pruning method {name!r}; valid: {', '.join(valid)}")
-    return _METHODS[name]
+    if name not in REGISTERED_METHODS:
+        raise ValueError(f"unknown pruning method {name!r}; valid: {', '.join(available_methods())}")
+    return REGISTERED_METHODS[name]
 
 
-def check_method_params(cls: type[PruningMethod], params: dict | None) -> None:
-    """Raise ``ValueError`` for ``pruning_params`` keys the method does not read (a typo would be ignored)."""
-    unknown = sorted(set(params or {}) - set(cls.params))
-    if unknown:
-        valid = ", ".join(cls.params) if cls.params else "none (only config fields such as fast_v_attention_rank)"
-        raise ValueError(f"{cls.name}: unknown parameters {unknown}; valid parameters: {valid}")
+def canonical_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``params`` with legacy names (``PARAMETER_ALIASES``) replaced by the method parameter they set."""
+    resolved: dict[str, Any] = {}
+    for key, value in (params or {}).items():
+        name = PARAMETER_ALIASES.get(key, key)
+        if name in resolved:
+            raise ValueError(f"parameter {name!r} given twice (as {name!r} and as its alias {key!r})")
+        resolved[name] = value
+    return resolved
+
+
+def build_method(name: str, params: Mapping[str, Any] | None = None) -> PruningMethod:
+    """Method ``name`` with ``params`` (legacy names accepted); unknown parameters are an error."""
+    return method_class(name).from_params(canonical_params(params))
+
+
+def plan_method(
+    name: str,
+    visual_token_num: float | None,
+    num_layers: int,
+    span: int | None,
+    params: Mapping[str, Any] | None = None,
+) -> PruningMethod:
+    """A ready method instance: for a ``visual_token_num`` budget (equivalent tokens) through the method's
+    ``for_budget``, else from ``params`` alone."""
+    if visual_token_num is None:
+        return build_method(name, params)
+    if span is None:
+        raise ValueError("a visual_token_num budget needs the span length (the image's token count)")
+    return method_class(name).for_budget(visual_token_num, num_layers, span, canonical_params(params))
 
 
 def method_from_config(config: Any) -> PruningMethod | None:
-    """The method a config asks for (``pruning_method``, or ``fastv`` when ``use_fast_v``), or None."""
+    """The method a ``PruningLlamaConfig`` asks for (``pruning_method``, or ``fastv`` when ``use_fast_v``):
+    ``pruning_params`` plus FastV's config fields that are set; None when pruning is off."""
     name = getattr(config, "pruning_method", None)
     if name is None and getattr(config, "use_fast_v", False):
         name = "fastv"
     if name is None:
         return None
-    cls = method_class(name)
-    check_method_params(cls, getattr(config, "pruning_params", None))
-    return cls.from_config(config)
+    legacy = {key: getattr(config, key, None) for key in PARAMETER_ALIASES}
+    legacy = {key: value for key, value in legacy.items() if value is not None}
+    params = {**legacy, **(getattr(config, "pruning_params", None) or {})}
+    try:
+        return build_method(name, params)
+    except ValueError as error:
+        given = ", ".join(sorted(legacy))
+        raise ValueError(f"{error} (config fields set: {given or 'none'})") from error

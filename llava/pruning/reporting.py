@@ -1,25 +1,25 @@
-"""The one budget API's report (chosen parameters, achieved equivalent tokens) and per-layer kept indices."""
+"""What a budget becomes for a method (chosen parameters, achieved equivalent tokens), and per-layer kept indices."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from llava.pruning.budget import equivalent_tokens, span_tokens_per_layer
-from llava.pruning.methods.pre_llm import PreLLMMethod
+from llava.pruning.methods.base import PruningMethod
 from llava.pruning.record import PruningRecord
-from llava.pruning.registry import method_class
+from llava.pruning.registry import plan_method
 
 
 @dataclass
 class BudgetPlan:
     """What a budget of ``target_tokens`` equivalent tokens became for one method."""
 
-    method: str
     target_tokens: float
-    fields: dict[str, Any]
+    method: PruningMethod
     span_per_layer: list[int]
 
     @property
@@ -28,29 +28,28 @@ class BudgetPlan:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "method": self.method,
+            "method": self.method.name,
             "target_tokens": self.target_tokens,
-            "fields": self.fields,
+            "params": self.method.params(),
             "kept_per_layer": self.span_per_layer,
             "equivalent_tokens": round(self.equivalent_tokens, 2),
         }
 
 
-def plan_budget(name: str, target_tokens: float, num_layers: int, span: int, config: Any) -> BudgetPlan:
-    """Map ``target_tokens`` to ``name``'s parameters (``config_for_budget``) and report what they achieve.
+def planned_tokens_per_layer(method: PruningMethod, num_layers: int, span: int) -> list[int]:
+    """Span tokens each layer will process under ``method`` (pre-LLM methods: the kept count everywhere)."""
+    if method.pre_llm:
+        return [method.visual_tokens] * num_layers
+    return span_tokens_per_layer(num_layers, span, method.schedule(span))
 
-    ``config``: a ``PruningLlamaConfig`` holding the method's other parameters (e.g. K, heads).
-    """
-    cls = method_class(name)
-    fields = cls.config_for_budget(target_tokens, num_layers, span, config)
-    planned = config.__class__.from_dict({**config.to_dict(), **fields, "pruning_method": name})
-    method = cls.from_config(planned)
+
+def plan_budget(
+    name: str, target_tokens: float, num_layers: int, span: int, params: Mapping[str, Any] | None = None
+) -> BudgetPlan:
+    """The method ``name`` (other parameters from ``params``) planned for ``target_tokens``, and what it achieves."""
+    method = plan_method(name, target_tokens, num_layers, span, params)
     method.validate(num_layers, span)
-    if isinstance(method, PreLLMMethod):
-        per_layer = [method.visual_tokens] * num_layers
-    else:
-        per_layer = span_tokens_per_layer(num_layers, span, method.schedule(span))
-    return BudgetPlan(name, target_tokens, fields, per_layer)
+    return BudgetPlan(target_tokens, method, planned_tokens_per_layer(method, num_layers, span))
 
 
 def kept_indices_by_layer(record: PruningRecord) -> list[torch.Tensor | None]:

@@ -28,12 +28,30 @@ class TokenSelection:
     ``replacement``: optional ``(columns [B, C], hidden [B, C, d])``: the kept tokens at those columns of
     ``indices`` enter the next layer with these hidden states instead of their own (merged tokens, e.g.
     SparseVLM's recycled clusters).
+    ``valid``: optional ``[B, R]`` bool for samples that keep fewer than ``R`` tokens: the columns marked
+    False are padding, invisible to every later layer (the batch stays rectangular, each sample keeps
+    exactly its own set).
     """
 
     indices: torch.Tensor
     scores: torch.Tensor
     metadata: dict = field(default_factory=dict)
     replacement: tuple[torch.Tensor, torch.Tensor] | None = None
+    valid: torch.Tensor | None = None
+
+
+@dataclass
+class SoftSelection:
+    """The engine's soft mode (training): keep probabilities ``[B, S]`` of the live span tokens at one stage.
+
+    Nothing is removed; from this layer on every query sees key ``k`` with the additive bias ``log P(k)``,
+    ``P`` the product of the stages' keep probabilities, so a token at ``P = 0`` is invisible as if removed
+    and gradients reach whatever produced ``keep_probs``. ``logits``: the keep logits behind them.
+    """
+
+    keep_probs: torch.Tensor
+    logits: torch.Tensor
+    metadata: dict = field(default_factory=dict)
 
 
 def top_r_sorted(scores: torch.Tensor, r: int) -> torch.Tensor:

@@ -20,24 +20,22 @@ from typing import Any
 
 import torch
 
-from llava.compat import output_cache
 from llava.constants import IGNORE_INDEX
-from llava.model.llava_arch import image_features_per_image
-from llava.pruner.checkpoint import CHECKPOINT_NAME
-from llava.pruner.config import load_train_config
-from llava.pruner.data import collate, synthetic_sample
-from llava.pruner.losses import task_loss
-from llava.pruner.training import load_frozen_model
+from llava.model.vision import image_features_per_image
+from llava.pruning.learned.checkpoint import CHECKPOINT_NAME
+from llava.pruning.registry import build_method
+from llava.train.pruner.config import load_train_config
+from llava.train.pruner.data import collate, synthetic_sample
+from llava.train.pruner.losses import task_loss
+from llava.train.pruner.training import load_frozen_model
+from toolkit_common.transformers_compat import output_cache
 
 MODES = ("origin", "hard")
 
 
 def enable_learned_pruning(llava, checkpoint: str | Path) -> None:
     """Switch ``llava``'s decoder to method ``learned`` with ``checkpoint`` (validated now)."""
-    text_config = llava.config.text_config
-    text_config.pruning_method = "learned"
-    text_config.pruning_params = {"pruner_checkpoint": str(checkpoint)}
-    llava.language_model.pruning_method()
+    llava.set_pruning_method(build_method("learned", {"pruner_checkpoint": str(checkpoint)}))
 
 
 @torch.no_grad()

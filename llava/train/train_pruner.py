@@ -15,9 +15,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from llava.pruner.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
-from llava.pruner.config import TrainConfig, load_train_config
-from llava.pruner.training import build_train_state, train_step
+from llava.pruning.learned.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from llava.train.pruner.config import TrainConfig, load_train_config
+from llava.train.pruner.training import build_train_state, train_step
 
 LOG_NAME = "train_log.jsonl"
 

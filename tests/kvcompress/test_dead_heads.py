@@ -7,7 +7,7 @@ from kvcompress.adapters import adapter_for
 from kvcompress.cache import group_heads, kv_cache_bytes
 from kvcompress.layout import get_layout
 from kvcompress.methods.dead_heads import DeadHeadPruner
-from llava.compat import cache_kwargs
+from toolkit_common.transformers_compat import cache_kwargs
 
 # Llama fixture: 6 query heads, 2 KV heads (0-2 -> KV 0, 3-5 -> KV 1); layer 1 loses a whole KV group.
 HEADS = [(0, 1), (0, 4), (1, 3), (1, 4), (1, 5), (3, 0)]

@@ -10,7 +10,7 @@ from kvcompress.methods.base import ComposedMethod
 from kvcompress.methods.baselines import SnapKV, StreamingLLM
 from kvcompress.methods.dead_heads import DeadHeadPruner
 from kvcompress.methods.positional import PositionalHeadOptimizer
-from llava.compat import cache_kwargs
+from toolkit_common.transformers_compat import cache_kwargs
 
 GROUPS = [(0, 0), (1, 1), (2, 0), (3, 1)]
 

@@ -2,8 +2,8 @@
 
 import torch
 
-from llava.pruner.checkpoint import pruner_config_dict, save_checkpoint
-from llava.pruner.heads import LayerSpecificPruner, PrunerConfig
+from llava.pruning.learned.checkpoint import pruner_config_dict, save_checkpoint
+from llava.pruning.learned.heads import LayerSpecificPruner, PrunerConfig
 
 LAYERS, NUM_LAYERS = [2, 4, 6], 8
 

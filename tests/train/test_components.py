@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
-from llava.pruner.config import load_train_config, train_config_from_dict
-from llava.pruner.discriminator import Discriminator, pool_text_states, sequence_fraction
-from llava.pruner.losses import binarization_loss, discriminator_loss, generator_adversarial_loss, sparsity_loss
-from llava.pruner.masks import gumbel_keep_probs, hard_keep_mask
-from llava.pruner.merger import TokenMerger
-from llava.pruner.schedules import Ramp, annealed_temperature, cosine_weight
-from llava.pruner.training import hard_keep_ratios
+from llava.pruning.learned.masks import gumbel_keep_probs, hard_keep_mask
+from llava.pruning.learned.merger import TokenMerger
+from llava.train.pruner.config import load_train_config, train_config_from_dict
+from llava.train.pruner.discriminator import Discriminator, pool_text_states, sequence_fraction
+from llava.train.pruner.losses import binarization_loss, discriminator_loss, generator_adversarial_loss, sparsity_loss
+from llava.train.pruner.schedules import Ramp, annealed_temperature, cosine_weight
+from llava.train.pruner.training import hard_keep_ratios
 
 
 def test_gumbel_keep_probs_are_soft_differentiable_and_sharpen_with_temperature():

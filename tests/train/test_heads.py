@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from llava.pruner.heads import LayerSpecificPruner, PrunerConfig, VisionPrunerHead
+from llava.pruning.learned.heads import LayerSpecificPruner, PrunerConfig, VisionPrunerHead
 
 D_MODEL, SPAN, QUESTION = 16, 10, 5
 

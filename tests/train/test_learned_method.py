@@ -58,6 +58,7 @@ def test_attention_is_computed_only_with_the_residual(tmp_path, use_attn_residua
     step = SimpleNamespace(  # the PruneStep fields the method reads
         layer=2,
         span_index=torch.arange(3, 13)[None],
+        span_valid=torch.ones(1, 10, dtype=torch.bool),
         query_index=torch.tensor([19]),
         hidden_states=torch.randn(1, 20, 64),
         attention=attention,
@@ -68,7 +69,7 @@ def test_attention_is_computed_only_with_the_residual(tmp_path, use_attn_residua
 
 
 def test_configuration_errors_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="needs pruning_params=.*pruner_checkpoint"):
+    with pytest.raises(ValueError, match="needs pruner_checkpoint=.*load_pretrained_model"):
         load_pretrained_model("tiny-random-llava", pruning_method="learned")
     with pytest.raises(FileNotFoundError, match="no pruner checkpoint"):
         load_pretrained_model("tiny-random-llava", pruning_method="learned", pruner_checkpoint=str(tmp_path / "x.pt"))

@@ -2,8 +2,8 @@
 
 import torch
 
-from llava.pruner.soft_forward import residual_attention
-from llava.pruner.text_attention import question_rows, reweight_keys, text_to_vision_attention
+from llava.pruning.learned.text_attention import question_rows, text_to_vision_attention
+from llava.pruning.scoring import decoder_attention_rows, reweight_keys
 from tests.conftest import pruned_lm
 
 SPAN_START, SPAN_END, SEQ_LEN = 3, 15, 24
@@ -21,17 +21,15 @@ def test_attention_from_qk_equals_mean_of_eager_weights_over_heads_and_text_rows
     for layer in (1, 3):
         hidden = out.hidden_states[layer]  # input of `layer`
         cos, sin = model.rotary_emb(hidden, torch.arange(SEQ_LEN)[None])
-        ours = residual_attention(
-            model,
-            layer,
+        probs = decoder_attention_rows(
+            model.layers[layer],
             hidden,
             (cos.expand(2, -1, -1), sin.expand(2, -1, -1)),
             torch.ones(2, SEQ_LEN, dtype=torch.bool),
-            torch.ones(2, SEQ_LEN),
             rows,
-            row_weights,
-            span_index,
+            torch.ones(2, SEQ_LEN),
         )
+        ours = text_to_vision_attention(probs, row_weights, span_index)
         eager = out.attentions[layer]  # [B, H, N, N]
         for b in range(2):
             expected = eager[b, :, SPAN_END : int(query_index[b]) + 1, SPAN_START:SPAN_END].mean(dim=(0, 1))

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from llava.pruner.checkpoint import CHECKPOINT_NAME, read_checkpoint
-from llava.pruner.config import train_config_from_dict
+from llava.pruning.learned.checkpoint import CHECKPOINT_NAME, read_checkpoint
+from llava.train.pruner.config import train_config_from_dict
 from llava.train.train_pruner import LOG_NAME, main, run_training
 
 TARGETS = [0.3, 0.15, 0.05]

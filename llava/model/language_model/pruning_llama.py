@@ -1,25 +1,31 @@
-"""A pruning-capable Llama decoder: one decoder loop, pluggable selectors from the method registry.
+"""A pruning-capable Llama decoder: the one decoder loop, driven by a method from the registry.
 
-At each boundary of the method's schedule (prefill only) the engine asks the selector which live
-span tokens to keep, then keeps ``prefix + kept span tokens (original order) + suffix``:
+At each boundary of the method's schedule (prefill only) the engine asks the method which live span
+tokens to keep, then applies one of two stage actions (``llava.model.language_model.sequence``):
 
-* hidden states and RoPE (cos, sin) are gathered, so **kept tokens keep their original positions**
-  (as FastV does; the official PDrop / SparseVLM v1.5 code renumbers positions instead);
-* the attention mask is rebuilt for the shorter sequence (left padding included) and sized against
-  that layer's own cache, so layers after a prune cache only the kept tokens;
-* decode steps never re-prune: they reuse the compacted padding mask stored on the cache, and use the
-  absolute positions of the unpruned sequence (the cache's layer 0 is never pruned).
+* hard (inference): keep ``prefix + kept span tokens (original order) + suffix``; hidden states and RoPE
+  (cos, sin) are gathered, so **kept tokens keep their original positions** (as FastV does; the official
+  PDrop / SparseVLM v1.5 code renumbers positions instead); the attention mask is rebuilt for the
+  shorter sequence (left padding included) and sized against that layer's own cache, so layers after a
+  prune cache only the kept tokens;
+* soft (training): the span keys are weighted by keep probabilities through an additive ``log P`` bias.
 
-Attention scores for the selector come from q.k of only the query rows needed
-(``llava.pruning.attention``), so SDPA / flash attention stay on and ``output_attentions`` is never
+Decode steps never re-prune: they rebuild masks from the kept tokens' padding masks the prefill left in
+the model's ``PruningState`` and use the absolute positions of the unpruned sequence (the cache's layer
+0 is never pruned). A forward without cache that continues the last pruned prompt replays its
+selections (``generate(use_cache=False)`` == ``generate()``).
+
+Attention scores for the method come from q.k of only the query rows needed
+(``llava.pruning.scoring``), so SDPA / flash attention stay on and ``output_attentions`` is never
 required. ``pruning_scoring="full_matrix"`` materialises the N x N map instead (reference path).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -27,67 +33,35 @@ from torch import nn
 from transformers import Cache, DynamicCache, LlamaForCausalLM, LlamaModel
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.models.llama.modeling_llama import LlamaPreTrainedModel, apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from llava.compat import cache_kwargs, resolve_cache
+from llava.model.language_model.fastv_advanced import FastVAdvancedMixin
 from llava.model.language_model.pruning_config import PruningLlamaConfig
-from llava.pruning.attention import attention_probs_for_rows, full_attention_probs
+from llava.model.language_model.pruning_state import PruningState
+from llava.model.language_model.sequence import DecoderSequence, compact, keyed_causal_bias, soft_keep
 from llava.pruning.methods.base import PruneStep, PruningMethod
 from llava.pruning.record import PruningRecord, StageRecord
-from llava.pruning.registry import method_from_config
-from llava.pruning.selection import validate_token_selection
-from llava.pruning.span import (
-    compaction_index,
-    keep_mask_after_selection,
-    last_valid_index,
-    span_from_offset,
-    span_from_token_id,
-    validate_span,
-)
+from llava.pruning.registry import PARAMETER_ALIASES, method_from_config
+from llava.pruning.scoring import decoder_attention_rows
+from llava.pruning.selection import SoftSelection
+from llava.pruning.span import last_valid_index, span_from_offset, span_from_token_id, validate_span
+from toolkit_common.transformers_compat import cache_kwargs, resolve_cache
 
 
-@dataclass
-class _Sequence:
-    """The current (possibly compacted) sequence inside the decoder loop."""
+class PruningLlamaModel(FastVAdvancedMixin, LlamaModel):
+    """``LlamaModel`` whose prefill prunes a span of tokens with its method (``self.method``).
 
-    hidden: torch.Tensor  # [B, N, d]
-    cos: torch.Tensor  # [B, N, head_dim]
-    sin: torch.Tensor  # [B, N, head_dim]
-    valid: torch.Tensor  # [B, N] bool, False = padding
-    original_index: torch.Tensor  # [B, N] index of each token in the unpruned input
-    mask: Any  # what the attention implementation takes (4D tensor, None, BlockMask, ...)
-    compacted: bool = False
-
-
-@dataclass
-class PrunedCacheState:
-    """Stored on the cache after a pruned prefill so decode steps rebuild the right masks.
-
-    ``stage_valid[layer]``: ``[B, N_layer]`` padding mask of the kept prefill tokens, for the layers
-    from ``layer`` up to the next stage.
-    """
-
-    prefill_length: int
-    stage_valid: dict[int, torch.Tensor]
-
-
-def _gather_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``tensor[b, index[b]]`` for a ``[B, N, ...]`` tensor and ``[B, N']`` index."""
-    shape = index.shape + tensor.shape[2:]
-    expanded = index.view(*index.shape, *([1] * (tensor.dim() - 2))).expand(shape)
-    return tensor.gather(1, expanded)
-
-
-class PruningLlamaModel(LlamaModel):
-    """``LlamaModel`` whose prefill prunes a span of tokens as ``config.pruning_method`` says.
+    The method is built once from the config (``pruning_method``, ``pruning_params``, FastV's fields) and
+    replaced with ``set_pruning_method`` (or for one block with ``with model.pruning(method):``).
 
     Extra forward arguments:
         prune_span: ``[B, 2]`` or ``(start, end)``; the prunable span (else from ``fast_v_sys_length``
             or from ``image_token_id`` in ``input_ids``).
-        prune_query_index: ``[B]`` or int; the selection query row (default: the last non-padding
-            token). Recomputing a generated sequence without cache passes the prompt's last index.
+        prune_query_index: ``[B]`` or int; the selection query row (default: the last non-padding token).
+        prune_input_ids: the prompt's ids when the model is given ``inputs_embeds`` (the LLaVA wrapper
+            passes them so a no-cache generation step is recognised as a continuation of the prompt).
     """
 
     config_class = PruningLlamaConfig
@@ -98,19 +72,43 @@ class PruningLlamaModel(LlamaModel):
             config.pruning_method = self.default_pruning_method
         super().__init__(config)
         self.pruning_enabled = True
-        self.last_pruning_record: PruningRecord | None = None
-        self.pruning_method()  # validate the configuration before any forward
+        self.pruning_state: PruningState | None = None
+        self._method: PruningMethod | None = None
+        self._install(method_from_config(config))
 
-    # ----- configuration -------------------------------------------------------------------------
-    def pruning_method(self) -> PruningMethod | None:
-        """The configured method (rebuilt from the config, so run-time config changes apply), validated."""
-        method = method_from_config(self.config)
+    # ----- the method ----------------------------------------------------------------------------
+    @property
+    def method(self) -> PruningMethod | None:
+        """The pruning method this model runs (None: pruning is off)."""
+        return self._method
+
+    def _install(self, method: PruningMethod | None) -> None:
         if method is not None:
-            method.validate(self.config.num_hidden_layers, self.config.fast_v_image_token_length)
-        return method
+            method.validate(self.config.num_hidden_layers, self.config.fast_v_image_token_length, self.config.num_attention_heads)
+        self._method = method
+
+    def set_pruning_method(self, method: PruningMethod | None) -> None:
+        """Run ``method`` from now on (validated against this model); the config records it for saving."""
+        self._install(method)
+        for legacy in PARAMETER_ALIASES:
+            if hasattr(self.config, legacy):
+                setattr(self.config, legacy, None)
+        self.config.use_fast_v = method is not None and method.name == "fastv"
+        self.config.pruning_method = None if method is None else method.name
+        self.config.pruning_params = None if method is None else method.params()
 
     @contextmanager
-    def pruning_disabled(self):
+    def pruning(self, method: PruningMethod | None) -> Iterator[PruningLlamaModel]:
+        """Run ``method`` inside the block (e.g. a soft-mode training method), the configured one after it."""
+        previous = self._method
+        self._install(method)
+        try:
+            yield self
+        finally:
+            self._method = previous
+
+    @contextmanager
+    def pruning_disabled(self) -> Iterator[PruningLlamaModel]:
         """Run the stock model inside the block (e.g. text-only questions of a pruned evaluation)."""
         previous, self.pruning_enabled = self.pruning_enabled, False
         try:
@@ -119,40 +117,8 @@ class PruningLlamaModel(LlamaModel):
             self.pruning_enabled = previous
 
     @property
-    def token_selection_method(self) -> str:
-        return self.config.fast_v_token_selection_method
-
-    @token_selection_method.setter
-    def token_selection_method(self, value: str) -> None:
-        validate_token_selection(value, self.config.fast_v_weighted_alpha)
-        self.config.fast_v_token_selection_method = value
-
-    @property
-    def weighted_alpha(self) -> float:
-        return self.config.fast_v_weighted_alpha
-
-    @weighted_alpha.setter
-    def weighted_alpha(self, value: float) -> None:
-        validate_token_selection(self.config.fast_v_token_selection_method, value)
-        self.config.fast_v_weighted_alpha = value
-
-    # ----- what FastV-Advanced users read after a forward ----------------------------------------
-    @property
-    def last_gen_attention_mask(self) -> torch.Tensor | None:
-        """``[B, N]`` bool over the unpruned prompt: False for the span tokens dropped."""
-        record = self.last_pruning_record
-        return None if record is None else record.kept_mask(self._last_prefill_length)
-
-    @property
-    def last_gen_kept_indices(self) -> torch.Tensor | None:
-        """``[B, R]`` prompt positions of the span tokens kept by the last stage."""
-        record = self.last_pruning_record
-        return None if record is None or not record.stages else record.stages[-1].kept_index
-
-    @property
-    def last_selection_metadata(self) -> dict | None:
-        record = self.last_pruning_record
-        return None if record is None or not record.stages else record.stages[-1].metadata
+    def active_method(self) -> PruningMethod | None:
+        return self._method if self.pruning_enabled else None
 
     # ----- forward -------------------------------------------------------------------------------
     @merge_with_config_defaults
@@ -167,6 +133,7 @@ class PruningLlamaModel(LlamaModel):
         use_cache: bool | None = None,
         prune_span: torch.Tensor | tuple[int, int] | None = None,
         prune_query_index: torch.Tensor | int | None = None,
+        prune_input_ids: torch.Tensor | None = None,
         cache: Cache | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
@@ -180,94 +147,111 @@ class PruningLlamaModel(LlamaModel):
         past_seen = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen).unsqueeze(0)
-
         batch, seq_len = inputs_embeds.shape[:2]
-        prefill = past_seen == 0
-        method = self.pruning_method() if self.pruning_enabled and prefill else None
-        if prefill:
-            self.last_pruning_record = None
-        if method is not None:
-            if attention_mask is None:
-                attention_mask = torch.ones(batch, seq_len, dtype=torch.long, device=inputs_embeds.device)
-            span = self._resolve_span(input_ids, attention_mask, prune_span, batch, seq_len, inputs_embeds.device)
-            query_index = self._resolve_query_index(
-                prune_query_index, attention_mask, batch, seq_len, inputs_embeds.device
-            )
-            span_len = validate_span(span, query_index, seq_len)
-            method.validate(self.config.num_hidden_layers, span_len)
-            if cache is not None and type(cache) is not DynamicCache:
-                raise ValueError(
-                    f"pruning needs a DynamicCache (layers hold different lengths), got {type(cache).__name__}"
-                )
-            self._last_prefill_length = seq_len
-            self.last_pruning_record = PruningRecord(method.name, span.cpu(), self.config.num_hidden_layers)
-        decode_state: PrunedCacheState | None = getattr(cache, "pruning_state", None) if not prefill else None
+        device = inputs_embeds.device
+        prompt_ids = input_ids if input_ids is not None else prune_input_ids
+        method = self.active_method if past_seen == 0 else None
+        soft = method is not None and getattr(method, "soft", False)
+        if soft and cache is not None:
+            raise ValueError("soft pruning (training) runs without a KV cache: pass use_cache=False")
 
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **cache_kwargs(cache),
-        )
-        cos, sin = self.rotary_emb(inputs_embeds, position_ids=position_ids)
-        valid = (
-            attention_mask[:, -seq_len:].bool()
-            if attention_mask is not None
-            else torch.ones(batch, seq_len, dtype=torch.bool, device=inputs_embeds.device)
-        )
-        seq = _Sequence(
-            hidden=inputs_embeds,
-            cos=cos.expand(batch, -1, -1),
-            sin=sin.expand(batch, -1, -1),
-            valid=valid,
-            original_index=torch.arange(seq_len, device=inputs_embeds.device).expand(batch, -1),
-            mask=causal_mask,
-        )
-        schedule = dict(method.schedule(span_len)) if method is not None else {}
-        stage_valid: dict[int, torch.Tensor] = {}
-        span_index = query = None
+        replay = decode_state = None
+        state = self.pruning_state
+        if past_seen > 0:
+            decode_state = self._decode_state(cache)
+        elif method is not None and not soft and cache is None and state is not None and state.continued_by(prompt_ids, attention_mask):
+            replay = state
+        else:
+            self.pruning_state = None
+
+        seq = self._initial_sequence(inputs_embeds, attention_mask, position_ids, cache, soft)
+        schedule: dict[int, int] = {}
         if method is not None:
-            positions = torch.arange(span_len, device=inputs_embeds.device)
-            span_index = span[:, :1].to(inputs_embeds.device) + positions  # [B, S]
-            query = query_index
+            mask_2d = attention_mask if attention_mask is not None else torch.ones(batch, seq_len, dtype=torch.long, device=device)
+            span = self._resolve_span(prompt_ids, mask_2d, prune_span, batch, seq_len, device)
+            query = (
+                last_valid_index(mask_2d, batch, seq_len, device)
+                if prune_query_index is None
+                else torch.as_tensor(prune_query_index, device=device, dtype=torch.long).expand(batch).clone()
+            )
+            span_len = validate_span(span, query, seq_len)
+            if replay is None:
+                method.validate(self.config.num_hidden_layers, span_len, self.config.num_attention_heads)
+                if cache is not None and type(cache) is not DynamicCache:
+                    raise ValueError(
+                        f"pruning needs a DynamicCache (layers hold different lengths), got {type(cache).__name__}"
+                    )
+                self.pruning_state = PruningState(
+                    record=PruningRecord(method.name, span.cpu(), self.config.num_hidden_layers),
+                    prompt_ids=None if prompt_ids is None else prompt_ids.detach().clone(),
+                    prompt_mask=mask_2d.bool().clone(),
+                )
+            schedule = dict(method.schedule(span_len))
+            seq.span_index = span[:, :1].to(device) + torch.arange(span_len, device=device)
+            seq.span_valid = torch.ones(batch, span_len, dtype=torch.bool, device=device)
+            seq.query_index = query
 
         previous_input = None
         for idx, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
             if idx in schedule:
-                step = PruneStep(
-                    layer=idx,
-                    stage=len(stage_valid),
-                    span_index=span_index,
-                    query_index=query,
-                    hidden_states=seq.hidden,
-                    attention=self._attention_fn(idx, seq, previous_input),
-                    original_index=seq.original_index,
-                    original_span=span,
-                    input_embeddings=inputs_embeds,
-                    rope=(seq.cos, seq.sin),
-                )
-                seq, span_index, query = self._prune(method, step, schedule[idx], seq, cache)
-                stage_valid[idx] = seq.valid
+                seq = self._run_stage(method, idx, schedule[idx], seq, previous_input, inputs_embeds, replay, cache)
             elif decode_state is not None and idx in decode_state.stage_valid:
                 seq = self._decode_stage(idx, seq, decode_state, attention_mask, cache)
             previous_input = seq.hidden
             seq.hidden = decoder_layer(
                 seq.hidden,
                 attention_mask=seq.mask,
-                position_embeddings=(seq.cos, seq.sin),
+                position_embeddings=seq.rope,
                 position_ids=None if seq.compacted else position_ids,
                 use_cache=use_cache,
                 **cache_kwargs(cache),
                 **kwargs,
             )
-
-        if stage_valid and cache is not None:
-            cache.pruning_state = PrunedCacheState(prefill_length=seq_len, stage_valid=stage_valid)
-        hidden_states = self.norm(seq.hidden)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **cache_kwargs(cache))
+        if method is not None and replay is None and cache is not None:
+            self.pruning_state.attach_cache(cache)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(seq.hidden), **cache_kwargs(cache))
 
     # ----- helpers -------------------------------------------------------------------------------
+    def _initial_sequence(self, inputs_embeds, attention_mask, position_ids, cache, soft: bool) -> DecoderSequence:
+        batch, seq_len = inputs_embeds.shape[:2]
+        valid = (
+            attention_mask[:, -seq_len:].bool()
+            if attention_mask is not None
+            else torch.ones(batch, seq_len, dtype=torch.bool, device=inputs_embeds.device)
+        )
+        if soft:
+            mask = keyed_causal_bias(valid, torch.ones(valid.shape, device=valid.device), inputs_embeds.dtype)
+        else:
+            mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                **cache_kwargs(cache),
+            )
+        cos, sin = self.rotary_emb(inputs_embeds, position_ids=position_ids)
+        return DecoderSequence(
+            hidden=inputs_embeds,
+            cos=cos.expand(batch, -1, -1),
+            sin=sin.expand(batch, -1, -1),
+            valid=valid,
+            original_index=torch.arange(seq_len, device=inputs_embeds.device).expand(batch, -1),
+            mask=mask,
+        )
+
+    def _decode_state(self, cache: Cache | None) -> PruningState | None:
+        """The state of the prefill that filled ``cache``, if it pruned; a pruned cache without one is an error."""
+        state = self.pruning_state
+        if state is not None and state.owns(cache):
+            return state
+        lengths = {layer.get_seq_length() for layer in getattr(cache, "layers", [])}
+        if len(lengths) > 1:
+            raise ValueError(
+                "this KV cache was filled by a pruned prefill that is not the model's last one: its layers hold "
+                "different lengths and the kept-token masks are gone; decode right after the prefill that made it"
+            )
+        return None
+
     def _resolve_span(self, input_ids, attention_mask, prune_span, batch, seq_len, device) -> torch.Tensor:
         if prune_span is not None:
             span = torch.as_tensor(prune_span, device=device, dtype=torch.long)
@@ -288,14 +272,9 @@ class PruningLlamaModel(LlamaModel):
             "or set image_token_id and include those tokens in input_ids"
         )
 
-    @staticmethod
-    def _resolve_query_index(prune_query_index, attention_mask, batch, seq_len, device) -> torch.Tensor:
-        if prune_query_index is None:
-            return last_valid_index(attention_mask, batch, seq_len, device)
-        return torch.as_tensor(prune_query_index, device=device, dtype=torch.long).expand(batch).clone()
-
-    def _attention_fn(self, boundary: int, seq: _Sequence, previous_input: torch.Tensor | None):
+    def _attention_fn(self, boundary: int, seq: DecoderSequence, previous_input: torch.Tensor | None):
         """``attention(layer, query_index [B, Q]) -> [B, H, Q, N]`` for ``layer`` in {boundary - 1, boundary}."""
+        full_matrix = self.config.pruning_scoring == "full_matrix"
 
         def attention(layer: int, query_index: torch.Tensor) -> torch.Tensor:
             if layer == boundary:
@@ -304,94 +283,93 @@ class PruningLlamaModel(LlamaModel):
                 layer_input = previous_input
             else:
                 raise ValueError(f"attention at layer {layer} is not available at boundary {boundary}")
-            decoder_layer = self.layers[layer]
-            attn = decoder_layer.self_attn
-            normed = decoder_layer.input_layernorm(layer_input)
-            keys = attn.k_proj(normed).view(*normed.shape[:2], -1, attn.head_dim).transpose(1, 2)
-            if self.config.pruning_scoring == "full_matrix":
-                queries = attn.q_proj(normed).view(*normed.shape[:2], -1, attn.head_dim).transpose(1, 2)
-                queries, keys = apply_rotary_pos_emb(queries, keys, seq.cos, seq.sin)
-                probs = full_attention_probs(queries, keys, seq.valid, attn.scaling)
-                index = query_index[:, None, :, None].expand(-1, probs.shape[1], -1, probs.shape[-1])
-                return probs.gather(2, index)
-            rows = _gather_rows(normed, query_index)
-            queries = attn.q_proj(rows).view(*rows.shape[:2], -1, attn.head_dim).transpose(1, 2)
-            q_cos, q_sin = _gather_rows(seq.cos, query_index), _gather_rows(seq.sin, query_index)
-            queries, _ = apply_rotary_pos_emb(queries, queries, q_cos, q_sin)
-            _, keys = apply_rotary_pos_emb(keys, keys, seq.cos, seq.sin)
-            return attention_probs_for_rows(queries, keys, query_index, seq.valid, attn.scaling)
+            return decoder_attention_rows(
+                self.layers[layer], layer_input, seq.rope, seq.valid, query_index, seq.key_weights, full_matrix
+            )
 
         return attention
 
-    def _prune(
-        self, method: PruningMethod, step: PruneStep, keep: int, seq: _Sequence, cache: Cache | None
-    ) -> tuple[_Sequence, torch.Tensor, torch.Tensor]:
-        """Select ``keep`` span tokens and compact the sequence; return it with the new span and query index."""
-        started = time.perf_counter()
-        selection = method.select(step, keep)
-        kept = selection.indices.to(step.span_index.device)
-        selection_ms = (time.perf_counter() - started) * 1000.0
-        seq_len = seq.hidden.shape[1]
-        keep_mask = keep_mask_after_selection(seq_len, step.span_index, kept)
-        index = compaction_index(keep_mask)
-        new_position = keep_mask.long().cumsum(dim=1) - 1  # old index -> new index, for kept tokens
-        kept_span = step.span_index.gather(1, kept)
-        hidden = _gather_rows(seq.hidden, index)
-        metadata = selection.metadata
-        if selection.replacement is not None:
-            columns, merged = selection.replacement
-            merged_span = kept_span.gather(1, columns.to(kept_span.device))
-            slots = new_position.gather(1, merged_span)
-            hidden = hidden.scatter(1, slots[..., None].expand(-1, -1, hidden.shape[-1]), merged.to(hidden.dtype))
-            metadata = {**metadata, "merged_positions": seq.original_index.gather(1, merged_span).tolist()}
-        self.last_pruning_record.stages.append(
-            StageRecord(
-                layer=step.layer,
-                kept_index=seq.original_index.gather(1, kept_span).cpu(),
-                scores=selection.scores.detach().cpu(),
-                metadata=metadata,
-                selection_ms=selection_ms,
+    def _run_stage(
+        self,
+        method: PruningMethod,
+        layer: int,
+        keep: int,
+        seq: DecoderSequence,
+        previous_input: torch.Tensor | None,
+        inputs_embeds: torch.Tensor,
+        replay: PruningState | None,
+        cache: Cache | None,
+    ) -> DecoderSequence:
+        """One boundary: the method's selection (or the replayed one) applied to the sequence."""
+        state = self.pruning_state
+        stage = len(state.selections) + len(state.soft_stages) if replay is None else None
+        if replay is not None:
+            selection = replay.selections[sorted(replay.stage_valid).index(layer)]
+        else:
+            step = PruneStep(
+                layer=layer,
+                stage=stage,
+                span_index=seq.span_index,
+                span_valid=seq.span_valid,
+                query_index=seq.query_index,
+                hidden_states=seq.hidden,
+                attention=self._attention_fn(layer, seq, previous_input),
+                original_index=seq.original_index,
+                original_span=state.record.span.to(seq.hidden.device),
+                input_embeddings=inputs_embeds,
+                rope=seq.rope,
             )
-        )
-        valid = seq.valid.gather(1, index)
-        mask = create_causal_mask(
+            started = time.perf_counter()
+            selection = method.select(step, keep)
+            selection_ms = (time.perf_counter() - started) * 1000.0
+        if isinstance(selection, SoftSelection):
+            seq = soft_keep(seq, selection)
+            state.soft_stages.append((layer, selection, seq.key_weights.gather(1, seq.span_index)))
+            return replace(seq, mask=keyed_causal_bias(seq.valid, seq.key_weights, seq.hidden.dtype))
+        previous = seq
+        seq = compact(seq, selection)
+        if replay is None:
+            metadata = dict(selection.metadata)
+            if selection.replacement is not None:
+                merged = previous.span_index.gather(1, selection.indices.to(previous.span_index.device))
+                merged = merged.gather(1, selection.replacement[0].to(merged.device))
+                metadata["merged_positions"] = previous.original_index.gather(1, merged).tolist()
+            state.record.stages.append(
+                StageRecord(
+                    layer=layer,
+                    kept_index=seq.original_index.gather(1, seq.span_index).cpu(),
+                    scores=selection.scores.detach().cpu(),
+                    metadata=metadata,
+                    selection_ms=selection_ms,
+                    kept_valid=None if selection.valid is None else selection.valid.cpu(),
+                )
+            )
+            state.selections.append(selection)
+            state.stage_valid[layer] = seq.valid
+        seq.mask = create_causal_mask(
             config=self.config,
-            inputs_embeds=hidden,
-            attention_mask=valid,
+            inputs_embeds=seq.hidden,
+            attention_mask=seq.valid,
             **cache_kwargs(cache),
             position_ids=None,
-            layer_idx=step.layer,
+            layer_idx=layer,
         )
-        compacted = replace(
-            seq,
-            hidden=hidden,
-            cos=_gather_rows(seq.cos, index),
-            sin=_gather_rows(seq.sin, index),
-            valid=valid,
-            original_index=seq.original_index.gather(1, index),
-            mask=mask,
-            compacted=True,
-        )
-        return (
-            compacted,
-            new_position.gather(1, kept_span),
-            new_position.gather(1, step.query_index[:, None])[:, 0],
-        )
+        return seq
 
     def _decode_stage(
-        self, layer: int, seq: _Sequence, state: PrunedCacheState, attention_mask, cache: Cache
-    ) -> _Sequence:
-        """Mask for a decode step at a layer whose cache holds only the kept prefill tokens."""
+        self, layer: int, seq: DecoderSequence, state: PruningState, attention_mask, cache: Cache
+    ) -> DecoderSequence:
+        """Mask for a decode step at a layer whose cache holds only the kept prompt tokens."""
         kept = state.stage_valid[layer]
         if attention_mask is None:
             new = torch.ones(
                 kept.shape[0],
-                cache.get_seq_length() + seq.hidden.shape[1] - state.prefill_length,
+                cache.get_seq_length() + seq.hidden.shape[1] - state.prompt_length,
                 dtype=torch.bool,
                 device=kept.device,
             )
         else:
-            new = attention_mask[:, state.prefill_length :].bool()
+            new = attention_mask[:, state.prompt_length :].bool()
         mask = create_causal_mask(
             config=self.config,
             inputs_embeds=seq.hidden,
@@ -424,46 +402,3 @@ class PruningLlamaForCausalLM(LlamaForCausalLM):
     ):
         """``LlamaForCausalLM.forward`` plus the span arguments (named here so ``generate`` accepts them)."""
         return super().forward(*args, prune_span=prune_span, prune_query_index=prune_query_index, **kwargs)
-
-
-class Fastv_LlamaModel(PruningLlamaModel):
-    """Drop-in name of the FastV fork: the pruning decoder with ``fastv`` as its default method."""
-
-    default_pruning_method = "fastv"
-
-
-class FastvAdvanced_LlamaModel(Fastv_LlamaModel):
-    """Drop-in name of FastV-Advanced: FastV plus run-time ``token_selection_method`` / ``weighted_alpha``
-    switching and ``last_gen_attention_mask`` / ``last_gen_kept_indices`` / ``last_selection_metadata``."""
-
-
-class FastvFineHead_LlamaModel(PruningLlamaModel):
-    """Drop-in name of the fine-head fork: the pruning decoder with ``fastv_fine_head`` as its default method
-    (``pruning_params``: ``heads``, ``head_strategy``)."""
-
-    default_pruning_method = "fastv_fine_head"
-
-
-class SparseVLM_LlamaModel(PruningLlamaModel):
-    """Drop-in name for SparseVLM: the pruning decoder with ``sparsevlm`` as its default method."""
-
-    default_pruning_method = "sparsevlm"
-
-
-class PDrop_LlamaModel(PruningLlamaModel):
-    """Drop-in name for PyramidDrop: the pruning decoder with ``pdrop`` as its default method."""
-
-    default_pruning_method = "pdrop"
-
-
-class VisPruner_LlamaModel(PruningLlamaModel):
-    """Drop-in name for VisPruner, a pre-LLM method: the decoder itself runs unpruned and
-    :class:`~llava.model.llava_arch.PruningLlavaForConditionalGeneration` selects the visual tokens."""
-
-    default_pruning_method = "vispruner"
-
-
-class CDPruner_LlamaModel(PruningLlamaModel):
-    """Drop-in name for CDPruner, a pre-LLM method (see :class:`VisPruner_LlamaModel`)."""
-
-    default_pruning_method = "cdpruner"

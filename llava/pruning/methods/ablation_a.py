@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from llava.pruning.head_selection import select_tokens_dynamic
-from llava.pruning.methods.base import PruneStep, SinglePruneMethod
-from llava.pruning.registry import register_method
+from llava.pruning.methods.base import PruneStep, SinglePruneMethod, register_method
 from llava.pruning.selection import TokenSelection
 
 logger = logging.getLogger(__name__)
@@ -26,12 +24,11 @@ logger = logging.getLogger(__name__)
 @register_method
 @dataclass
 class DynamicHeadFastV(SinglePruneMethod):
-    """``agg_layer`` = K, ``keep`` = R; ``debug_mode`` (``pruning_params``) logs the choice per sample."""
+    """``agg_layer`` = K, ``keep`` = R; ``debug_mode`` logs the choice per sample."""
 
     debug_mode: bool = False
 
     name = "ablation_a"
-    params = ("debug_mode",)
 
     def select(self, step: PruneStep, keep: int) -> TokenSelection:
         attn = step.query_attention_over_span(step.layer - 1)
@@ -51,12 +48,3 @@ class DynamicHeadFastV(SinglePruneMethod):
                     meta["candidates"],
                 )
         return selection
-
-    @classmethod
-    def from_config(cls, config: Any) -> DynamicHeadFastV:
-        params = config.pruning_params or {}
-        return cls(
-            agg_layer=config.fast_v_agg_layer,
-            keep=config.fast_v_attention_rank,
-            debug_mode=bool(params.get("debug_mode", False)),
-        )

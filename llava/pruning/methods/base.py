@@ -1,18 +1,42 @@
-"""The interface between the pruning engine and a method (a "selector")."""
+"""The interface between the pruning engine and a method, and the registration of methods by name.
+
+A method is a small dataclass whose fields are its parameters (kvpress's press style):
+
+* ``schedule(span)``: where it prunes, ``[(layer, keep), ...]``;
+* ``select(step, keep)``: which live span tokens to keep at one boundary (a ``TokenSelection``), or, in
+  the engine's soft mode, how strongly to keep each one (a ``SoftSelection``);
+* ``for_budget(target_tokens, num_layers, span, params)``: a ready instance that costs ``target_tokens``
+  equivalent tokens (the one budget API).
+
+``from_params`` is the one generic constructor: unknown keys are an error listing the valid ones.
+``@register_method`` makes a class available by its ``name`` to the registry (``llava.pruning.registry``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
 from llava.pruning.budget import flops_matched_keep
-from llava.pruning.selection import TokenSelection
+from llava.pruning.selection import SoftSelection, TokenSelection
 
 AttentionFn = Callable[[int, torch.Tensor], torch.Tensor]
+MethodT = TypeVar("MethodT", bound="PruningMethod")
+
+REGISTERED_METHODS: dict[str, type[PruningMethod]] = {}
+
+
+def register_method(cls: type[MethodT]) -> type[MethodT]:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    if cls.name in REGISTERED_METHODS:
+        raise ValueError(f"pruning method {cls.name!r} registered twice")
+    REGISTERED_METHODS[cls.name] = cls
+    return cls
 
 
 @dataclass
@@ -24,10 +48,13 @@ class PruneStep:
         stage: 0 for the first boundary of the method, 1 for the next, ...
         span_index: ``[B, S]`` index in the current (possibly already compacted) sequence of each live
             span token, ascending.
+        span_valid: ``[B, S]`` bool, False for span slots kept only to keep the batch rectangular (a
+            sample that kept fewer tokens than another); they are invisible to attention.
         query_index: ``[B]`` current index of the selection query (the last prompt token).
         hidden_states: ``[B, N, d]`` hidden states entering ``layer``.
         attention: ``attention(layer, query_index [B, Q]) -> [B, H, Q, N]`` probabilities of those
-            query rows at ``layer`` (``layer - 1`` or ``layer``), from q.k, never the N x N map.
+            query rows at ``layer`` (``layer - 1`` or ``layer``), from q.k, never the N x N map (soft
+            mode: with the keys weighted by the current keep probabilities).
         original_index: ``[B, N]`` index in the unpruned input of each current token.
         original_span: ``[B, 2]`` (start, end) of the span in the unpruned input.
         input_embeddings: ``[B, N_0, d]`` the decoder's input embeddings of the *unpruned* input (layer 0),
@@ -39,6 +66,7 @@ class PruneStep:
     layer: int
     stage: int
     span_index: torch.Tensor
+    span_valid: torch.Tensor
     query_index: torch.Tensor
     hidden_states: torch.Tensor
     attention: AttentionFn
@@ -54,25 +82,53 @@ class PruneStep:
         return probs.gather(-1, index)
 
 
+@dataclass
 class PruningMethod(ABC):
     """A pruning method: where it prunes, how many tokens it keeps, and which ones.
 
-    Subclasses are small dataclasses registered by name (``llava.pruning.registry``).
+    Subclasses are dataclasses registered with ``@register_method``; their ``init`` fields are the
+    parameters (what ``from_params`` accepts and ``params()`` returns).
     """
 
     name: ClassVar[str]
-    params: ClassVar[tuple[str, ...]] = ()  # the ``pruning_params`` keys the method reads
+    pre_llm: ClassVar[bool] = False  # chooses visual tokens before the LLM (``select_visual``)
+
+    @classmethod
+    def parameter_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls) if f.init)
+
+    @classmethod
+    def from_params(cls: type[MethodT], params: Mapping[str, Any] | None = None) -> MethodT:
+        """The method with these parameters (the rest at their defaults); unknown keys are an error."""
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(cls.parameter_names()))
+        if unknown:
+            valid = ", ".join(cls.parameter_names()) or "none"
+            raise ValueError(f"{cls.name}: unknown parameters {unknown}; valid parameters: {valid}")
+        return cls(**params)
+
+    def params(self) -> dict[str, Any]:
+        """The parameters as JSON-friendly values (tuples as lists), for configs and result records."""
+        return {name: _plain(getattr(self, name)) for name in self.parameter_names()}
 
     @abstractmethod
     def schedule(self, span: int) -> list[tuple[int, int]]:
         """``[(layer, keep), ...]``: before each ``layer`` the span shrinks to ``keep`` tokens."""
 
     @abstractmethod
-    def select(self, step: PruneStep, keep: int) -> TokenSelection:
+    def select(self, step: PruneStep, keep: int) -> TokenSelection | SoftSelection:
         """Choose ``keep`` of the live span tokens; indices into ``step.span_index`` columns, ascending."""
 
-    def validate(self, num_layers: int, span: int | None) -> None:
-        """Raise ``ValueError`` for parameters that cannot work with this model (``span`` may be unknown)."""
+    @classmethod
+    @abstractmethod
+    def for_budget(
+        cls: type[MethodT], target_tokens: float, num_layers: int, span: int, params: Mapping[str, Any] | None = None
+    ) -> MethodT:
+        """The method (other parameters from ``params``) whose schedule costs ``target_tokens`` equivalent tokens."""
+
+    def validate(self, num_layers: int, span: int | None, num_heads: int | None = None) -> None:
+        """Raise ``ValueError`` for parameters that cannot work with this model (``span``, ``num_heads`` may be
+        unknown); the engine calls it before the first layer runs."""
         stages = self.schedule(span if span is not None else 10**9)
         for layer, keep in stages:
             if not 0 < layer < num_layers:
@@ -82,8 +138,8 @@ class PruningMethod(ABC):
                 )
             if keep is None or keep <= 0:
                 raise ValueError(
-                    f"{self.name}: tokens to keep must be >= 1 (set fast_v_attention_rank or a visual_token_num "
-                    f"budget), got {keep}"
+                    f"{self.name}: tokens to keep must be >= 1 (set keep / fast_v_attention_rank or a "
+                    f"visual_token_num budget), got {keep}"
                 )
         if span is not None:
             for _, keep in stages:
@@ -92,32 +148,36 @@ class PruningMethod(ABC):
                         f"{self.name}: cannot keep {keep} tokens of a span of {span}; valid range is [1, {span}]"
                     )
 
-    @classmethod
-    @abstractmethod
-    def from_config(cls, config: Any) -> PruningMethod:
-        """Build from a ``PruningLlamaConfig`` (FastV field names, plus ``pruning_params``)."""
-
-    @classmethod
-    @abstractmethod
-    def config_for_budget(cls, target_tokens: float, num_layers: int, span: int, config: Any) -> dict[str, Any]:
-        """Config fields (to set on ``config``) that make the method cost ``target_tokens`` equivalent tokens."""
-
 
 @dataclass
 class SinglePruneMethod(PruningMethod):
     """A method that prunes once, before layer ``agg_layer`` (K), to ``keep`` (R) span tokens."""
 
     agg_layer: int = 2
-    keep: int = 144
+    keep: int | None = None
 
     def schedule(self, span: int) -> list[tuple[int, int]]:
         return [(self.agg_layer, self.keep)]
 
     @classmethod
-    def config_for_budget(cls, target_tokens: float, num_layers: int, span: int, config: Any) -> dict[str, Any]:
-        """Config fields that make this method cost ``target_tokens`` equivalent tokens: the FLOPs-matched R."""
-        keep = flops_matched_keep(target_tokens, num_layers, config.fast_v_agg_layer, span)
-        return {"fast_v_attention_rank": keep}
+    def for_budget(
+        cls: type[MethodT], target_tokens: float, num_layers: int, span: int, params: Mapping[str, Any] | None = None
+    ) -> MethodT:
+        """The FLOPs-matched ``keep = (L*T - K*S) / (L - K)`` at this method's ``agg_layer``."""
+        params = without_budget_fields(cls, params, ("keep",))
+        agg_layer = params.get("agg_layer", cls.agg_layer)
+        return cls.from_params({**params, "keep": flops_matched_keep(target_tokens, num_layers, agg_layer, span)})
+
+
+def without_budget_fields(cls: type[PruningMethod], params: Mapping[str, Any] | None, names: tuple[str, ...]) -> dict:
+    """``params`` without the fields a budget sets; giving one of them beside a budget is an error."""
+    params = dict(params or {})
+    clash = sorted(set(params) & set(names))
+    if clash:
+        raise ValueError(
+            f"{cls.name}: {clash} and a visual_token_num budget both set the tokens kept: give one of them"
+        )
+    return params
 
 
 def validate_stages(method: str, layers: tuple[int, ...], amounts: tuple[float, ...], names: tuple[str, str]) -> None:
@@ -133,3 +193,9 @@ def validate_stages(method: str, layers: tuple[int, ...], amounts: tuple[float, 
         raise ValueError(f"{method}: {layers_name} must be strictly increasing, got {list(layers)}")
     if any(b > a for a, b in zip(amounts, amounts[1:], strict=False)):
         raise ValueError(f"{method}: {amounts_name} must be non-increasing, got {list(amounts)}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value

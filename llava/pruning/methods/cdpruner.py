@@ -9,23 +9,21 @@ the instruction (the text after the image, up to the last prompt token).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from llava.pruning.dpp import conditional_kernel, dpp_greedy_map, instruction_relevance
+from llava.pruning.methods.base import register_method
 from llava.pruning.methods.pre_llm import PreLLMMethod, VisualTokens
-from llava.pruning.registry import register_method
 from llava.pruning.selection import TokenSelection
 
 
 @register_method
 @dataclass
 class CDPruner(PreLLMMethod):
-    """``visual_tokens`` = T from ``pruning_params``."""
+    """``visual_tokens`` = T."""
 
     name = "cdpruner"
-    params = ("visual_tokens",)
 
     def select_visual(self, tokens: VisualTokens) -> TokenSelection:
         kept, relevance_rows = [], []
@@ -36,8 +34,3 @@ class CDPruner(PreLLMMethod):
             relevance_rows.append(relevance)
         metadata = {"method": "cdpruner", "relevance": "llm_text_embeddings"}
         return TokenSelection(torch.stack(kept), torch.stack(relevance_rows), metadata)
-
-    @classmethod
-    def from_config(cls, config: Any) -> CDPruner:
-        params = config.pruning_params or {}
-        return cls(visual_tokens=params.get("visual_tokens", cls.visual_tokens))

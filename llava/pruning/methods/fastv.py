@@ -1,24 +1,23 @@
 """FastV: prune the image span once, after layer K-1, by the last prompt token's attention.
 
-Chen et al., 2024, "An Image is Worth 1/2 Tokens After Layer 2". Keeps ``R`` span tokens chosen from
-the attention of the last prompt token at layer ``K - 1`` with one of three strategies
-(``llava.pruning.selection``): ``avg_all_heads`` (original), ``max_head``, ``weighted_combination``.
+Chen et al., 2024, "An Image is Worth 1/2 Tokens After Layer 2". Keeps ``keep`` (R) span tokens chosen
+from the attention of the last prompt token at layer ``agg_layer - 1`` (K - 1) with one of three
+strategies (``llava.pruning.selection``): ``avg_all_heads`` (original), ``max_head``,
+``weighted_combination``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from llava.pruning.methods.base import PruneStep, SinglePruneMethod
-from llava.pruning.registry import register_method
+from llava.pruning.methods.base import PruneStep, SinglePruneMethod, register_method
 from llava.pruning.selection import TokenSelection, select_span_tokens, validate_token_selection
 
 
 @register_method
 @dataclass
 class FastV(SinglePruneMethod):
-    """``agg_layer`` = K, ``keep`` = R (``fast_v_attention_rank``)."""
+    """``agg_layer`` = K, ``keep`` = R, ``token_selection_method``, ``weighted_alpha``."""
 
     token_selection_method: str = "avg_all_heads"
     weighted_alpha: float = 0.5
@@ -31,12 +30,3 @@ class FastV(SinglePruneMethod):
     def select(self, step: PruneStep, keep: int) -> TokenSelection:
         attn = step.query_attention_over_span(step.layer - 1)
         return select_span_tokens(attn, keep, self.token_selection_method, self.weighted_alpha)
-
-    @classmethod
-    def from_config(cls, config: Any) -> FastV:
-        return cls(
-            agg_layer=config.fast_v_agg_layer,
-            keep=config.fast_v_attention_rank,
-            token_selection_method=config.fast_v_token_selection_method,
-            weighted_alpha=config.fast_v_weighted_alpha,
-        )

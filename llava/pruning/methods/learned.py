@@ -1,4 +1,4 @@
-"""The trained layer-wise pruner (``llava.pruner``) as engine method ``learned``: hard masks, real removal.
+"""The trained layer-wise pruner as engine method ``learned``: hard masks and real removal, or soft masks.
 
 At each pruning layer ``L`` of the checkpoint the head scores the live span tokens from the hidden
 states entering ``L`` (question rows: tokens after the span up to the last prompt token) and keeps
@@ -6,8 +6,13 @@ those with ``sigmoid(l_j) > 0.5``; the engine then removes the others (shorter K
 With the attention residual on, the text->vision attention comes from layer ``L``'s own q.k
 (``step.attention``); with it off, no attention is computed.
 
-A batch stays rectangular: every sample keeps ``max_b count_b`` tokens (its best-scoring ones), so a
-sample keeps exactly its ``> 0.5`` set whenever the counts agree (always at batch size 1).
+Every sample keeps exactly its own ``> 0.5`` set (at least one token): a batch keeps the largest count
+and marks the surplus slots of the other samples invalid (padding, invisible to every later layer), so
+batch size N gives the same answers as batch size 1.
+
+Soft mode (training, ``LearnedPruning.from_pruner(pruner, temperature=...)``): the same heads give
+binary Gumbel-softmax keep probabilities (``llava.pruning.learned.masks``), which the engine applies as a
+key bias instead of removing tokens, so every loss reaches the heads.
 
 Config: ``pruning_method="learned"``, ``pruning_params={"pruner_checkpoint": path}``
 (``load_pretrained_model(path, pruning_method="learned", pruner_checkpoint=...)``).
@@ -15,20 +20,20 @@ Config: ``pruning_method="learned"``, ``pruning_params={"pruner_checkpoint": pat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llava.pruner.checkpoint import existing_checkpoint, pruner_from_checkpoint, read_checkpoint
-from llava.pruner.heads import LayerSpecificPruner
-from llava.pruner.masks import hard_keep_mask
-from llava.pruner.text_attention import gather_tokens, question_rows, text_to_vision_attention
-from llava.pruning.methods.base import PruneStep, PruningMethod
-from llava.pruning.registry import register_method
-from llava.pruning.selection import TokenSelection, top_r_sorted
+from llava.pruning.learned.checkpoint import existing_checkpoint, pruner_from_checkpoint, read_checkpoint
+from llava.pruning.learned.heads import LayerSpecificPruner
+from llava.pruning.learned.masks import gumbel_keep_probs
+from llava.pruning.learned.text_attention import gather_tokens, question_rows, text_to_vision_attention
+from llava.pruning.methods.base import PruneStep, PruningMethod, register_method
+from llava.pruning.selection import SoftSelection, TokenSelection, top_r_sorted
 
 
 @lru_cache(maxsize=4)
@@ -38,33 +43,65 @@ def _cached_pruner(path: str, modified_ns: int) -> LayerSpecificPruner:
 
 
 def load_pruner(path: str | Path) -> LayerSpecificPruner:
-    """The pruner of a checkpoint, loaded once per file version (the engine rebuilds methods every forward)."""
+    """The pruner of a checkpoint, loaded once per file version."""
     path = existing_checkpoint(path)
     return _cached_pruner(str(path), path.stat().st_mtime_ns)
 
 
-def keep_count(logits: torch.Tensor, upper: int) -> int:
-    """Tokens every sample keeps: ``max_b #{j: l_bj > 0}``, clamped to ``[1, upper]``."""
-    return int(hard_keep_mask(logits).sum(dim=1).max().clamp(1, upper))
+def per_sample_keep(logits: torch.Tensor, upper: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``[B, R]`` (ascending) and validity ``[B, R]`` of each sample's tokens with ``l > 0``.
+
+    Sample ``b`` keeps ``c_b = #{j: l_bj > 0}`` tokens, clamped to ``[1, upper]``; ``R = max_b c_b`` and the
+    columns beyond a sample's own ``c_b`` best are marked invalid.
+    """
+    counts = (logits > 0).sum(dim=1).clamp(1, upper)
+    width = int(counts.max())
+    indices = top_r_sorted(logits, width)
+    ranks = logits.argsort(dim=1, descending=True).argsort(dim=1)  # rank of every token by its logit
+    valid = ranks.gather(1, indices) < counts[:, None]
+    return indices, valid
 
 
 @register_method
 @dataclass
 class LearnedPruning(PruningMethod):
-    pruner_checkpoint: str
+    """``pruner_checkpoint``: path of a ``checkpoint.pt`` written by ``llava.train.train_pruner``."""
+
+    pruner_checkpoint: str | None = None
+    pruner: LayerSpecificPruner | None = field(default=None, init=False, repr=False, compare=False)
+    temperature: float | None = field(default=None, init=False)  # soft mode when set
+    generator: torch.Generator | None = field(default=None, init=False, repr=False, compare=False)
 
     name = "learned"
-    params = ("pruner_checkpoint",)
 
     def __post_init__(self) -> None:
+        if self.pruner_checkpoint is None:
+            raise ValueError(
+                "method 'learned' needs pruner_checkpoint=<path to checkpoint.pt> "
+                "(load_pretrained_model(..., pruning_method='learned', pruner_checkpoint=path))"
+            )
         self.pruner = load_pruner(self.pruner_checkpoint)
+
+    @classmethod
+    def from_pruner(
+        cls, pruner: LayerSpecificPruner, temperature: float | None = None, generator: torch.Generator | None = None
+    ) -> LearnedPruning:
+        """A method around an in-memory pruner (training): soft masks at ``temperature`` when it is given."""
+        method = cls.__new__(cls)
+        method.pruner_checkpoint, method.pruner = None, pruner
+        method.temperature, method.generator = temperature, generator
+        return method
+
+    @property
+    def soft(self) -> bool:
+        return self.temperature is not None
 
     def schedule(self, span: int) -> list[tuple[int, int]]:
         """The checkpoint's pruning layers; ``keep`` is an upper bound (the span), the mask decides."""
         return [(layer, span) for layer in self.pruner.pruning_layers]
 
-    @torch.no_grad()
-    def select(self, step: PruneStep, keep: int) -> TokenSelection:
+    def keep_logits(self, step: PruneStep) -> torch.Tensor:
+        """``[B, S]`` keep logits of the live span tokens at ``step.layer`` (invalid slots at -inf)."""
         hidden = step.hidden_states
         rows, row_weights = question_rows(step.span_index[:, -1] + 1, step.query_index)
         attention = None
@@ -78,25 +115,26 @@ class LearnedPruning(PruningMethod):
             row_weights > 0,
             attention,
         )
-        indices = top_r_sorted(logits, keep_count(logits, keep))
-        return TokenSelection(
-            indices=indices,
-            scores=torch.sigmoid(logits),
-            metadata={"method": self.name, "kept": indices.shape[1], "checkpoint": self.pruner_checkpoint},
-        )
+        return logits.masked_fill(~step.span_valid, torch.finfo(logits.dtype).min)
+
+    def select(self, step: PruneStep, keep: int) -> TokenSelection | SoftSelection:
+        metadata = {"method": self.name, "checkpoint": self.pruner_checkpoint}
+        if self.soft:
+            logits = self.keep_logits(step)
+            return SoftSelection(gumbel_keep_probs(logits, self.temperature, self.generator), logits, metadata)
+        with torch.no_grad():
+            logits = self.keep_logits(step)
+        indices, valid = per_sample_keep(logits, keep)
+        metadata["kept"] = valid.sum(dim=1).tolist()
+        return TokenSelection(indices=indices, scores=torch.sigmoid(logits), metadata=metadata, valid=valid)
+
+    def params(self) -> dict[str, Any]:
+        return {"pruner_checkpoint": self.pruner_checkpoint}
 
     @classmethod
-    def from_config(cls, config: Any) -> LearnedPruning:
-        params = config.pruning_params or {}
-        if "pruner_checkpoint" not in params:
-            raise ValueError(
-                "method 'learned' needs pruning_params={'pruner_checkpoint': <path to checkpoint.pt>} "
-                "(load_pretrained_model(..., pruning_method='learned', pruner_checkpoint=path))"
-            )
-        return cls(pruner_checkpoint=str(params["pruner_checkpoint"]))
-
-    @classmethod
-    def config_for_budget(cls, target_tokens: float, num_layers: int, span: int, config: Any) -> dict[str, Any]:
+    def for_budget(
+        cls, target_tokens: float, num_layers: int, span: int, params: Mapping[str, Any] | None = None
+    ) -> LearnedPruning:
         raise ValueError(
             "method 'learned' keeps what its trained masks say: its budget is set at training time "
             "(method_settings.target_keep_ratio / target_tokens), not by visual_token_num"

@@ -13,13 +13,12 @@ schedule costs ``T``; for LLaVA-1.5-7B this gives 0.581 / 0.437 / 0.196 for 192 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llava.pruning.budget import equivalent_tokens, span_tokens_per_layer
-from llava.pruning.methods.base import PruneStep, PruningMethod, validate_stages
-from llava.pruning.registry import register_method
+from llava.pruning.budget import bisect_for_target, check_budget_reachable, equivalent_tokens, span_tokens_per_layer
+from llava.pruning.methods.base import PruneStep, PruningMethod, register_method, validate_stages, without_budget_fields
 from llava.pruning.selection import TokenSelection, select_span_tokens
 
 BUDGET_LAYERS = (2, 8, 16, 24)
@@ -36,54 +35,58 @@ def stage_keeps(span: int, ratios: Sequence[float]) -> list[int]:
 
 
 def pdrop_decay_for_budget(target_tokens: float, num_layers: int, span: int, layers: Sequence[int]) -> float:
-    """``lambda`` in (0, 1] whose rounded schedule over ``layers`` costs closest to ``target_tokens``.
-
-    Bisection on the (non-decreasing) equivalent tokens of ``stage_keeps(span, lambda^s)``.
-    """
-    lowest = layers[0] * span / num_layers
-    if not lowest < target_tokens <= span:
-        raise ValueError(
-            f"pdrop: {target_tokens} equivalent tokens are out of reach with layers {list(layers)} of {num_layers}: "
-            f"valid range is ({lowest:.1f}, {span}]"
-        )
+    """``lambda`` in (0, 1] whose rounded schedule over ``layers`` costs closest to ``target_tokens``."""
+    check_budget_reachable("pdrop", target_tokens, num_layers, span, layers[0])
 
     def cost(decay: float) -> float:
         keeps = stage_keeps(span, geometric_ratios(decay, len(layers)))
         return equivalent_tokens(span_tokens_per_layer(num_layers, span, list(zip(layers, keeps, strict=True))))
 
-    low, high = 0.0, 1.0
-    for _ in range(60):
-        middle = (low + high) / 2
-        if cost(middle) < target_tokens:
-            low = middle
-        else:
-            high = middle
-    return min((low, high), key=lambda decay: abs(cost(decay) - target_tokens))
+    return bisect_for_target(cost, target_tokens, 0.0, 1.0)
 
 
 @register_method
 @dataclass
 class PyramidDrop(PruningMethod):
-    """``layer_list`` (increasing) and ``ratio_list`` (shares of the original span, decreasing) from ``pruning_params``.
-
-    ``pruning_params`` may give ``lambda`` instead of ``ratio_list`` (ratios ``lambda^s``).
-    """
+    """``layer_list`` (increasing) and ``ratio_list`` (shares of the original span, decreasing), or
+    ``lambda`` (ratios ``lambda^s``) instead of ``ratio_list``."""
 
     layer_list: tuple[int, ...] = (8, 16, 24)
-    ratio_list: tuple[float, ...] = (0.5, 0.25, 0.125)
+    ratio_list: tuple[float, ...] | None = None
+    decay: float | None = None  # "lambda" in the paper and in ``from_params``
 
     name = "pdrop"
-    params = ("layer_list", "ratio_list", "lambda")
 
     def __post_init__(self) -> None:
         self.layer_list = tuple(self.layer_list)
-        self.ratio_list = tuple(self.ratio_list)
-        validate_stages("pdrop", self.layer_list, self.ratio_list, ("layer_list", "ratio_list"))
-        if any(not 0 < r <= 1 for r in self.ratio_list):
-            raise ValueError(f"pdrop: ratio_list values must lie in (0, 1], got {list(self.ratio_list)}")
+        if self.ratio_list is not None and self.decay is not None:
+            raise ValueError("pdrop: give either lambda or ratio_list, not both")
+        if self.decay is not None and not 0 < self.decay <= 1:
+            raise ValueError(f"pdrop: lambda must lie in (0, 1], got {self.decay}")
+        if self.ratio_list is None and self.decay is None:
+            self.ratio_list = (0.5, 0.25, 0.125)
+        if self.ratio_list is not None:
+            self.ratio_list = tuple(self.ratio_list)
+        validate_stages("pdrop", self.layer_list, self.ratios, ("layer_list", "ratio_list"))
+        if any(not 0 < r <= 1 for r in self.ratios):
+            raise ValueError(f"pdrop: ratio_list values must lie in (0, 1], got {list(self.ratios)}")
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        if self.decay is not None:
+            return geometric_ratios(self.decay, len(self.layer_list))
+        return self.ratio_list
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None = None) -> PyramidDrop:
+        """``lambda`` is accepted under the paper's name."""
+        params = dict(params or {})
+        if "lambda" in params:
+            params["decay"] = params.pop("lambda")
+        return super().from_params(params)
 
     def schedule(self, span: int) -> list[tuple[int, int]]:
-        return list(zip(self.layer_list, stage_keeps(span, self.ratio_list), strict=True))
+        return list(zip(self.layer_list, stage_keeps(span, self.ratios), strict=True))
 
     def select(self, step: PruneStep, keep: int) -> TokenSelection:
         selection = select_span_tokens(step.query_attention_over_span(step.layer), keep, "avg_all_heads")
@@ -91,21 +94,12 @@ class PyramidDrop(PruningMethod):
         return selection
 
     @classmethod
-    def from_config(cls, config: Any) -> PyramidDrop:
-        params = config.pruning_params or {}
-        layers = tuple(params.get("layer_list", cls.layer_list))
-        if "lambda" in params and "ratio_list" in params:
-            raise ValueError("pdrop: give either lambda or ratio_list in pruning_params, not both")
-        if "lambda" in params:
-            ratios = geometric_ratios(float(params["lambda"]), len(layers))
-        else:
-            ratios = tuple(params.get("ratio_list", cls.ratio_list))
-        return cls(layer_list=layers, ratio_list=ratios)
-
-    @classmethod
-    def config_for_budget(cls, target_tokens: float, num_layers: int, span: int, config: Any) -> dict[str, Any]:
-        """Layers ``[2, 8, 16, 24]`` (those below ``num_layers``) and the ``lambda`` that costs ``target_tokens``."""
-        layers = [layer for layer in BUDGET_LAYERS if layer < num_layers]
+    def for_budget(
+        cls, target_tokens: float, num_layers: int, span: int, params: Mapping[str, Any] | None = None
+    ) -> PyramidDrop:
+        """Layers ``[2, 8, 16, 24]`` (those below ``num_layers``, or ``layer_list`` when given) and the
+        ``lambda`` that costs ``target_tokens``."""
+        params = without_budget_fields(cls, params, ("ratio_list", "decay", "lambda"))
+        layers = tuple(params.pop("layer_list", [layer for layer in BUDGET_LAYERS if layer < num_layers]))
         decay = pdrop_decay_for_budget(target_tokens, num_layers, span, layers)
-        params = {k: v for k, v in (config.pruning_params or {}).items() if k != "ratio_list"}
-        return {"pruning_params": {**params, "layer_list": layers, "lambda": decay}}
+        return cls.from_params({**params, "layer_list": layers, "decay": decay})

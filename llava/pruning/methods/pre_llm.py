@@ -10,13 +10,13 @@ CDPruner code does (the LLM simply receives a shorter prompt).
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from llava.pruning.methods.base import PruneStep, PruningMethod
+from llava.pruning.methods.base import PruneStep, PruningMethod, without_budget_fields
 from llava.pruning.selection import TokenSelection
 
 
@@ -44,6 +44,8 @@ class PreLLMMethod(PruningMethod):
 
     visual_tokens: int = 64
 
+    pre_llm = True
+
     def schedule(self, span: int) -> list[tuple[int, int]]:
         return []
 
@@ -54,7 +56,7 @@ class PreLLMMethod(PruningMethod):
     def select_visual(self, tokens: VisualTokens) -> TokenSelection:
         """Kept token indices ``[B, T]`` (ascending) into the image's ``S`` tokens."""
 
-    def validate(self, num_layers: int, span: int | None) -> None:
+    def validate(self, num_layers: int, span: int | None, num_heads: int | None = None) -> None:
         upper = span if span is not None else "the image token count"
         if self.visual_tokens < 1 or (span is not None and self.visual_tokens > span):
             raise ValueError(
@@ -62,10 +64,13 @@ class PreLLMMethod(PruningMethod):
             )
 
     @classmethod
-    def config_for_budget(cls, target_tokens: float, num_layers: int, span: int, config: Any) -> dict[str, Any]:
+    def for_budget(
+        cls, target_tokens: float, num_layers: int, span: int, params: Mapping[str, Any] | None = None
+    ) -> PreLLMMethod:
         """``visual_tokens = round(target_tokens)``: every LLM layer sees that many visual tokens."""
+        params = without_budget_fields(cls, params, ("visual_tokens",))
         if not 0 < target_tokens <= span:
             raise ValueError(
                 f"{cls.name}: a budget of {target_tokens} tokens is out of range: valid range is (0, {span}]"
             )
-        return {"pruning_params": {**(config.pruning_params or {}), "visual_tokens": round(target_tokens)}}
+        return cls.from_params({**params, "visual_tokens": round(target_tokens)})

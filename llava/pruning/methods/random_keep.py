@@ -7,12 +7,10 @@ its position in the batch (batch size N == batch size 1).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from llava.pruning.methods.base import PruneStep, SinglePruneMethod
-from llava.pruning.registry import register_method
+from llava.pruning.methods.base import PruneStep, SinglePruneMethod, register_method
 from llava.pruning.selection import TokenSelection, select_tokens_random
 
 
@@ -22,15 +20,9 @@ class RandomKeep(SinglePruneMethod):
     seed: int = 0
 
     name = "random"
-    params = ("seed",)
 
     def select(self, step: PruneStep, keep: int) -> TokenSelection:
         span = step.span_index.shape[1]
         rows = [select_tokens_random(1, span, keep, torch.Generator().manual_seed(self.seed)) for _ in step.span_index]
         indices = torch.cat(rows).to(step.span_index.device)
         return TokenSelection(indices=indices, scores=torch.zeros(0), metadata={"method": "random", "seed": self.seed})
-
-    @classmethod
-    def from_config(cls, config: Any) -> RandomKeep:
-        params = config.pruning_params or {}
-        return cls(agg_layer=config.fast_v_agg_layer, keep=config.fast_v_attention_rank, seed=params.get("seed", 0))

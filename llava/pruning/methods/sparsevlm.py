@@ -26,16 +26,15 @@ Choices where DESIGN.md leaves one:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from llava.pruning.budget import equivalent_tokens, span_tokens_per_layer
-from llava.pruning.methods.base import PruneStep, PruningMethod, validate_stages
+from llava.pruning.budget import bisect_for_target, check_budget_reachable, equivalent_tokens, span_tokens_per_layer
+from llava.pruning.methods.base import PruneStep, PruningMethod, register_method, validate_stages, without_budget_fields
 from llava.pruning.recycling import kept_count_with_recycling, recycle_pruned_tokens
-from llava.pruning.registry import register_method
 from llava.pruning.selection import TokenSelection, top_r_sorted
 from llava.pruning.text_guided import (
     debiased_span_attention,
@@ -54,12 +53,7 @@ def scaled_stage_budgets(
     target_tokens: float, num_layers: int, span: int, layers: Sequence[int], preset: Sequence[int]
 ) -> list[int]:
     """``preset`` scaled by the factor (bisection) whose rounded schedule over ``layers`` costs ``target_tokens``."""
-    lowest = layers[0] * span / num_layers
-    if not lowest < target_tokens <= span:
-        raise ValueError(
-            f"sparsevlm: {target_tokens} equivalent tokens are out of reach with layers {list(layers)} of "
-            f"{num_layers}: valid range is ({lowest:.1f}, {span}]"
-        )
+    check_budget_reachable("sparsevlm", target_tokens, num_layers, span, layers[0])
 
     def budgets(factor: float) -> list[int]:
         return [min(span, max(1, round(b * factor))) for b in preset]
@@ -68,14 +62,7 @@ def scaled_stage_budgets(
         schedule = list(zip(layers, budgets(factor), strict=True))
         return equivalent_tokens(span_tokens_per_layer(num_layers, span, schedule))
 
-    low, high = 0.0, span / min(preset)
-    for _ in range(60):
-        middle = (low + high) / 2
-        if cost(middle) < target_tokens:
-            low = middle
-        else:
-            high = middle
-    return budgets(min((low, high), key=lambda factor: abs(cost(factor) - target_tokens)))
+    return budgets(bisect_for_target(cost, target_tokens, 0.0, span / min(preset)))
 
 
 def _expand(index: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
@@ -108,7 +95,7 @@ def rater_rows(step: PruneStep) -> tuple[torch.Tensor, torch.Tensor]:
 @dataclass
 class SparseVLM(PruningMethod):
     """``prune_layers``, ``stage_budgets`` (span tokens kept from each layer on), ``version``, ``v2_heads``,
-    ``recycling`` and ``recycle_ratio`` from ``pruning_params``."""
+    ``recycling`` and ``recycle_ratio``."""
 
     prune_layers: tuple[int, ...] = PRUNE_LAYERS
     stage_budgets: tuple[int, ...] = STAGE_BUDGET_PRESETS[192]
@@ -118,7 +105,6 @@ class SparseVLM(PruningMethod):
     recycle_ratio: float = 0.3
 
     name = "sparsevlm"
-    params = ("prune_layers", "stage_budgets", "version", "v2_heads", "recycling", "recycle_ratio")
 
     def __post_init__(self) -> None:
         if self.version not in VERSIONS:
@@ -134,9 +120,9 @@ class SparseVLM(PruningMethod):
     def schedule(self, span: int) -> list[tuple[int, int]]:
         return list(zip(self.prune_layers, self.stage_budgets, strict=True))
 
-    def validate(self, num_layers: int, span: int | None) -> None:
+    def validate(self, num_layers: int, span: int | None, num_heads: int | None = None) -> None:
         """The common checks; with recycling also that every stage's budget can hold its cluster tokens."""
-        super().validate(num_layers, span)
+        super().validate(num_layers, span, num_heads)
         if self.recycling and span is not None:
             live = span
             for budget in self.stage_budgets:
@@ -178,22 +164,12 @@ class SparseVLM(PruningMethod):
         return TokenSelection(indices, scores, metadata, replacement=(columns, merged) if columns.numel() else None)
 
     @classmethod
-    def from_config(cls, config: Any) -> SparseVLM:
-        params = config.pruning_params or {}
-        return cls(
-            prune_layers=tuple(params.get("prune_layers", cls.prune_layers)),
-            stage_budgets=tuple(params.get("stage_budgets", cls.stage_budgets)),
-            version=params.get("version", cls.version),
-            v2_heads=params.get("v2_heads", cls.v2_heads),
-            recycling=bool(params.get("recycling", cls.recycling)),
-            recycle_ratio=params.get("recycle_ratio", cls.recycle_ratio),
-        )
-
-    @classmethod
-    def config_for_budget(cls, target_tokens: float, num_layers: int, span: int, config: Any) -> dict[str, Any]:
+    def for_budget(
+        cls, target_tokens: float, num_layers: int, span: int, params: Mapping[str, Any] | None = None
+    ) -> SparseVLM:
         """The nearest v1.5 preset (192/128/64), scaled so the schedule costs ``target_tokens``."""
-        params = dict(config.pruning_params or {})
-        layers = tuple(params.get("prune_layers", cls.prune_layers))
+        params = without_budget_fields(cls, params, ("stage_budgets",))
+        layers = tuple(params.pop("prune_layers", cls.prune_layers))
         preset = STAGE_BUDGET_PRESETS[min(STAGE_BUDGET_PRESETS, key=lambda budget: abs(budget - target_tokens))]
         budgets = scaled_stage_budgets(target_tokens, num_layers, span, layers, preset)
-        return {"pruning_params": {**params, "prune_layers": list(layers), "stage_budgets": budgets}}
+        return cls.from_params({**params, "prune_layers": layers, "stage_budgets": budgets})

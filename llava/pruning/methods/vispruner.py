@@ -9,25 +9,23 @@ stays on SDPA); duplicates are measured on the feature-layer patch features (bef
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from llava.pruning.diversity import vispruner_keep
+from llava.pruning.methods.base import register_method
 from llava.pruning.methods.pre_llm import PreLLMMethod, VisualTokens
-from llava.pruning.registry import register_method
 from llava.pruning.selection import TokenSelection
 
 
 @register_method
 @dataclass
 class VisPruner(PreLLMMethod):
-    """``visual_tokens`` = T and ``important_ratio`` = r (default 0.5) from ``pruning_params``."""
+    """``visual_tokens`` = T and ``important_ratio`` = r (default 0.5)."""
 
     important_ratio: float = 0.5
 
     name = "vispruner"
-    params = ("visual_tokens", "important_ratio")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.important_ratio <= 1.0:
@@ -41,11 +39,3 @@ class VisPruner(PreLLMMethod):
         ]
         metadata = {"method": "vispruner", "important": round(self.visual_tokens * self.important_ratio)}
         return TokenSelection(torch.stack(kept), attention, metadata)
-
-    @classmethod
-    def from_config(cls, config: Any) -> VisPruner:
-        params = config.pruning_params or {}
-        return cls(
-            visual_tokens=params.get("visual_tokens", cls.visual_tokens),
-            important_ratio=params.get("important_ratio", cls.important_ratio),
-        )

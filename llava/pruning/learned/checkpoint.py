@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from llava.pruner.heads import LayerSpecificPruner, PrunerConfig
+from llava.pruning.learned.heads import LayerSpecificPruner, PrunerConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

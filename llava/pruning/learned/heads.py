@@ -8,7 +8,7 @@ layer:
     l_j  += w * a_j                                                (only with the attention residual)
 
 where ``a_j`` is the LLM layer's own text->vision attention (mean over heads and question rows,
-``llava.pruner.text_attention``) and ``w`` is a buffer (fixed) or an ``nn.Parameter`` (learnable).
+``llava.pruning.learned.text_attention``) and ``w`` is a buffer (fixed) or an ``nn.Parameter`` (learnable).
 """
 
 from __future__ import annotations

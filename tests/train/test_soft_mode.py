@@ -1,14 +1,14 @@
-"""The training-time soft-mask forward: unpruned == the model; saturated masks == the engine's hard removal."""
+"""The engine's soft mode (training): unpruned == the model; saturated soft masks == the engine's hard removal."""
 
 import pytest
 import torch
 
 from llava.model.tiny import build_tiny_llava, build_tiny_tokenizer
-from llava.pruner.checkpoint import read_checkpoint
-from llava.pruner.data import synthetic_batch
-from llava.pruner.soft_forward import multimodal_embeddings, soft_pruned_forward
-from llava.pruning.methods.learned import load_pruner
-from tests.conftest import with_fields
+from llava.pruning.learned.checkpoint import read_checkpoint
+from llava.pruning.methods.learned import LearnedPruning, load_pruner
+from llava.pruning.registry import build_method
+from llava.train.pruner.data import synthetic_batch
+from llava.train.pruner.training import multimodal_embeddings, stage_forward
 from tests.train.conftest import LAYERS, NUM_LAYERS, write_checkpoint
 
 
@@ -25,7 +25,7 @@ def batch_for(llava, size: int, seed: int):
 def test_without_pruner_it_equals_the_model_on_a_left_padded_batch(llava):
     batch = batch_for(llava, 3, seed=4)
     assert batch.attention_mask.sum(dim=1).unique().numel() > 1  # real padding
-    out = soft_pruned_forward(llava, multimodal_embeddings(llava, batch.input_ids, batch.pixel_values), batch, LAYERS)
+    out = stage_forward(llava, multimodal_embeddings(llava, batch.input_ids, batch.pixel_values), batch, LAYERS, None)
     assert len(out.stage_states) == len(LAYERS) and out.stage_logits == []
     for row in range(3):
         length = int(batch.attention_mask[row].sum())
@@ -41,21 +41,11 @@ def test_saturated_soft_masks_equal_hard_removal_through_the_engine(llava, tmp_p
     checkpoint = write_checkpoint(tmp_path / "pruner.pt", use_attn_residual=True, scale=1e5)
     batch = batch_for(llava, 1, seed=5)
     embeds = multimodal_embeddings(llava, batch.input_ids, batch.pixel_values)
-    soft = soft_pruned_forward(
-        llava,
-        embeds,
-        batch,
-        LAYERS,
-        load_pruner(checkpoint),
-        temperature=1e-3,
-        generator=torch.Generator().manual_seed(0),
-    )
-    with_fields(llava, pruning_method="learned", pruning_params={"pruner_checkpoint": checkpoint})
-    try:
+    soft_method = LearnedPruning.from_pruner(load_pruner(checkpoint), 1e-3, torch.Generator().manual_seed(0))
+    soft = stage_forward(llava, embeds, batch, LAYERS, soft_method)
+    with llava.pruning(build_method("learned", {"pruner_checkpoint": checkpoint})):
         hard = llava(input_ids=batch.input_ids, pixel_values=batch.pixel_values, prune_query_index=batch.query_index)
         stages = llava.language_model.last_pruning_record.stages
-    finally:
-        with_fields(llava, pruning_method=None, pruning_params=None)
     start = int(batch.span[0, 0])
     for stage, keep in zip(stages, soft.cumulative_keep, strict=True):
         assert torch.equal(stage.kept_index[0] - start, (keep[0] > 0.5).nonzero()[:, 0])

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from llava.pruner.schedules import Ramp
+from llava.train.pruner.schedules import Ramp
 
 
 @dataclass

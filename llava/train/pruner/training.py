@@ -21,25 +21,73 @@ from typing import Any
 import torch
 
 from llava.model.builder import load_pretrained_model
-from llava.model.llava_arch import image_features_per_image
+from llava.model.pre_llm import projected_features
 from llava.model.tiny import build_tiny_llava, build_tiny_tokenizer
-from llava.pruner.checkpoint import pruner_config_dict
-from llava.pruner.config import TrainConfig
-from llava.pruner.data import PrunerBatch, synthetic_batch
-from llava.pruner.discriminator import Discriminator
-from llava.pruner.heads import LayerSpecificPruner, PrunerConfig
-from llava.pruner.losses import (
+from llava.model.vision import image_features_per_image
+from llava.pruning.learned.checkpoint import pruner_config_dict
+from llava.pruning.learned.heads import LayerSpecificPruner, PrunerConfig
+from llava.pruning.learned.masks import hard_keep_mask
+from llava.pruning.methods.learned import LearnedPruning
+from llava.train.pruner.config import TrainConfig
+from llava.train.pruner.data import PrunerBatch, synthetic_batch
+from llava.train.pruner.discriminator import Discriminator
+from llava.train.pruner.losses import (
     binarization_loss,
     discriminator_loss,
     generator_adversarial_loss,
     sparsity_loss,
     task_loss,
 )
-from llava.pruner.masks import hard_keep_mask
-from llava.pruner.schedules import annealed_temperature, cosine_weight
-from llava.pruner.soft_forward import SoftForwardOutput, multimodal_embeddings, soft_pruned_forward
+from llava.train.pruner.schedules import annealed_temperature, cosine_weight
 
 LOSS_NAMES = ("task", "adversarial", "sparsity", "binarization")
+
+
+@dataclass
+class StageOutputs:
+    """One forward of the frozen LM: ``stage_states[i]`` = hidden states at the end of stage ``i`` (input of
+    the next pruning layer; the final normed states for the last stage); with the soft pruner also its
+    keep logits ``l_i`` and cumulative keep probabilities ``P_i`` (``[B, S]``) per stage."""
+
+    logits: torch.Tensor
+    stage_states: list[torch.Tensor]
+    stage_logits: list[torch.Tensor]
+    cumulative_keep: list[torch.Tensor]
+
+
+@torch.no_grad()
+def multimodal_embeddings(llava, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Token embeddings with the projected image features in place of the image tokens (frozen model)."""
+    embeds = llava.get_input_embeddings()(input_ids)
+    features = projected_features(llava, pixel_values.to(embeds.device, embeds.dtype)).to(embeds.dtype)
+    image_mask = (input_ids == llava.config.image_token_id)[..., None].expand_as(embeds)
+    return embeds.masked_scatter(image_mask, features)
+
+
+def stage_forward(
+    llava, embeds: torch.Tensor, batch: PrunerBatch, pruning_layers: list[int], method: LearnedPruning | None
+) -> StageOutputs:
+    """The engine's forward over ``embeds``: unpruned (``method`` None, the real branch) or with the soft
+    pruner (the fake branch); one decoder loop serves both and the hard-mask evaluation."""
+    language_model = llava.language_model
+    context = language_model.pruning(method) if method is not None else language_model.pruning_disabled()
+    with context:
+        out = language_model(
+            inputs_embeds=embeds,
+            attention_mask=batch.attention_mask,
+            prune_span=batch.span,
+            prune_query_index=batch.query_index,
+            use_cache=False,
+            output_hidden_states=True,
+        )
+    hidden = out.hidden_states  # [embeddings, output of layer 0, ..., final normed states]
+    soft = language_model.pruning_state.soft_stages if method is not None else []
+    return StageOutputs(
+        logits=llava.lm_head(out.last_hidden_state),
+        stage_states=[hidden[layer] for layer in pruning_layers[1:]] + [hidden[-1]],
+        stage_logits=[selection.logits for _, selection, _ in soft],
+        cumulative_keep=[cumulative for _, _, cumulative in soft],
+    )
 
 
 @dataclass
@@ -58,7 +106,7 @@ class TrainState:
         return image_features_per_image(self.llava.config)
 
     def checkpoint(self) -> dict[str, Any]:
-        """Everything needed to resume (see ``llava.pruner.checkpoint``)."""
+        """Everything needed to resume (see ``llava.pruning.learned.checkpoint``)."""
         return {
             "step": self.step,
             "train_config": asdict(self.config),
@@ -155,7 +203,7 @@ def hard_keep_ratios(stage_logits: list[torch.Tensor]) -> list[float]:
 
 
 def generator_losses(
-    state: TrainState, batch: PrunerBatch, fake: SoftForwardOutput, text_valid: torch.Tensor, step: int
+    state: TrainState, batch: PrunerBatch, fake: StageOutputs, text_valid: torch.Tensor, step: int
 ) -> dict[str, torch.Tensor]:
     """Unweighted pruner losses of one step (see the module docstring)."""
     fake_scores = state.discriminator(fake.stage_states, text_valid, step_generator(state.config.seed, step, 1))
@@ -174,7 +222,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None
 
 
 def discriminator_update(
-    state: TrainState, real: SoftForwardOutput, fake: SoftForwardOutput, text_valid: torch.Tensor, step: int
+    state: TrainState, real: StageOutputs, fake: StageOutputs, text_valid: torch.Tensor, step: int
 ) -> float:
     """One discriminator step on real vs detached fake stage states; returns ``L_D``."""
     noise = step_generator(state.config.seed, step, 2)
@@ -205,10 +253,9 @@ def train_step(state: TrainState) -> dict[str, Any]:
     embeds = multimodal_embeddings(state.llava, batch.input_ids, batch.pixel_values)
     text_valid = text_after_image(batch)
     with torch.no_grad():
-        real = soft_pruned_forward(state.llava, embeds, batch, layers)
-    fake = soft_pruned_forward(
-        state.llava, embeds, batch, layers, state.pruner, temperature, step_generator(config.seed, step, 0)
-    )
+        real = stage_forward(state.llava, embeds, batch, layers, None)
+    soft_pruner = LearnedPruning.from_pruner(state.pruner, temperature, step_generator(config.seed, step, 0))
+    fake = stage_forward(state.llava, embeds, batch, layers, soft_pruner)
     losses = generator_losses(state, batch, fake, text_valid, step)
     total = sum(weights[name] * losses[name] for name in LOSS_NAMES)
     optimizer_step(state.pruner_optimizer, total)

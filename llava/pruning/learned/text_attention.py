@@ -50,11 +50,3 @@ def text_to_vision_attention(probs: torch.Tensor, row_weights: torch.Tensor, spa
     return pooled.gather(1, span_index)
 
 
-def reweight_keys(probs: torch.Tensor, key_weights: torch.Tensor) -> torch.Tensor:
-    """Attention after adding ``log w`` to the logits of every key: ``A'_k = A_k w_k / sum_k' A_k' w_k'``.
-
-    ``probs``: ``[B, H, Q, N]``; ``key_weights``: ``[B, N]`` (soft keep probabilities, 1 outside the
-    span). With 0/1 weights this is the attention of the sequence without the dropped keys.
-    """
-    weighted = probs * key_weights[:, None, None, :]
-    return weighted / weighted.sum(dim=-1, keepdim=True)

@@ -1,0 +1,1 @@
+"""Training of the learned pruner: configuration, data, discriminator, losses, schedules, the training step."""
