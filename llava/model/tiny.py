@@ -17,9 +17,7 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import PruningLlamaForCausalLM
 from llava.model.llava_arch import PruningLlavaForConditionalGeneration
-
-IMAGE_TOKEN = "<image>"
-SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN)
+from llava.tokenization import IMAGE_TOKEN, SPECIAL_TOKENS, llava_fast_tokenizer
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -30,16 +28,7 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-        padding_side="left",
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    tokenizer = llava_fast_tokenizer(backend)
     return tokenizer
 
 

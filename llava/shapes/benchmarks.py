@@ -1,0 +1,148 @@
+"""The three held-out shapes benchmarks, written in LLaVA's evaluation layout (deterministic by seed).
+
+Under ``<root>`` (default ``playground/data/eval/shapes``), so that ``EVAL_DIR=<root>`` makes the
+project's ``gqa.sh`` / ``pope.sh`` / ``sqa.sh`` and their scorers run unchanged:
+
+* ``gqa/``: short answers (one-cell and several-cell types), ``llava_gqa_testdev_balanced.jsonl``,
+  ``data/images/``, ground truth ``data/testdev_balanced_questions.json`` (GQA accuracy);
+* ``pope/``: ``is there a X ?`` with POPE's random / popular / adversarial negatives, half yes,
+  ``llava_pope_test.jsonl``, ``val2014/``, labels ``coco/coco_pope_<split>.json`` (the POPE scorer);
+* ``scienceqa/``: four options A-D (ScienceQA layout), ``llava_test_CQM-A.json``, ``images/test/<id>/``,
+  ``problems.json`` and ``pid_splits.json`` (the ScienceQA scorer).
+
+Every question has its own scene; benchmark scenes use seeds below the training offset, so training
+never sees them. Each question line also carries ``kind`` (question type) and ``cells`` (0-based cells
+the answer depends on) for per-type tables and overlays.
+
+    python -m llava.shapes.benchmarks --root playground/data/eval/shapes --per-benchmark 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from llava.shapes.questions import ONE_CELL, POPE_SPLITS, SEVERAL_CELLS, Question, ask, exists, multiple_choice
+from llava.shapes.scene import Scene, render, sample_scene
+from llava.shapes.training_data import OPTION_LETTERS
+from llava.shapes.vocabulary import SHORT_ANSWER_PROMPT
+
+BENCHMARKS = ("gqa", "pope", "scienceqa")
+SEED_BASE = {"gqa": 1_000_000, "pope": 2_000_000, "scienceqa": 3_000_000}
+JPEG_QUALITY = 90
+
+
+def scene_questions(benchmark: str, count: int, seed: int) -> Iterator[tuple[int, Scene, Question]]:
+    """``count`` (scene seed, scene, question) triples; question types (and POPE splits / labels) cycle."""
+    if benchmark == "pope":
+        plan = [(split, positive) for split in POPE_SPLITS for positive in (True, False)]
+    elif benchmark == "gqa":
+        plan = list(ONE_CELL + SEVERAL_CELLS)
+    else:
+        plan = list(ONE_CELL + ("count",))
+    scene_seed = SEED_BASE[benchmark] + seed * 100_000
+    made = 0
+    while made < count:
+        scene_seed += 1
+        rng = random.Random(scene_seed)
+        scene = sample_scene(scene_seed)
+        wanted = plan[made % len(plan)]
+        if benchmark == "pope":
+            question = exists(scene, rng, split=wanted[0], positive=wanted[1])
+        else:
+            question = ask(scene, wanted, rng)
+        if question is not None:
+            made += 1
+            yield scene_seed, scene, question
+
+
+def write_json(path: Path, payload, lines: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(item) + "\n" for item in payload) if lines else json.dumps(payload, indent=1)
+    path.write_text(text, encoding="utf-8")
+
+
+def save_image(scene: Scene, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    render(scene).save(path, format="JPEG", quality=JPEG_QUALITY)
+
+
+def write_gqa(root: Path, count: int, seed: int) -> None:
+    lines, truth = [], {}
+    for scene_seed, scene, question in scene_questions("gqa", count, seed):
+        qid = f"shapes{scene_seed}"
+        image = f"{qid}.jpg"
+        save_image(scene, root / "data" / "images" / image)
+        lines.append(
+            {"question_id": qid, "image": image, "text": f"{question.text}\n{SHORT_ANSWER_PROMPT}",
+             "kind": question.kind, "cells": question.cells}
+        )
+        truth[qid] = {"answer": question.answer, "question": question.text, "types": {"semantic": question.kind}}
+    write_json(root / "llava_gqa_testdev_balanced.jsonl", lines, lines=True)
+    write_json(root / "data" / "testdev_balanced_questions.json", truth)
+
+
+def write_pope(root: Path, count: int, seed: int) -> None:
+    lines, labels = [], {split: [] for split in POPE_SPLITS}
+    for scene_seed, scene, question in scene_questions("pope", count, seed):
+        qid = f"shapes{scene_seed}"
+        image = f"{qid}.jpg"
+        save_image(scene, root / "val2014" / image)
+        lines.append(
+            {"question_id": qid, "image": image, "text": f"{question.text}\n{SHORT_ANSWER_PROMPT}",
+             "category": question.split, "kind": question.kind, "cells": question.cells}
+        )
+        labels[question.split].append({"question_id": qid, "label": question.answer})
+    lines.sort(key=lambda line: POPE_SPLITS.index(line["category"]))  # LLaVA's file is grouped by split
+    write_json(root / "llava_pope_test.jsonl", lines, lines=True)
+    for split, rows in labels.items():
+        write_json(root / "coco" / f"coco_pope_{split}.json", rows, lines=True)
+
+
+def write_scienceqa(root: Path, count: int, seed: int) -> None:
+    entries, problems = [], {}
+    for scene_seed, scene, question in scene_questions("scienceqa", count, seed):
+        pid = f"shapes{scene_seed}"
+        options, answer = multiple_choice(question, random.Random(scene_seed + 7))
+        save_image(scene, root / "images" / "test" / pid / "image.jpg")
+        listing = "\n".join(f"{letter}. {option}" for letter, option in zip(OPTION_LETTERS, options, strict=True))
+        entries.append(
+            {"id": pid, "image": f"{pid}/image.jpg", "kind": question.kind, "cells": question.cells,
+             "conversations": [{"from": "human", "value": f"<image>\n{question.text}\n{listing}"},
+                               {"from": "gpt", "value": OPTION_LETTERS[answer]}]}
+        )
+        problems[pid] = {"question": question.text, "choices": options, "answer": answer, "image": "image.jpg",
+                         "split": "test", "kind": question.kind}
+    write_json(root / "llava_test_CQM-A.json", entries)
+    write_json(root / "problems.json", problems)
+    write_json(root / "pid_splits.json", {"test": list(problems)})
+
+
+WRITERS = {"gqa": write_gqa, "pope": write_pope, "scienceqa": write_scienceqa}
+
+
+def write_benchmarks(root: Path, per_benchmark: int, seed: int = 0, names: tuple[str, ...] = BENCHMARKS) -> None:
+    for name in names:
+        WRITERS[name](root / name, per_benchmark, seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=Path("playground/data/eval/shapes"))
+    parser.add_argument("--per-benchmark", type=int, default=120)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--benchmarks", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
+    args = parser.parse_args(argv)
+    if args.per_benchmark < 1:
+        parser.error(f"--per-benchmark must be >= 1, got {args.per_benchmark}")
+    write_benchmarks(args.root, args.per_benchmark, args.seed, tuple(args.benchmarks))
+    print(f"wrote {', '.join(args.benchmarks)} ({args.per_benchmark} questions each) under {args.root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Questions about a scene, by type, with their answers; every one needs specific regions of the image.
+
+One cell:      ``colour_at`` / ``shape_at`` (row r, column c), ``right_of`` (the shape right of a unique X).
+Several cells: ``count`` (how many X), ``most_common`` (the colour with the most shapes, unique by 2).
+Whole image:   ``exists`` (is there an X?), with POPE's negatives: ``random`` (any absent object),
+               ``popular`` (the most frequent absent object under the generator's weights),
+               ``adversarial`` (absent, but its colour and its shape are each present on other objects).
+
+Rows and columns are numbered 1 to 6 from the top left. Answers are single words (digits for counts).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+from llava.shapes.scene import COLOUR_WEIGHTS, COLOURS, SHAPE_WEIGHTS, SHAPES, Scene
+
+ONE_CELL = ("colour_at", "shape_at", "right_of")
+SEVERAL_CELLS = ("count", "most_common")
+WHOLE_IMAGE = ("exists",)
+QUESTION_TYPES = ONE_CELL + SEVERAL_CELLS + WHOLE_IMAGE
+POPE_SPLITS = ("random", "popular", "adversarial")
+MAX_COUNT = 5
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question, its answer, its type, and for ``exists`` the POPE split of a negative (else None)."""
+
+    text: str
+    answer: str
+    kind: str
+    split: str | None = None
+    cells: tuple[tuple[int, int], ...] = ()  # 0-based cells the answer depends on (one-cell questions)
+
+
+def colour_at(scene: Scene, rng: random.Random) -> Question | None:
+    obj = rng.choice(scene.objects)
+    return Question(
+        f"what colour is the shape in row {obj.row + 1} , column {obj.col + 1} ?",
+        obj.colour,
+        "colour_at",
+        cells=((obj.row, obj.col),),
+    )
+
+
+def shape_at(scene: Scene, rng: random.Random) -> Question | None:
+    obj = rng.choice(scene.objects)
+    return Question(
+        f"what shape is in row {obj.row + 1} , column {obj.col + 1} ?", obj.shape, "shape_at", cells=((obj.row, obj.col),)
+    )
+
+
+def right_of(scene: Scene, rng: random.Random) -> Question | None:
+    """The shape in the cell right of an object whose colour + shape is unique in the scene."""
+    candidates = [
+        (obj, right)
+        for obj in scene.objects
+        if scene.count(obj.colour, obj.shape) == 1 and (right := scene.at(obj.row, obj.col + 1)) is not None
+    ]
+    if not candidates:
+        return None
+    obj, right = rng.choice(candidates)
+    return Question(
+        f"what shape is right of the {obj.colour} {obj.shape} ?",
+        right.shape,
+        "right_of",
+        cells=((obj.row, obj.col), (right.row, right.col)),
+    )
+
+
+def count(scene: Scene, rng: random.Random) -> Question | None:
+    """How many shapes of one kind, or of one colour (0 to ``MAX_COUNT``)."""
+    if rng.random() < 0.5:
+        shape = rng.choice(SHAPES)
+        value, text = scene.count(shape=shape), f"how many {PLURALS[shape]} are there ?"
+    else:
+        colour = rng.choice(list(COLOURS))
+        value, text = scene.count(colour=colour), f"how many {colour} shapes are there ?"
+    if value > MAX_COUNT:
+        return None
+    return Question(text, str(value), "count")
+
+
+def most_common(scene: Scene, rng: random.Random) -> Question | None:
+    """Asked only when one colour leads every other by at least two shapes."""
+    ranked = Counter(obj.colour for obj in scene.objects).most_common()
+    runner_up = ranked[1][1] if len(ranked) > 1 else 0
+    if ranked[0][1] - runner_up < 2:
+        return None
+    return Question("which colour is most common ?", ranked[0][0], "most_common")
+
+
+def _absent(scene: Scene) -> list[tuple[str, str]]:
+    return [(c, s) for c, s in itertools.product(COLOURS, SHAPES) if not scene.has(c, s)]
+
+
+def exists(scene: Scene, rng: random.Random, split: str | None = None, positive: bool | None = None) -> Question | None:
+    """``is there a X ?``: a present object (yes) or an absent one chosen by the POPE ``split`` (no)."""
+    positive = rng.random() < 0.5 if positive is None else positive
+    split = split or rng.choice(POPE_SPLITS)
+    if positive:
+        obj = rng.choice(scene.objects)
+        colour, shape = obj.colour, obj.shape
+    else:
+        absent = _absent(scene)
+        if split == "popular":
+            weight = {
+                (c, s): COLOUR_WEIGHTS[i] * SHAPE_WEIGHTS[j]
+                for (i, c), (j, s) in itertools.product(enumerate(COLOURS), enumerate(SHAPES))
+            }
+            absent = sorted(absent, key=lambda pair: -weight[pair])[:3]
+        elif split == "adversarial":
+            colours = {o.colour for o in scene.objects}
+            shapes = {o.shape for o in scene.objects}
+            absent = [(c, s) for c, s in absent if c in colours and s in shapes]
+        if not absent:
+            return None
+        colour, shape = rng.choice(absent)
+    return Question(f"is there a {colour} {shape} ?", "yes" if positive else "no", "exists", split)
+
+
+GENERATORS = {
+    "colour_at": colour_at,
+    "shape_at": shape_at,
+    "right_of": right_of,
+    "count": count,
+    "most_common": most_common,
+    "exists": exists,
+}
+
+
+def ask(scene: Scene, kind: str, rng: random.Random, tries: int = 1) -> Question | None:
+    """A question of type ``kind`` about ``scene`` (None when the scene cannot pose one)."""
+    if kind not in GENERATORS:
+        raise ValueError(f"unknown question type {kind!r}; valid: {', '.join(QUESTION_TYPES)}")
+    for _ in range(tries):
+        question = GENERATORS[kind](scene, rng)
+        if question is not None:
+            return question
+    return None
+
+
+def multiple_choice(question: Question, rng: random.Random) -> tuple[list[str], int]:
+    """Four options (the answer and three distractors of the same kind, shuffled) and the answer's index."""
+    if question.kind in ("colour_at", "most_common"):
+        pool = list(COLOURS)
+    elif question.kind in ("shape_at", "right_of"):
+        pool = list(SHAPES)
+    elif question.kind == "count":
+        pool = [str(n) for n in range(MAX_COUNT + 1)]
+    else:
+        raise ValueError(f"no multiple-choice form for {question.kind!r}")
+    options = [question.answer, *rng.sample([p for p in pool if p != question.answer], 3)]
+    rng.shuffle(options)
+    return options, options.index(question.answer)
+
+

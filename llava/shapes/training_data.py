@@ -1,0 +1,196 @@
+"""Training batches of the shapes VLM, generated on the fly (sample ``i`` of a seed is fixed).
+
+* ``tower_batch``: images and per-patch targets for the vision tower's first stage: the colour + shape
+  class of the object covering each patch (0 = background), the row and column of the patch's cell,
+  and the set of objects in the image (for the [CLS] token).
+* ``dialogue_batch``: multi-turn dialogues for the LLaVA stage. The first turn is exactly the evaluation
+  prompt (``build_question_prompt`` + ``tokenizer_image_token``); further turns about the same image
+  follow in vicuna_v1's layout (``ASSISTANT: answer</s>USER: ...``), so one forward over the 576 image
+  tokens supervises several answers. Labels are the answer tokens and their ``</s>``.
+
+Images are JPEG-encoded and decoded (quality 80-95) as the shipped benchmark images are JPEG.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
+from llava.conversation import build_question_prompt
+from llava.mm_utils import tokenizer_image_token
+from llava.shapes.questions import Question, ask, multiple_choice
+from llava.shapes.scene import COLOURS, GRID, SHAPES, Scene, patch_objects, render, sample_scene
+from llava.shapes.vocabulary import OPTION_PROMPT, SHORT_ANSWER_PROMPT
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+NUM_CLASSES = 1 + len(COLOURS) * len(SHAPES)
+OPTION_LETTERS = "ABCD"
+TRAIN_SEED_OFFSET = 10_000_000  # training scenes never share a seed with the benchmarks (seeds < 10^7)
+
+
+def object_class(colour: str, shape: str) -> int:
+    """1 + index of the (colour, shape) pair; 0 is background."""
+    return 1 + list(COLOURS).index(colour) * len(SHAPES) + SHAPES.index(shape)
+
+
+def jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def pixels(image: Image.Image) -> torch.Tensor:
+    """``[3, 336, 336]`` CLIP-normalised pixels (what the CLIP processor gives for a 336 px image)."""
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(((array - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1).copy())
+
+
+def scene_pixels(scene: Scene, rng: random.Random) -> torch.Tensor:
+    return pixels(jpeg(render(scene), rng.randint(80, 95)))
+
+
+@dataclass
+class TowerBatch:
+    pixel_values: torch.Tensor  # [B, 3, 336, 336]
+    patch_class: torch.Tensor  # [B, 576] object class under each patch (0 = background)
+    patch_row: torch.Tensor  # [B, 576] cell row of each patch
+    patch_col: torch.Tensor  # [B, 576]
+    present: torch.Tensor  # [B, NUM_CLASSES - 1] multi-hot of the objects in the image
+
+
+def _patch_cells() -> tuple[torch.Tensor, torch.Tensor]:
+    side = 24
+    index = torch.arange(side * side)
+    per_cell = side // GRID
+    return (index // side) // per_cell, (index % side) // per_cell
+
+
+def tower_batch(step: int, batch_size: int, seed: int) -> TowerBatch:
+    rows, cols = _patch_cells()
+    values, classes, present = [], [], []
+    for i in range(batch_size):
+        sample_seed = TRAIN_SEED_OFFSET + (seed * 1_000_003 + step) * batch_size + i
+        rng = random.Random(sample_seed)
+        scene = sample_scene(sample_seed, 1, 14)
+        values.append(scene_pixels(scene, rng))
+        owners = patch_objects(scene)
+        lookup = np.array([0] + [object_class(o.colour, o.shape) for o in scene.objects])
+        classes.append(torch.from_numpy(lookup[owners]))
+        hot = torch.zeros(NUM_CLASSES - 1)
+        for obj in scene.objects:
+            hot[object_class(obj.colour, obj.shape) - 1] = 1
+        present.append(hot)
+    batch = len(values)
+    return TowerBatch(
+        torch.stack(values), torch.stack(classes), rows.expand(batch, -1), cols.expand(batch, -1), torch.stack(present)
+    )
+
+
+@dataclass
+class DialogueBatch:
+    input_ids: torch.Tensor  # [B, T] left padded
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    pixel_values: torch.Tensor
+    first_answer_index: torch.Tensor  # [B] position of the first answer token (evaluation-prompt accuracy)
+    kinds: list[str]  # question type of each first turn
+    first_cells: list[tuple[tuple[int, int], ...]]  # cells the first answer depends on (one-cell questions)
+
+
+def question_text(question: Question, rng: random.Random, multiple_choice_share: float) -> tuple[str, str]:
+    """The question as asked (short-answer or option form) and the expected reply."""
+    if question.kind != "exists" and rng.random() < multiple_choice_share:
+        options, answer_index = multiple_choice(question, rng)
+        lines = "\n".join(f"{letter}. {option}" for letter, option in zip(OPTION_LETTERS, options, strict=True))
+        return f"{question.text}\n{lines}\n{OPTION_PROMPT}", OPTION_LETTERS[answer_index]
+    return f"{question.text}\n{SHORT_ANSWER_PROMPT}", question.answer
+
+
+@dataclass(frozen=True)
+class DialogueSettings:
+    turns: tuple[int, int] = (3, 6)
+    objects: tuple[int, int] = (5, 12)
+    kind_weights: tuple[tuple[str, float], ...] = (
+        ("colour_at", 3.0),
+        ("shape_at", 3.0),
+        ("right_of", 2.0),
+        ("count", 2.0),
+        ("most_common", 1.0),
+        ("exists", 3.0),
+    )
+    multiple_choice_share: float = 0.3
+    conv_modes: tuple[str, ...] = ("vicuna_v1", "llava_v1")
+
+
+def dialogue(scene: Scene, rng: random.Random, settings: DialogueSettings) -> list[tuple[str, str, str, tuple]]:
+    """``[(question text, reply, kind, cells), ...]`` for one scene."""
+    kinds, weights = zip(*settings.kind_weights, strict=True)
+    turns = []
+    for _ in range(rng.randint(*settings.turns)):
+        question = ask(scene, rng.choices(kinds, weights=weights)[0], rng, tries=3)
+        if question is not None:
+            turns.append((*question_text(question, rng, settings.multiple_choice_share), question.kind, question.cells))
+    if turns:
+        return turns
+    fallback = ask(scene, "colour_at", rng)
+    return [(*question_text(fallback, rng, 0.0), "colour_at", fallback.cells)]
+
+
+def encode_dialogue(
+    turns: list[tuple[str, str, str, tuple]], tokenizer, image_token_id: int, num_image_tokens: int, conv_mode: str
+) -> tuple[list[int], list[int], int]:
+    """Ids and labels of a dialogue, and the index of the first answer token."""
+    eos = tokenizer.eos_token_id
+    encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids
+    ids = tokenizer_image_token(
+        build_question_prompt(turns[0][0], conv_mode, True), tokenizer, image_token_id, num_image_tokens
+    )
+    labels = [IGNORE_INDEX] * len(ids)
+    first_answer = len(ids)
+    for turn_index, (question, reply, _, _) in enumerate(turns):
+        if turn_index > 0:
+            prompt = encode(f"USER: {question} ASSISTANT:")
+            ids += prompt
+            labels += [IGNORE_INDEX] * len(prompt)
+        answer = encode(f" {reply}") + [eos]
+        ids += answer
+        labels += answer
+    assert DEFAULT_IMAGE_TOKEN not in turns[0][0]
+    return ids, labels, first_answer
+
+
+def dialogue_batch(
+    step: int, batch_size: int, seed: int, tokenizer, image_token_id: int, settings: DialogueSettings
+) -> DialogueBatch:
+    rows, values, firsts, kinds, cells = [], [], [], [], []
+    for i in range(batch_size):
+        sample_seed = TRAIN_SEED_OFFSET + (seed * 1_000_003 + step) * batch_size + i
+        rng = random.Random(sample_seed + 1)
+        scene = sample_scene(sample_seed, *settings.objects)
+        turns = dialogue(scene, rng, settings)
+        ids, labels, first = encode_dialogue(turns, tokenizer, image_token_id, 576, rng.choice(settings.conv_modes))
+        rows.append((ids, labels))
+        firsts.append(first)
+        kinds.append(turns[0][2])
+        cells.append(turns[0][3])
+        values.append(scene_pixels(scene, rng))
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((batch_size, width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    mask = torch.zeros_like(input_ids)
+    first_index = torch.empty(batch_size, dtype=torch.long)
+    for row, ((ids, lab), first) in enumerate(zip(rows, firsts, strict=True)):
+        offset = width - len(ids)
+        input_ids[row, offset:] = torch.tensor(ids)
+        labels[row, offset:] = torch.tensor(lab)
+        mask[row, offset:] = 1
+        first_index[row] = offset + first
+    return DialogueBatch(input_ids, mask, labels, torch.stack(values), first_index, kinds, cells)
