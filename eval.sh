@@ -29,4 +29,4 @@ for method in $METHODS; do
         run_config "$method" "$tokens"
     done
 done
-"$PYTHON" -m llava.eval.summarize --results-dir "$EVAL_DIR/results" --output-dir "$EVAL_DIR/summary"
+finish_ablation

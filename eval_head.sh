@@ -29,4 +29,4 @@ for tokens in $TOKENS; do
     done
     run_config dynamic "$tokens"
 done
-"$PYTHON" -m llava.eval.summarize --results-dir "$EVAL_DIR/results" --output-dir "$EVAL_DIR/summary"
+finish_ablation

@@ -133,7 +133,7 @@ def _training_settings(config: dict) -> dict:
 def _load_checkpoint(path: Path | None, fingerprint: str, config: GateTrainingConfig) -> _Checkpoint | None:
     if path is None or not path.is_file():
         return None
-    saved = torch.load(path, weights_only=False)
+    saved = torch.load(path, weights_only=True)
     if saved["fingerprint"] != fingerprint or _training_settings(saved["config"]) != _training_settings(asdict(config)):
         return None  # other data or training settings: start again
     policy = WindowKV(config.sinks, config.window)
@@ -150,7 +150,7 @@ def _save_checkpoint(path: Path, content: dict) -> None:
 
 def checkpoint_history(path: str | Path) -> list[dict]:
     """The per-step history stored in a gate checkpoint (``gates_w<W>.pt``)."""
-    return torch.load(path, weights_only=False)["history"]
+    return torch.load(path, weights_only=True)["history"]
 
 
 def train_gates(model: nn.Module, calibration: CalibrationSet, config: GateTrainingConfig | None = None,

@@ -24,6 +24,7 @@ from llava.eval.jsonl_io import (
     read_jsonl,
     write_jsonl,
 )
+from llava.eval.run_record import merged_run_record, write_run_record
 
 Item = TypeVar("Item")
 
@@ -48,7 +49,8 @@ def chunk_answers_path(answers_dir: str | Path, num_chunks: int, chunk_idx: int)
 def merge_answer_files(chunk_paths: Sequence[str | Path], output_path: str | Path) -> int:
     """Concatenate chunk answer files in order, keeping the first answer per key; returns the count.
 
-    A missing chunk file is an error (a chunk that crashed must not go unnoticed). Error logs of the
+    A missing chunk file is an error (a chunk that crashed must not go unnoticed), and so are chunks that
+    ran different settings (their run records); the output gets the shared run record. Error logs of the
     chunks are concatenated into the output's ``*.errors.jsonl`` (removed when there are none).
     """
     missing = [str(path) for path in chunk_paths if not Path(path).is_file()]
@@ -63,7 +65,10 @@ def merge_answer_files(chunk_paths: Sequence[str | Path], output_path: str | Pat
         chunk_errors_path = errors_path_for(chunk_path)
         if chunk_errors_path.is_file():
             error_records.extend(read_jsonl(chunk_errors_path)[0])
+    run = merged_run_record([Path(path) for path in chunk_paths])
     write_jsonl(output_path, merged.values())
+    if run is not None:
+        write_run_record(output_path, run)
     output_errors_path = errors_path_for(output_path)
     if error_records:
         write_jsonl(output_errors_path, error_records)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from llava.conversation import conv_templates
+from toolkit_common.cli import setting_error
 
 DEFAULT_MODEL_PATH = "llava-hf/llava-1.5-7b-hf"
 DYNAMIC_SELECTION_METHOD = "ablation_a"
@@ -47,6 +52,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     data.add_argument("--answers-file", "--answers_file", required=True)
     data.add_argument("--num-chunks", "--num_chunks", type=int, default=1)
     data.add_argument("--chunk-idx", "--chunk_idx", type=int, default=0)
+    data.add_argument(
+        "--overwrite", action="store_true", help="start the answers file again (default: resume it, same settings only)"
+    )
     generation = parser.add_argument_group("generation")
     generation.add_argument("--conv-mode", "--conv_mode", default="vicuna_v1")
     generation.add_argument("--image-aspect-ratio", "--image_aspect_ratio", default="pad")
@@ -66,7 +74,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         action="store_true",
         help=f"choose head strategy and count per sample (runs method {DYNAMIC_SELECTION_METHOD!r})",
     )
-    pruning.add_argument("--debug-mode", "--debug_mode", type=str2bool, default=False)
+    pruning.add_argument(
+        "--debug-mode", "--debug_mode", type=str2bool, default=False, help="log per-sample choices to stderr"
+    )
     pruning.add_argument("--fast-v-agg-layer", "--fast_v_agg_layer", type=int, default=None)
     pruning.add_argument("--fast-v-token-selection-method", "--fast_v_token_selection_method", default=None)
     pruning.add_argument("--fast-v-weighted-alpha", "--fast_v_weighted_alpha", type=float, default=None)
@@ -111,4 +121,76 @@ def run_config_metadata(args: argparse.Namespace) -> dict[str, Any]:
         "H": args.H,
         "head_strategy": args.head_strategy,
         "dynamic_selection": bool(args.enable_dynamic_selection),
+    }
+
+
+HUB_ID_HINT = "a hub model id is ORG/NAME (e.g. llava-hf/llava-1.5-7b-hf); a local model is an existing folder"
+
+
+def model_path_problem(model_path: str, tiny_models: Sequence[str] = ("tiny-random-llava", "tiny-random-llama")) -> str | None:
+    """Why ``model_path`` cannot name a model (a local path that does not exist), or None."""
+    if model_path in tiny_models or Path(model_path).expanduser().exists():
+        return None
+    looks_local = model_path.startswith((".", "/", "~")) or model_path.count("/") != 1 or model_path.endswith("/")
+    if looks_local:
+        return f"--model-path {model_path!r}: no such folder ({HUB_ID_HINT})"
+    return None
+
+
+def setting_problems(args: argparse.Namespace) -> list[str]:
+    """Every shared flag that cannot work, as one line each (checked before any model loads)."""
+    problems = []
+    if args.conv_mode not in conv_templates:
+        problems.append(f"--conv-mode {args.conv_mode!r} is unknown; valid: {', '.join(sorted(conv_templates))}")
+    for flag, value in (("--batch-size", args.batch_size), ("--num-chunks", args.num_chunks),
+                        ("--max-new-tokens", args.max_new_tokens), ("--num-beams", args.num_beams)):
+        if value < 1:
+            problems.append(f"{flag} must be >= 1, got {value}")
+    if args.num_chunks >= 1 and not 0 <= args.chunk_idx < args.num_chunks:
+        problems.append(f"--chunk-idx must be in [0, {args.num_chunks - 1}] for --num-chunks {args.num_chunks}, got {args.chunk_idx}")
+    if args.temperature < 0:
+        problems.append(f"--temperature must be >= 0, got {args.temperature}")
+    if args.visual_token_num is not None and args.visual_token_num < 1:
+        problems.append(f"--visual_token_num must be >= 1, got {args.visual_token_num}")
+    if not Path(args.question_file).is_file():
+        problems.append(f"--question-file {args.question_file}: no such file")
+    if args.image_folder and not Path(args.image_folder).is_dir():
+        problems.append(f"--image-folder {args.image_folder}: no such folder")
+    method = pruning_method(args)
+    if method is not None:
+        from llava.pruning.registry import available_methods  # the registry imports every method
+
+        if method not in available_methods():
+            problems.append(f"--pruning_method {method!r} is unknown; valid: {', '.join(available_methods())}")
+    model_problem = model_path_problem(args.model_path)
+    if model_problem:
+        problems.append(model_problem)
+    return problems
+
+
+def parse_eval_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse and check the shared flags; bad ones stop the run before any work (exit 2, one line)."""
+    args = parser.parse_args(argv)
+    problems = setting_problems(args)
+    if problems:
+        setting_error(parser, "; ".join(problems))
+    return args
+
+
+def run_identity(args: argparse.Namespace) -> dict[str, Any]:
+    """Every setting an answer depends on: what the answers file's run record holds."""
+    return {
+        **run_config_metadata(args),
+        "model_path": args.model_path,
+        "model_base": args.model_base,
+        "method_params": pruning_params(args),
+        "conv_mode": args.conv_mode,
+        "image_aspect_ratio": args.image_aspect_ratio,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "num_beams": args.num_beams,
+        "max_new_tokens": args.max_new_tokens,
+        "question_file": Path(args.question_file).name,
+        "num_chunks": args.num_chunks,
+        "chunk_idx": args.chunk_idx,
     }

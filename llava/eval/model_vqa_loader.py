@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llava.eval.chunking import get_chunk
-from llava.eval.cli_args import build_parser
+from llava.eval.cli_args import build_parser, parse_eval_args
 from llava.eval.jsonl_io import LineError, exit_code_on_input_error, read_jsonl
 from llava.eval.run_loop import EvalSample, folder_sample, run_entry_point
 
@@ -32,9 +32,9 @@ def load_vqa_samples(
 @exit_code_on_input_error
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: answer a question JSONL."""
-    args = build_parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = parse_eval_args(build_parser(__doc__.splitlines()[0]), argv)
     samples, line_errors = load_vqa_samples(args.question_file, args.image_folder, args.num_chunks, args.chunk_idx)
-    return run_entry_point(args, samples, line_errors)
+    return run_entry_point(args, samples, line_errors, any(s.load_image is not None for s in samples))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llava.eval.chunking import get_chunk
-from llava.eval.cli_args import build_parser
+from llava.eval.cli_args import build_parser, parse_eval_args
 from llava.eval.jsonl_io import LineError, exit_code_on_input_error
 from llava.eval.mmbench_data import OPTION_COLUMNS, decode_base64_image, is_blank, read_mmbench_tsv, row_options
 from llava.eval.run_loop import EvalSample, run_entry_point
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--all-rounds", "--all_rounds", action="store_true")
     parser.add_argument("--single-pred-prompt", "--single_pred_prompt", action="store_true")
     parser.add_argument("--lang", choices=sorted(SINGLE_PREDICTION_PROMPTS), default="en")
-    args = parser.parse_args(argv)
+    args = parse_eval_args(parser, argv)
     instruction = SINGLE_PREDICTION_PROMPTS[args.lang] if args.single_pred_prompt else None
     samples, line_errors = load_mmbench_samples(
         args.question_file, args.all_rounds, instruction, args.num_chunks, args.chunk_idx

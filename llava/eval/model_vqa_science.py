@@ -13,7 +13,7 @@ from pathlib import Path
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.eval.chunking import get_chunk
-from llava.eval.cli_args import build_parser
+from llava.eval.cli_args import build_parser, parse_eval_args
 from llava.eval.jsonl_io import InputFileError, LineError, exit_code_on_input_error, read_json
 from llava.eval.run_loop import EvalSample, folder_sample, run_entry_point
 
@@ -68,11 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: answer a ScienceQA question file."""
     parser = build_parser(__doc__.splitlines()[0])
     parser.add_argument("--single-pred-prompt", "--single_pred_prompt", action="store_true")
-    args = parser.parse_args(argv)
+    args = parse_eval_args(parser, argv)
     samples, line_errors = load_science_samples(
         args.question_file, args.image_folder, args.single_pred_prompt, args.num_chunks, args.chunk_idx
     )
-    return run_entry_point(args, samples, line_errors)
+    return run_entry_point(args, samples, line_errors, any(s.load_image is not None for s in samples))
 
 
 if __name__ == "__main__":

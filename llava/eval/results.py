@@ -1,28 +1,37 @@
 """One result record per (run configuration, benchmark): what the scorers write and summarize reads.
 
-A record is a JSON file ``{"benchmark", "primary_metric", "score", "metrics", "config", "cost",
-"answers_file", "num_answers"}``. ``config`` (pruning method, token budget, heads, head strategy,
-dynamic selection) and ``cost`` (mean equivalent tokens, FLOPs, prefill ms) come from the answers'
-``metadata``, which the inference entry points fill in.
+A record is a JSON file ``{"benchmark", "primary_metric", "score", "metrics", "config", "run", "cost",
+"coverage", "complete", "answers_file", "num_answers"}``. ``run`` is the run record the loader wrote beside
+the answers file (``llava.eval.run_record``) and ``config`` its table key (pruning method, token budget,
+heads, head strategy, dynamic selection); None when the run recorded none (never guessed from an answer).
+``coverage`` is ``{"asked", "answered", "fraction"}``; ``complete`` is False under 100 %, and the scorers
+then exit with ``INCOMPLETE_EXIT_CODE``. ``cost`` (mean equivalent tokens, FLOPs, prefill ms) comes from
+the answers' ``metadata``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-CONFIG_FIELDS = ("pruning_method", "visual_token_num", "H", "head_strategy", "dynamic_selection")
+from llava.eval.run_record import read_run_record, result_config
+
 COST_FIELDS = ("equivalent_tokens", "flops", "prefill_ms")
+INCOMPLETE_EXIT_CODE = 3
 
 
-def run_config(answers: Sequence[dict]) -> dict[str, Any]:
-    """The run configuration recorded in the answers' metadata (taken from the first answer)."""
-    metadata = answers[0].get("metadata", {}) if answers else {}
-    return {name: metadata.get(name) for name in CONFIG_FIELDS}
+def coverage(metrics: dict[str, Any], answers: Sequence[dict]) -> dict[str, Any]:
+    """Questions asked (the ground truth's count) and answered (asked minus the scorer's missing answers)."""
+    asked = metrics.get("num_questions")
+    if asked is None:
+        asked = len(answers)
+    answered = asked - metrics.get("missing_answers", 0)
+    return {"asked": asked, "answered": answered, "fraction": answered / asked if asked else 0.0}
 
 
 def mean_cost(answers: Sequence[dict]) -> dict[str, float | None]:
@@ -43,12 +52,17 @@ def build_result(
     answers_file: str,
 ) -> dict[str, Any]:
     """A result record; ``primary_metric=None`` for submission-only benchmarks (no local score)."""
+    run = read_run_record(answers_file)
+    covered = coverage(metrics, answers)
     return {
         "benchmark": benchmark,
         "primary_metric": primary_metric,
         "score": metrics.get(primary_metric) if primary_metric else None,
         "metrics": metrics,
-        "config": run_config(answers),
+        "config": result_config(run),
+        "run": run,
+        "coverage": covered,
+        "complete": covered["asked"] > 0 and covered["answered"] == covered["asked"],
         "cost": mean_cost(answers),
         "answers_file": answers_file,
         "num_answers": len(answers),
@@ -62,15 +76,28 @@ def add_result_json_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def write_result(path: str | Path | None, result: dict[str, Any]) -> None:
-    """Write a result record as JSON when a path is given."""
-    if path is None:
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def write_result(path: str | Path | None, result: dict[str, Any]) -> int:
+    """Write a result record as JSON when a path is given; the scorer's exit code (``INCOMPLETE_EXIT_CODE``
+    with a message when some questions have no answer, else 0)."""
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    covered = result["coverage"]
+    if result["complete"]:
+        return 0
+    missing = covered["asked"] - covered["answered"]
+    print(
+        f"error: incomplete {result['benchmark']} result: {missing} of {covered['asked']} question(s) have no "
+        f"answer in {result['answers_file']} (recorded as incomplete; re-run the loader to answer them)",
+        file=sys.stderr,
+    )
+    return INCOMPLETE_EXIT_CODE
 
 
 def read_results(root: str | Path) -> list[dict[str, Any]]:
-    """All result records under a folder (recursively), sorted by path."""
-    return [json.loads(path.read_text(encoding="utf-8")) for path in sorted(Path(root).rglob("*.json"))]
+    """All result records under a folder (recursively), sorted by path, each with its ``record_file``."""
+    return [
+        {**json.loads(path.read_text(encoding="utf-8")), "record_file": str(path)}
+        for path in sorted(Path(root).rglob("*.json"))
+    ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import sys
 import traceback
 import uuid
@@ -22,7 +23,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from llava.eval.cli_args import run_config_metadata
+from llava.eval.cli_args import run_config_metadata, run_identity
 from llava.eval.inference import GenerationSettings, ModelBundle, answer_batch, bundle_from_args
 from llava.eval.jsonl_io import (
     AnswerKey,
@@ -30,8 +31,10 @@ from llava.eval.jsonl_io import (
     LineError,
     answer_key,
     completed_keys,
+    drop_incomplete_tail,
     errors_path_for,
 )
+from llava.eval.run_record import RunMismatchError, claim_answers_file, run_record_path
 from llava.mm_utils import get_model_name_from_path
 
 ANSWER_ID_NAMESPACE = uuid.UUID("6f1c1a52-0d7e-4d55-9a43-3c1f4d8b2a10")
@@ -184,19 +187,63 @@ def run_samples(
     return summary
 
 
+def _start_answers_file(args: argparse.Namespace) -> tuple[set[AnswerKey], int]:
+    """Overwrite or resume the answers file (same settings only); the keys already answered and the bytes
+    of a partial last line that was cut."""
+    answers = Path(args.answers_file)
+    if args.overwrite:
+        for path in (answers, errors_path_for(answers), run_record_path(answers)):
+            path.unlink(missing_ok=True)
+    cut = drop_incomplete_tail(answers)
+    done = completed_keys(answers)
+    claim_answers_file(answers, run_identity(args), has_answers=bool(done))
+    return done, cut
+
+
+def _configure_debug_logging(enabled: bool) -> None:
+    """``--debug-mode``: the package's DEBUG log lines (per-sample choices) go to stderr."""
+    if enabled:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        package = logging.getLogger("llava")
+        package.addHandler(handler)
+        package.setLevel(logging.DEBUG)
+
+
 def run_entry_point(
-    args: argparse.Namespace, samples: Sequence[EvalSample], line_errors: Sequence[LineError]
+    args: argparse.Namespace,
+    samples: Sequence[EvalSample],
+    line_errors: Sequence[LineError],
+    image_folder_needed: bool = False,
 ) -> int:
-    """Shared tail of the entry points: log bad input lines, load the model, answer, report; exit code."""
+    """Shared tail of the entry points: check the run, load the model, answer, report; the exit code.
+
+    0: every question of this chunk is answered. 1: some failed (answers kept; a re-run retries them).
+    2: a setting or input that cannot work (nothing loaded, nothing answered). ``image_folder_needed``: the
+    questions name image files, so ``--image-folder`` must be given.
+    """
+    if not samples and not line_errors:
+        print(f"error: {args.question_file} holds no questions (for chunk {args.chunk_idx} of {args.num_chunks})", file=sys.stderr)
+        return 2
+    if not samples:
+        print(f"error: no usable question in {args.question_file} ({len(line_errors)} bad line(s), first: {line_errors[0]})", file=sys.stderr)
+        return 2
+    if image_folder_needed and not args.image_folder:
+        print("error: the questions name images: pass --image-folder (the folder that holds them)", file=sys.stderr)
+        return 2
+    _configure_debug_logging(args.debug_mode)
+    try:
+        already_answered, cut = _start_answers_file(args)
+    except RunMismatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if cut:
+        print(f"cut a partial last line ({cut} bytes, an interrupted write) from {args.answers_file}", file=sys.stderr)
     errors = ErrorLog(args.answers_file)
     errors.path.unlink(missing_ok=True)  # failed samples are retried, so the log describes this run only
     if args.chunk_idx == 0:
         for problem in line_errors:
             errors.record("question_file", problem.message, file=problem.path, line=problem.line_number)
-    if not samples and line_errors:
-        print(f"error: no usable question in {args.question_file}", file=sys.stderr)
-        return 1
-    already_answered = completed_keys(args.answers_file)
     if all(sample.key in already_answered for sample in samples):
         print(f"all {len(samples)} question(s) already answered in {args.answers_file}", file=sys.stderr)
         return 0
@@ -204,6 +251,10 @@ def run_entry_point(
         bundle = bundle_from_args(args)
     except ValueError as exc:  # unknown method, bad parameter: the message lists what is valid
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a hub id that is not cached (offline) or does not exist
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: cannot load model {args.model_path!r}: {first_line}", file=sys.stderr)
         return 2
     summary = run_samples(
         samples,
@@ -220,4 +271,7 @@ def run_entry_point(
         f"{summary.failed} error(s){f' (see {errors.path})' if summary.failed else ''}",
         file=sys.stderr,
     )
+    if summary.failed:
+        print(f"error: {summary.failed} question(s) failed; re-run to retry them", file=sys.stderr)
+        return 1
     return 0

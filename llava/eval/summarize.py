@@ -4,7 +4,12 @@
 writes ``results.csv``, ``results.md``, ``accuracy_vs_tokens.png`` and one
 ``heads_<benchmark>.png`` heatmap (head strategy x head count, one panel per token budget) per
 benchmark that has fine-head runs. A row is one configuration (method, tokens, heads, strategy,
-dynamic selection); ``relative`` is the mean over its benchmarks of score / vanilla score, in %.
+dynamic selection), keyed by the configuration each run recorded (``config`` of the result record);
+a record without one is its own "unrecorded" row, never vanilla. Two records for the same configuration
+and benchmark are an error naming both files (one cannot silently replace the other). ``relative`` is
+the mean over its benchmarks of score / vanilla score, in %. ``coverage_%`` is the lowest answered /
+asked over the row's benchmarks; ``incomplete`` names the benchmarks under 100 %, and summarize then
+exits with ``INCOMPLETE_EXIT_CODE`` after writing the table.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from llava.eval.results import COST_FIELDS, read_results
+from llava.eval.results import COST_FIELDS, INCOMPLETE_EXIT_CODE, read_results
 
 VANILLA = "vanilla"
 
@@ -36,8 +41,11 @@ class RunConfig:
 
     @classmethod
     def from_result(cls, result: dict[str, Any]) -> RunConfig:
-        """The configuration a result record was produced with (vanilla when no method)."""
-        config = result.get("config", {})
+        """The configuration a result record's run recorded (vanilla when no method; "unrecorded (...)" when
+        the run recorded no configuration)."""
+        config = result.get("config")
+        if config is None:
+            return cls(f"unrecorded ({result.get('answers_file')})", None, None, None, False)
         method = config.get("pruning_method") or VANILLA
         return cls(
             method=method,
@@ -54,6 +62,8 @@ class SummaryRow:
 
     config: RunConfig
     scores: dict[str, float | None] = field(default_factory=dict)
+    coverage: dict[str, float] = field(default_factory=dict)  # answered / asked per benchmark
+    sources: dict[str, str] = field(default_factory=dict)  # record file per benchmark
     costs: dict[str, list[float]] = field(default_factory=dict)
 
     def mean_cost(self, name: str) -> float | None:
@@ -68,7 +78,16 @@ def build_rows(results: Sequence[dict[str, Any]]) -> list[SummaryRow]:
     for result in results:
         config = RunConfig.from_result(result)
         row = rows.setdefault(config, SummaryRow(config))
-        row.scores[result["benchmark"]] = result.get("score")
+        benchmark, source = result["benchmark"], result.get("record_file", "?")
+        if benchmark in row.sources:
+            raise ValueError(
+                f"two {benchmark} results for one configuration ({config}): {row.sources[benchmark]} and {source}; "
+                "remove the stale one"
+            )
+        row.sources[benchmark] = source
+        row.scores[benchmark] = result.get("score")
+        covered = result.get("coverage")
+        row.coverage[benchmark] = covered["fraction"] if covered else 1.0
         for name in COST_FIELDS:
             value = result.get("cost", {}).get(name)
             if value is not None:
@@ -95,7 +114,8 @@ def relative_score(row: SummaryRow, vanilla: SummaryRow | None) -> float | None:
 def table(rows: Sequence[SummaryRow]) -> tuple[list[str], list[list[Any]]]:
     """Header and cells of the summary table."""
     benchmarks = sorted({name for row in rows for name in row.scores})
-    header = ["method", "tokens", "heads", "strategy", "dynamic", *benchmarks, "relative_%", *COST_FIELDS]
+    header = ["method", "tokens", "heads", "strategy", "dynamic", *benchmarks, "relative_%", "coverage_%",
+              "incomplete", *COST_FIELDS]
     vanilla = next((row for row in rows if row.config.method == VANILLA), None)
     cells = []
     for row in rows:
@@ -103,10 +123,15 @@ def table(rows: Sequence[SummaryRow]) -> tuple[list[str], list[list[Any]]]:
         cells.append(
             [config.method, config.tokens, config.heads, config.strategy, config.dynamic]
             + [row.scores.get(name) for name in benchmarks]
-            + [relative_score(row, vanilla)]
+            + [relative_score(row, vanilla), 100 * min(row.coverage.values()), " ".join(incomplete(row)) or None]
             + [row.mean_cost(name) for name in COST_FIELDS]
         )
     return header, cells
+
+
+def incomplete(row: SummaryRow) -> list[str]:
+    """Benchmarks of the row whose run left questions unanswered."""
+    return sorted(name for name, fraction in row.coverage.items() if fraction < 1.0)
 
 
 def _format(value: Any) -> str:
@@ -222,7 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    rows = build_rows(results)
+    try:
+        rows = build_rows(results)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     header, cells = table(rows)
     write_csv(output_dir / "results.csv", header, cells)
     (output_dir / "results.md").write_text(markdown(header, cells), encoding="utf-8")
@@ -231,6 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot_accuracy_vs_tokens(rows, output_dir / "accuracy_vs_tokens.png")
         plot_head_heatmaps(rows, output_dir)
     print(f"wrote {len(rows)} rows to {output_dir}")
+    unfinished = [(row.config, name) for row in rows for name in incomplete(row)]
+    if unfinished:
+        print(f"error: {len(unfinished)} result(s) are incomplete (column 'incomplete'); re-run them", file=sys.stderr)
+        return INCOMPLETE_EXIT_CODE
     return 0
 
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from llava.pruning.learned.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
 from llava.train.pruner.config import TrainConfig, load_train_config
 from llava.train.pruner.training import build_train_state, train_step
+from toolkit_common.cli import setting_error
 
 LOG_NAME = "train_log.jsonl"
 
@@ -34,10 +35,38 @@ def progress_postfix(metrics: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def run_training(config: TrainConfig, resume: bool = False, show_progress: bool = True) -> list[dict[str, Any]]:
-    """Train to ``config.training.steps`` (from the checkpoint if ``resume``); return the metrics of the steps run."""
+class RunFolderInUseError(ValueError):
+    """The output folder already holds a run, and neither resuming nor overwriting was asked for."""
+
+
+def prepare_run_folder(output_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder holding another run unless ``resume`` / ``overwrite``; on resume, drop log lines after
+    the checkpoint (steps that will be run again), so the log never holds a step twice."""
+    checkpoint_path, log_path = output_dir / CHECKPOINT_NAME, output_dir / LOG_NAME
+    if resume and overwrite:
+        raise RunFolderInUseError("give --resume or --overwrite, not both")
+    if overwrite:
+        checkpoint_path.unlink(missing_ok=True)
+        log_path.unlink(missing_ok=True)
+    elif not resume and (checkpoint_path.exists() or log_path.exists()):
+        raise RunFolderInUseError(
+            f"{output_dir} already holds a training run ({CHECKPOINT_NAME} / {LOG_NAME}): pass --resume to continue "
+            "it, --overwrite to start again, or another --output-dir"
+        )
+    if resume and log_path.exists():
+        step = read_checkpoint(checkpoint_path)["step"]
+        kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < step]
+        log_path.write_text("".join(line + "\n" for line in kept))
+
+
+def run_training(
+    config: TrainConfig, resume: bool = False, show_progress: bool = True, overwrite: bool = False
+) -> list[dict[str, Any]]:
+    """Train to ``config.training.steps`` (from the checkpoint if ``resume``; an existing run folder needs
+    ``resume`` or ``overwrite``); return the metrics of the steps run."""
     output_dir = Path(config.output_dir)
     checkpoint_path = output_dir / CHECKPOINT_NAME
+    prepare_run_folder(output_dir, resume, overwrite)
     state = build_train_state(config)
     if resume:
         state.restore(read_checkpoint(checkpoint_path))
@@ -66,13 +95,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-dir", help="override output_dir of the config")
     parser.add_argument("--steps", type=int, help="override training.steps")
     parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoint.pt")
+    parser.add_argument("--overwrite", action="store_true", help="start again in an output folder that holds a run")
     args = parser.parse_args(argv)
-    config = load_train_config(args.config)
+    if args.steps is not None and args.steps < 1:
+        setting_error(parser, f"--steps must be >= 1, got {args.steps}")
+    try:
+        config = load_train_config(args.config)
+    except (OSError, ValueError) as exc:
+        setting_error(parser, f"--config {args.config}: {exc}")
     if args.output_dir:
         config.output_dir = args.output_dir
     if args.steps is not None:
         config.training.steps = args.steps
-    history = run_training(config, resume=args.resume)
+    if args.resume and not (Path(config.output_dir) / CHECKPOINT_NAME).is_file():
+        setting_error(parser, f"--resume: no {CHECKPOINT_NAME} in {config.output_dir}")
+    try:
+        history = run_training(config, resume=args.resume, overwrite=args.overwrite)
+    except RunFolderInUseError as exc:
+        setting_error(parser, str(exc))
     if history:
         first, last = history[0], history[-1]
         print(

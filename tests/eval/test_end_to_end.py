@@ -100,21 +100,23 @@ def test_bad_lines_and_missing_images_are_logged_and_skipped(vqa_benchmark, tmp_
         handle.write('{"question_id": 201}\n')
     (vqa_benchmark["images"] / "3.png").write_bytes(b"broken")
     answers = tmp_path / "a.jsonl"
-    assert run_loader(vqa_benchmark, answers) == 0
+    assert run_loader(vqa_benchmark, answers) == 1  # answers kept, but the run is not complete
     assert [record["question_id"] for record in read_lines(answers)] == [100, 101, 102]
     errors = read_lines(errors_path_for(answers))
     by_stage = {(error["stage"], error.get("question_id", error.get("line"))) for error in errors}
     assert by_stage == {("image", 103), ("image", 200), ("question_file", 6), ("question_file", 7)}
     assert "missing field(s): text" in {error["error"] for error in errors}
     stderr = capsys.readouterr().err
-    assert "nope.png" in stderr and "4 error(s)" in stderr
-    assert run_loader(vqa_benchmark, answers) == 0  # the failures are retried and logged afresh, once
+    assert "nope.png" in stderr and "4 error(s)" in stderr and "4 question(s) failed" in stderr
+    assert run_loader(vqa_benchmark, answers) == 1  # the failures are retried (still failing), logged afresh once
     assert len(read_lines(errors_path_for(answers))) == 4 and len(read_lines(answers)) == 3
 
 
 def test_unknown_method_is_a_clear_error(vqa_benchmark, tmp_path, capsys) -> None:
-    assert run_loader(vqa_benchmark, tmp_path / "a.jsonl", "--pruning_method", "nonsense") == 2
-    assert "valid: " in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # checked before the model loads, argparse style
+        run_loader(vqa_benchmark, tmp_path / "a.jsonl", "--pruning_method", "nonsense")
+    assert exit_info.value.code == 2
+    assert "--pruning_method 'nonsense' is unknown; valid: " in capsys.readouterr().err
 
 
 def test_fine_head_and_dynamic_selection_flags_reach_the_engine(vqa_benchmark, tmp_path) -> None:
@@ -186,7 +188,7 @@ def test_science_runs_text_only_questions_unpruned_and_scores(tmp_path) -> None:
         ["--question-file", str(tmp_path / "q.json"), "--image-folder", str(tmp_path / "images"),
          "--answers-file", str(answers), "--single-pred-prompt", *FAST, *FASTV_64]
     )
-    assert code == 0
+    assert code == 1  # entry 3 is unusable
     with_image, text_only = read_lines(answers)
     assert with_image["prompt"] == "Which? A. x B. y\n" + model_vqa_science.SINGLE_PREDICTION_PROMPT
     assert with_image["metadata"]["method"] == "fastv"
@@ -219,7 +221,7 @@ def test_mmbench_all_rounds_then_circular_scoring(tmp_path) -> None:
         ["--question-file", str(tsv), "--answers-file", str(answers), "--all-rounds", "--single-pred-prompt",
          *FAST, *FASTV_64]
     )
-    assert code == 0
+    assert code == 1  # row 9 has no image
     records = read_lines(answers)
     assert [(r["question_id"], r["round_idx"]) for r in records] == [(7, 0), (7, 1), (7, 2), (8, 0), (8, 1)]
     assert records[1]["options"] == ["blue", "green", "red"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from llava.eval.results import INCOMPLETE_EXIT_CODE
 from llava.eval.scorers import gqa, mmbench, mme, mmvet, pope, scienceqa, textvqa, vqa_submission
 from tests.eval.helpers import answer, write_lines
 
@@ -91,8 +92,10 @@ def test_scienceqa_overall_and_image_accuracy(tmp_path: Path) -> None:
     write_lines(tmp_path / "a.jsonl", [answer("1", "A"), answer("2", "The answer is C."), answer("3", "A")])
     result_json = tmp_path / "r.json"
     assert scienceqa.main(["--base-dir", str(tmp_path), "--result-file", str(tmp_path / "a.jsonl"),
-                           "--result-json", str(result_json)]) == 0
-    metrics = json.loads(result_json.read_text())["metrics"]
+                           "--result-json", str(result_json)]) == INCOMPLETE_EXIT_CODE  # problem 4 unanswered
+    result = json.loads(result_json.read_text())
+    assert result["complete"] is False and result["coverage"] == {"asked": 4, "answered": 3, "fraction": 0.75}
+    metrics = result["metrics"]
     assert metrics["accuracy"] == 50.0
     assert metrics["img_accuracy"] == 100.0
     assert metrics["missing_answers"] == 1

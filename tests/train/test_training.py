@@ -67,12 +67,36 @@ def test_checkpoint_then_resume_continues_identically(uninterrupted, tmp_path):
             assert torch.equal(resumed[part][name], tensor), f"{part}.{name}"
 
 
-def test_cli_trains_from_yaml_and_resume_without_checkpoint_is_a_clear_error(tmp_path):
+def cli_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_cli_trains_from_yaml_refuses_a_used_folder_and_checks_flags_first(tmp_path, capsys):
     import yaml
 
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(small_config(tmp_path / "run", 1)))
-    with pytest.raises(FileNotFoundError, match="no pruner checkpoint"):
-        main(["--config", str(config_path), "--resume"])
+    assert "--resume: no checkpoint.pt" in cli_error(["--config", str(config_path), "--resume"], capsys)
+    assert "--steps must be >= 1" in cli_error(["--config", str(config_path), "--steps", "0"], capsys)
+    assert "--config" in cli_error(["--config", str(tmp_path / "missing.yaml")], capsys)
     main(["--config", str(config_path)])
     assert read_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["step"] == 1
+    log = (tmp_path / "run" / "train_log.jsonl").read_text()
+    assert "already holds a training run" in cli_error(["--config", str(config_path)], capsys)
+    assert (tmp_path / "run" / "train_log.jsonl").read_text() == log  # nothing overwritten or appended
+    main(["--config", str(config_path), "--overwrite"])
+    assert len((tmp_path / "run" / "train_log.jsonl").read_text().splitlines()) == 1
+
+
+def test_resume_drops_log_lines_past_the_checkpoint(tmp_path):
+    config = train_config_from_dict(small_config(tmp_path, 2))
+    run_training(config, show_progress=False)
+    log = tmp_path / "train_log.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines + [lines[-1].replace('"step": 1', '"step": 2')]) + "\n")  # a step with no checkpoint
+    run_training(train_config_from_dict(small_config(tmp_path, 3)), resume=True, show_progress=False)
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == [0, 1, 2]  # the step logged past the checkpoint was run again, logged once

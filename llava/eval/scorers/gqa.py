@@ -54,8 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.predictions_file).write_text(json.dumps(gqa_predictions(answers)), encoding="utf-8")
     metrics = score_gqa(read_json(args.questions), answers)
     print(f"Accuracy: {metrics['accuracy']:.2f}% over {metrics['num_questions']} questions")
-    write_result(args.result_json, build_result("gqa", metrics, "accuracy", answers, args.result_file))
-    return 0
+    return write_result(args.result_json, build_result("gqa", metrics, "accuracy", answers, args.result_file))
 
 
 if __name__ == "__main__":

@@ -88,8 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         primary = "accuracy" if circular is None else "circular_accuracy"
     else:
         metrics, primary = {"num_questions": len(rows)}, None
-    write_result(args.result_json, build_result(args.benchmark, metrics, primary, answers, args.result_file))
-    return 0
+    return write_result(args.result_json, build_result(args.benchmark, metrics, primary, answers, args.result_file))
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ def score_mme(answers: Sequence[dict], ground_truth: dict[GroundTruthKey, str]) 
         "perception": perception,
         "cognition": cognition,
         "total": perception + cognition,
+        "num_questions": len(ground_truth),
         "missing_answers": sum(key not in replies for key in ground_truth),
     }
 
@@ -111,8 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("  ".join(f"{name} {metrics[name]:.2f}" for name in ("perception", "cognition", "total")))
     if metrics["missing_answers"]:
         print(f"warning: {metrics['missing_answers']} ground-truth question(s) have no answer", file=sys.stderr)
-    write_result(args.result_json, build_result("mme", metrics, "total", answers, args.result_file))
-    return 0
+    return write_result(args.result_json, build_result("mme", metrics, "total", answers, args.result_file))
 
 
 if __name__ == "__main__":

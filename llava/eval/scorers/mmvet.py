@@ -31,8 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Path(args.output_file).write_text(json.dumps(submission, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"wrote {len(submission)} answers to {args.output_file}")
     metrics = {"num_questions": len(submission)}
-    write_result(args.result_json, build_result("mmvet", metrics, None, answers, args.result_file))
-    return 0
+    return write_result(args.result_json, build_result("mmvet", metrics, None, answers, args.result_file))
 
 
 if __name__ == "__main__":

@@ -16,14 +16,19 @@ from llava.eval.answer_normalization import parse_pope_answer
 from llava.eval.jsonl_io import InputFileError, exit_code_on_input_error, read_answers, read_jsonl_strict
 from llava.eval.results import add_result_json_argument, build_result, write_result
 
+MISSING = "<missing>"
+
 
 def binary_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
-    """Metrics in percent with "yes" as the positive class; ``num`` is the number of questions."""
+    """Metrics in percent with "yes" as the positive class; ``num`` is the number of questions.
+
+    A prediction of ``MISSING`` (no answer) is wrong whatever the label: a missed positive, never a "yes"
+    or a "no"."""
     pairs = list(zip(predictions, labels, strict=True))
     true_pos = sum(p == "yes" and t == "yes" for p, t in pairs)
     false_pos = sum(p == "yes" and t == "no" for p, t in pairs)
     true_neg = sum(p == "no" and t == "no" for p, t in pairs)
-    false_neg = sum(p == "no" and t == "yes" for p, t in pairs)
+    false_neg = sum(p != "yes" and t == "yes" for p, t in pairs)
     precision = true_pos / (true_pos + false_pos) if true_pos + false_pos else 0.0
     recall = true_pos / (true_pos + false_neg) if true_pos + false_neg else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -35,6 +40,7 @@ def binary_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[st
         "f1": 100 * f1,
         "yes_ratio": 100 * (true_pos + false_pos) / total if total else 0.0,
         "num": total,
+        "missing": sum(p == MISSING for p, _ in pairs),
     }
 
 
@@ -61,18 +67,20 @@ def load_labels(questions: Sequence[dict], annotation_dir: str | Path | None) ->
 
 
 def score_pope(answers: Sequence[dict], labels: dict[str, tuple[str, str]]) -> dict:
-    """Per-split metrics, ``f1_mean`` and ``accuracy_mean``; unanswered questions count as "yes"."""
+    """Per-split metrics, ``f1_mean`` and ``accuracy_mean``; an unanswered question counts as wrong."""
     answer_text = {str(answer["question_id"]): answer["text"] for answer in answers}
     by_split: dict[str, tuple[list[str], list[str]]] = {}
     for question_id, (split, label) in labels.items():
         predictions, truths = by_split.setdefault(split, ([], []))
-        predictions.append(parse_pope_answer(answer_text.get(question_id, "")))
+        reply = answer_text.get(question_id)
+        predictions.append(MISSING if reply is None else parse_pope_answer(reply))
         truths.append(label)
     splits = {split: binary_metrics(*pair) for split, pair in sorted(by_split.items())}
     return {
         "splits": splits,
         "f1_mean": sum(m["f1"] for m in splits.values()) / len(splits) if splits else 0.0,
         "accuracy_mean": sum(m["accuracy"] for m in splits.values()) / len(splits) if splits else 0.0,
+        "num_questions": len(labels),
         "missing_answers": sum(question_id not in answer_text for question_id in labels),
     }
 
@@ -95,8 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\t".join(columns))
         print("\t".join(f"{split_metrics[column]:.2f}" for column in columns))
     print(f"Mean F1: {metrics['f1_mean']:.2f}")
-    write_result(args.result_json, build_result("pope", metrics, "f1_mean", answers, args.result_file))
-    return 0
+    return write_result(args.result_json, build_result("pope", metrics, "f1_mean", answers, args.result_file))
 
 
 if __name__ == "__main__":

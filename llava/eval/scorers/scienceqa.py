@@ -64,8 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = score_scienceqa(problems, splits[args.split], answers)
     print(f"Total: {metrics['num_questions']}, Accuracy: {metrics['accuracy']:.2f}%")
     print(f"IMG Total: {metrics['num_img_questions']}, IMG-Accuracy: {metrics['img_accuracy']:.2f}%")
-    write_result(args.result_json, build_result("sqa", metrics, "img_accuracy", answers, args.result_file))
-    return 0
+    return write_result(args.result_json, build_result("sqa", metrics, "img_accuracy", answers, args.result_file))
 
 
 if __name__ == "__main__":

@@ -67,8 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     answers = read_answers(args.result_file)
     metrics = score_textvqa(document["data"], answers)
     print(f"Samples: {metrics['num_questions']}, Accuracy: {metrics['accuracy']:.2f}%")
-    write_result(args.result_json, build_result("textvqa", metrics, "accuracy", answers, args.result_file))
-    return 0
+    return write_result(args.result_json, build_result("textvqa", metrics, "accuracy", answers, args.result_file))
 
 
 if __name__ == "__main__":

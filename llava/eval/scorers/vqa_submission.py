@@ -52,8 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = sum(str(question["question_id"]) not in answered for question in questions)
     print(f"wrote {len(submission)} entries ({missing} unanswered) to {args.output_file}")
     metrics = {"num_questions": len(questions), "missing_answers": missing}
-    write_result(args.result_json, build_result(args.benchmark, metrics, None, answers, args.result_file))
-    return 0
+    return write_result(args.result_json, build_result(args.benchmark, metrics, None, answers, args.result_file))
 
 
 if __name__ == "__main__":

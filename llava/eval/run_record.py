@@ -1,0 +1,96 @@
+"""The configuration of one evaluation run, stored beside its answers file (``<answers>.run.json``).
+
+The loader writes it before the first answer, so even a run that answered nothing says what it was.
+Resuming an answers file with other settings is an error naming both (``RunMismatchError``); the
+chunk merger checks that every chunk ran the same configuration and writes the merged file's record;
+the scorers key their result by it (``read_run_record``), never by the first answer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from toolkit_common.jsonl import InputFileError
+
+RUN_RECORD_SUFFIX = ".run.json"
+CONFIG_KEYS = ("pruning_method", "visual_token_num", "H", "head_strategy", "dynamic_selection")
+
+
+class RunMismatchError(InputFileError):
+    """An answers file written with other settings than the ones asked for now."""
+
+
+def run_record_path(answers_file: str | Path) -> Path:
+    answers_file = Path(answers_file)
+    return answers_file.with_name(answers_file.name.removesuffix(".jsonl") + RUN_RECORD_SUFFIX)
+
+
+def read_run_record(answers_file: str | Path) -> dict[str, Any] | None:
+    """The run record beside ``answers_file``, or None when there is none."""
+    path = run_record_path(answers_file)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise InputFileError(f"{path}: invalid JSON ({error.msg})") from error
+
+
+def write_run_record(answers_file: str | Path, record: dict[str, Any]) -> None:
+    path = run_record_path(answers_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every setting that differs."""
+    keys = sorted(set(old) | set(new))
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]
+
+
+def claim_answers_file(answers_file: str | Path, record: dict[str, Any], has_answers: bool) -> None:
+    """Record ``record`` as the run of ``answers_file``; an existing file of another run is an error.
+
+    ``has_answers``: the answers file already holds answers (a resume). Such a file must carry a run
+    record equal to ``record``.
+    """
+    existing = read_run_record(answers_file)
+    if has_answers and existing is None:
+        raise RunMismatchError(
+            f"{answers_file} holds answers but no run record ({run_record_path(answers_file).name}), so its "
+            "settings are unknown: use a new --answers-file, or --overwrite to start it again"
+        )
+    if existing is not None and has_answers and existing != record:
+        raise RunMismatchError(
+            f"{answers_file} was written with other settings ({'; '.join(differences(existing, record))}): "
+            "use a new --answers-file, or --overwrite to start it again"
+        )
+    write_run_record(answers_file, record)
+
+
+def merged_run_record(chunk_files: list[Path]) -> dict[str, Any] | None:
+    """The one run record shared by every chunk (chunk fields left out); chunks that differ are an error."""
+    records = [read_run_record(path) for path in chunk_files]
+    if all(record is None for record in records):
+        return None
+    if any(record is None for record in records):
+        missing = [str(path) for path, record in zip(chunk_files, records, strict=True) if record is None]
+        raise InputFileError(f"chunk(s) without a run record: {', '.join(missing)}")
+    shared = [{k: v for k, v in record.items() if k not in ("num_chunks", "chunk_idx")} for record in records]
+    for path, record in zip(chunk_files[1:], shared[1:], strict=True):
+        if record != shared[0]:
+            raise RunMismatchError(
+                f"{path} ran other settings than {chunk_files[0]}: {'; '.join(differences(shared[0], record))}"
+            )
+    return shared[0]
+
+
+def result_config(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The table key fields of a run record (None when the run recorded none)."""
+    if record is None:
+        return None
+    return {key: record.get(key) for key in CONFIG_KEYS}
