@@ -11,7 +11,8 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProces
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from llava.shapes.scene import IMAGE_SIZE, PATCH
-from llava.shapes.vocabulary import IMAGE_TOKEN, build_tokenizer
+from llava.shapes.vocabulary import build_tokenizer
+from llava.tokenization import IMAGE_TOKEN
 
 VISION = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4)
 TEXT = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=32, num_attention_heads=4, num_key_value_heads=2)
