@@ -14,9 +14,10 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from llava.shapes.scene import COLOUR_WEIGHTS, COLOURS, SHAPE_WEIGHTS, SHAPES, Scene
+from llava.shapes.scene import COLOUR_WEIGHTS, COLOURS, SHAPE_WEIGHTS, SHAPES, Scene, ShapeObject
 
 ONE_CELL = ("colour_at", "shape_at", "right_of")
 SEVERAL_CELLS = ("count", "most_common")
@@ -35,7 +36,13 @@ class Question:
     answer: str
     kind: str
     split: str | None = None
-    cells: tuple[tuple[int, int], ...] = ()  # 0-based cells the answer depends on (one-cell questions)
+    # 0-based cells the answer depends on: the asked cell; for right_of the named object's cell, then the
+    # answer's; the counted / matching objects' cells (count, exists, most_common: all objects)
+    cells: tuple[tuple[int, int], ...] = ()
+
+
+def _cells(objects: Iterable[ShapeObject]) -> tuple[tuple[int, int], ...]:
+    return tuple((o.row, o.col) for o in objects)
 
 
 def colour_at(scene: Scene, rng: random.Random) -> Question | None:
@@ -77,13 +84,13 @@ def count(scene: Scene, rng: random.Random) -> Question | None:
     """How many shapes of one kind, or of one colour (0 to ``MAX_COUNT``)."""
     if rng.random() < 0.5:
         shape = rng.choice(SHAPES)
-        value, text = scene.count(shape=shape), f"how many {PLURALS[shape]} are there ?"
+        counted, text = [o for o in scene.objects if o.shape == shape], f"how many {PLURALS[shape]} are there ?"
     else:
         colour = rng.choice(list(COLOURS))
-        value, text = scene.count(colour=colour), f"how many {colour} shapes are there ?"
-    if value > MAX_COUNT:
+        counted, text = [o for o in scene.objects if o.colour == colour], f"how many {colour} shapes are there ?"
+    if len(counted) > MAX_COUNT:
         return None
-    return Question(text, str(value), "count")
+    return Question(text, str(len(counted)), "count", cells=_cells(counted))
 
 
 def most_common(scene: Scene, rng: random.Random) -> Question | None:
@@ -92,7 +99,7 @@ def most_common(scene: Scene, rng: random.Random) -> Question | None:
     runner_up = ranked[1][1] if len(ranked) > 1 else 0
     if ranked[0][1] - runner_up < 2:
         return None
-    return Question("which colour is most common ?", ranked[0][0], "most_common")
+    return Question("which colour is most common ?", ranked[0][0], "most_common", cells=_cells(scene.objects))
 
 
 def _absent(scene: Scene) -> list[tuple[str, str]]:
@@ -121,7 +128,8 @@ def exists(scene: Scene, rng: random.Random, split: str | None = None, positive:
         if not absent:
             return None
         colour, shape = rng.choice(absent)
-    return Question(f"is there a {colour} {shape} ?", "yes" if positive else "no", "exists", split)
+    matching = [o for o in scene.objects if (o.colour, o.shape) == (colour, shape)]
+    return Question(f"is there a {colour} {shape} ?", "yes" if positive else "no", "exists", split, _cells(matching))
 
 
 GENERATORS = {

@@ -6,7 +6,8 @@
 * ``dialogue_batch``: multi-turn dialogues for the LLaVA stage. The first turn is exactly the evaluation
   prompt (``build_question_prompt`` + ``tokenizer_image_token``); further turns about the same image
   follow in vicuna_v1's layout (``ASSISTANT: answer</s>USER: ...``), so one forward over the 576 image
-  tokens supervises several answers. Labels are the answer tokens and their ``</s>``.
+  tokens supervises several answers. Labels are the answer tokens and their ``</s>``; each turn also
+  names the image patches its answer reads (``hop_patches``, the target of the attention loss).
 
 Images are JPEG-encoded and decoded (quality 80-95) as the shipped benchmark images are JPEG.
 """
@@ -25,7 +26,17 @@ from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 from llava.conversation import build_question_prompt
 from llava.mm_utils import tokenizer_image_token
 from llava.shapes.questions import Question, ask, multiple_choice
-from llava.shapes.scene import COLOURS, GRID, SHAPES, Scene, patch_objects, render, sample_scene
+from llava.shapes.scene import (
+    COLOURS,
+    GRID,
+    PATCHES_PER_SIDE,
+    SHAPES,
+    Scene,
+    cell_patches,
+    patch_objects,
+    render,
+    sample_scene,
+)
 from llava.shapes.vocabulary import OPTION_PROMPT, SHORT_ANSWER_PROMPT
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
@@ -96,13 +107,30 @@ def tower_batch(step: int, batch_size: int, seed: int) -> TowerBatch:
 
 @dataclass
 class DialogueBatch:
-    input_ids: torch.Tensor  # [B, T] left padded
+    """Dialogues about ``B`` images; turn ``q`` of sample ``b`` answers from ``answer_index[b, q]`` on."""
+
+    input_ids: torch.Tensor  # [B, T] right padded: under the causal mask, pads change nothing before them
     attention_mask: torch.Tensor
     labels: torch.Tensor
     pixel_values: torch.Tensor
-    first_answer_index: torch.Tensor  # [B] position of the first answer token (evaluation-prompt accuracy)
-    kinds: list[str]  # question type of each first turn
-    first_cells: list[tuple[tuple[int, int], ...]]  # cells the first answer depends on (one-cell questions)
+    answer_index: torch.Tensor  # [B, Q] position of each turn's first answer token, -1 for no turn
+    hop_patches: torch.Tensor  # [B, Q, 2, 576] bool: patches the answer reads (hop 1, hop 2), see hop_cells
+    image_start: torch.Tensor  # [B] position of the first image token
+    kinds: list[list[str]]  # question type of each turn
+
+
+def hop_cells(kind: str, cells: tuple[tuple[int, int], ...]) -> tuple[tuple, tuple]:
+    """The cells a question reads in its two hops: right_of finds the named object, then the cell right
+    of it; every other type reads the same cells twice."""
+    return (cells[:1], cells[1:]) if kind == "right_of" else (cells, cells)
+
+
+def patch_mask(cells: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    """``[576]`` bool: the patches of ``cells``."""
+    mask = torch.zeros(PATCHES_PER_SIDE * PATCHES_PER_SIDE, dtype=torch.bool)
+    for row, col in cells:
+        mask[cell_patches(row, col)] = True
+    return mask
 
 
 def question_text(question: Question, rng: random.Random, multiple_choice_share: float) -> tuple[str, str]:
@@ -146,51 +174,53 @@ def dialogue(scene: Scene, rng: random.Random, settings: DialogueSettings) -> li
 
 def encode_dialogue(
     turns: list[tuple[str, str, str, tuple]], tokenizer, image_token_id: int, num_image_tokens: int, conv_mode: str
-) -> tuple[list[int], list[int], int]:
-    """Ids and labels of a dialogue, and the index of the first answer token."""
+) -> tuple[list[int], list[int], list[int]]:
+    """Ids and labels of a dialogue, and the index of each turn's first answer token."""
     eos = tokenizer.eos_token_id
     encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids
     ids = tokenizer_image_token(
         build_question_prompt(turns[0][0], conv_mode, True), tokenizer, image_token_id, num_image_tokens
     )
     labels = [IGNORE_INDEX] * len(ids)
-    first_answer = len(ids)
+    answer_starts = []
     for turn_index, (question, reply, _, _) in enumerate(turns):
         if turn_index > 0:
             prompt = encode(f"USER: {question} ASSISTANT:")
             ids += prompt
             labels += [IGNORE_INDEX] * len(prompt)
         answer = encode(f" {reply}") + [eos]
+        answer_starts.append(len(ids))
         ids += answer
         labels += answer
     assert DEFAULT_IMAGE_TOKEN not in turns[0][0]
-    return ids, labels, first_answer
+    return ids, labels, answer_starts
 
 
 def dialogue_batch(
     step: int, batch_size: int, seed: int, tokenizer, image_token_id: int, settings: DialogueSettings
 ) -> DialogueBatch:
-    rows, values, firsts, kinds, cells = [], [], [], [], []
+    rows, values, kinds, hops = [], [], [], []
     for i in range(batch_size):
         sample_seed = TRAIN_SEED_OFFSET + (seed * 1_000_003 + step) * batch_size + i
         rng = random.Random(sample_seed + 1)
         scene = sample_scene(sample_seed, *settings.objects)
         turns = dialogue(scene, rng, settings)
-        ids, labels, first = encode_dialogue(turns, tokenizer, image_token_id, 576, rng.choice(settings.conv_modes))
-        rows.append((ids, labels))
-        firsts.append(first)
-        kinds.append(turns[0][2])
-        cells.append(turns[0][3])
+        rows.append(encode_dialogue(turns, tokenizer, image_token_id, 576, rng.choice(settings.conv_modes)))
+        kinds.append([kind for _, _, kind, _ in turns])
+        hops.append([torch.stack([patch_mask(c) for c in hop_cells(kind, cells)]) for _, _, kind, cells in turns])
         values.append(scene_pixels(scene, rng))
-    width = max(len(ids) for ids, _ in rows)
+    width = max(len(ids) for ids, _, _ in rows)
+    most_turns = max(len(starts) for _, _, starts in rows)
     input_ids = torch.full((batch_size, width), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     mask = torch.zeros_like(input_ids)
-    first_index = torch.empty(batch_size, dtype=torch.long)
-    for row, ((ids, lab), first) in enumerate(zip(rows, firsts, strict=True)):
-        offset = width - len(ids)
-        input_ids[row, offset:] = torch.tensor(ids)
-        labels[row, offset:] = torch.tensor(lab)
-        mask[row, offset:] = 1
-        first_index[row] = offset + first
-    return DialogueBatch(input_ids, mask, labels, torch.stack(values), first_index, kinds, cells)
+    answer_index = torch.full((batch_size, most_turns), -1, dtype=torch.long)
+    hop_patches = torch.zeros(batch_size, most_turns, 2, PATCHES_PER_SIDE**2, dtype=torch.bool)
+    for row, (ids, lab, starts) in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(lab)
+        mask[row, : len(ids)] = 1
+        answer_index[row, : len(starts)] = torch.tensor(starts)
+        hop_patches[row, : len(starts)] = torch.stack(hops[row])
+    image_start = (input_ids == image_token_id).int().argmax(dim=1)
+    return DialogueBatch(input_ids, mask, labels, torch.stack(values), answer_index, hop_patches, image_start, kinds)

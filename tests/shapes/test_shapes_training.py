@@ -1,0 +1,56 @@
+"""The shapes VLM's training losses: the hop attention mass equals what the model's own attention gives."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlavaForConditionalGeneration
+
+from llava.shapes.model import build_processor, shapes_llava_config
+from llava.shapes.scene import cell_patches
+from llava.shapes.training_data import DialogueSettings, dialogue_batch, hop_cells, patch_mask
+from llava.train.train_shapes_vlm import answer_accuracy, hop_attention_mass
+
+
+def small_shapes_vlm(processor, layers: int = 5) -> LlavaForConditionalGeneration:
+    tokenizer = processor.tokenizer
+    config = shapes_llava_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
+    config.text_config.num_hidden_layers = layers
+    config.vision_config.num_hidden_layers = 2
+    torch.manual_seed(0)
+    return LlavaForConditionalGeneration(config).eval()
+
+
+def test_hop_cells_and_patch_masks():
+    assert hop_cells("right_of", ((1, 2), (1, 3))) == (((1, 2),), ((1, 3),))
+    assert hop_cells("count", ((0, 0), (4, 5))) == (((0, 0), (4, 5)), ((0, 0), (4, 5)))
+    mask = patch_mask(((2, 3),))
+    assert mask.sum() == 16 and mask[cell_patches(2, 3)].all()
+
+
+def test_hop_attention_mass_is_the_models_own_attention_on_the_answer_patches():
+    processor = build_processor()
+    model = small_shapes_vlm(processor)
+    model.set_attn_implementation("eager")
+    batch = dialogue_batch(3, 2, 0, processor.tokenizer, model.config.image_token_id, DialogueSettings())
+    with torch.no_grad():
+        out = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            pixel_values=batch.pixel_values,
+            output_hidden_states=True,
+            output_attentions=True,
+        )
+        mass, used = hop_attention_mass(model, out.hidden_states, batch, (2, 4), head=1)
+    for hop, layer in enumerate((2, 4)):
+        for b in range(2):
+            for q, index in enumerate(batch.answer_index[b].tolist()):
+                if index < 0:
+                    assert not used[hop, b, q]
+                    continue
+                start = int(batch.image_start[b])
+                row = out.attentions[layer][b, 1, index - 1, start : start + 576]
+                expected = row[batch.hop_patches[b, q, hop]].sum()
+                torch.testing.assert_close(mass[hop, b, q], expected, atol=1e-5, rtol=1e-4)
+    assert used.any()
+    hits = answer_accuracy(out.logits, batch)
+    assert sum(len(v) for v in hits.values()) == int((batch.answer_index >= 0).sum())
