@@ -1,101 +1,287 @@
-"""`make demo`: FastV on a tiny random LLaVA, built in-process (nothing is downloaded).
+"""`make demo`: the visual-token pruning ablation on the shipped shapes VLM, with an HTML report.
 
-Prints, for each FastV strategy at the 192 / 128 / 64 equivalent-token budgets, the kept tokens as a
-24 x 24 map of image patches, the equivalent tokens, the theoretical FLOPs ratio and the measured
-prefill time against the unpruned model.
+Every configuration (vanilla; every registered method at each budget; FastV + head selection for
+head strategies x head counts; the dynamic selector ``ablation_a``) runs on the three held-out shapes
+benchmarks through the project's own entry points, in this process, with the arguments
+``scripts/v1_5/7b/{gqa,pope,sqa}.sh`` pass them: the loader writes the answers file and its run record
+(and resumes), the scorer writes the result record (with coverage), ``summarize`` builds the table and
+plots. The model is loaded once (``reusing_loaded_models``); a second run finds every answer on disk and
+only re-scores. Then a per-question-type table, kept-token overlays for a few one-cell questions, and
+``<eval-dir>/summary/index.html``.
 
-    python -m llava.demo [--image PATH] [--question TEXT] [--budgets 192 128 64]
+    python -m llava.demo [--model-path DIR] [--eval-dir DIR] [--tokens 192 128 64] [--head-grid full]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import html
+import json
+import shutil
+import sys
 import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
+from llava.eval import chunking, model_vqa_loader, model_vqa_science, summarize
+from llava.eval.cli_args import build_parser, pruning_method, pruning_params
+from llava.eval.inference import GenerationSettings, answer_batch, load_model_bundle, reusing_loaded_models
+from llava.eval.jsonl_io import read_jsonl
+from llava.eval.run_loop import open_image
+from llava.eval.scorers import gqa, pope, scienceqa
+from llava.model.builder import pruning_decoder
+from llava.pruning.head_selection import HEAD_STRATEGIES
+from llava.pruning.registry import available_methods
+from llava.shapes.benchmarks import BENCHMARKS, answer_key, write_benchmarks
+from llava.shapes.questions import ONE_CELL
+from llava.viz import kept_overlay, plot_tokens_per_layer, save_kept_record
 
-from llava.model.builder import load_pretrained_model
-from llava.pruning.selection import TOKEN_SELECTION_STRATEGIES
-
-GRID = 24  # 336 px / patch 14
-SYSTEM = "A chat between a curious human and an artificial intelligence assistant. USER: "
-
-
-def synthetic_image(size: int = 336) -> Image.Image:
-    """A deterministic test card: gradient background with a bright square (the 'object')."""
-    y, x = np.mgrid[0:size, 0:size]
-    pixels = np.stack([x * 255 // size, y * 255 // size, np.full_like(x, 96)], axis=-1).astype(np.uint8)
-    pixels[100:180, 180:260] = 255
-    return Image.fromarray(pixels)
-
-
-def build_prompt(tokenizer, question: str, image_token_id: int, image_tokens: int = GRID * GRID) -> torch.Tensor:
-    """``SYSTEM <image x 576> \\n question ASSISTANT:`` as ids."""
-    before = tokenizer(SYSTEM, add_special_tokens=False).input_ids
-    after = tokenizer(f"\n{question} ASSISTANT:", add_special_tokens=False).input_ids
-    return torch.tensor([before + [image_token_id] * image_tokens + after])
+DEFAULT_MODEL = Path("playground/models/shapes-llava")
+DEFAULT_EVAL_DIR = Path("playground/data/eval/shapes")
+DEFAULT_HEAD_STRATEGIES = ("sum", "entropy", "max_attention")
+TRAINED_PRUNER = "learned_pruner.pt"
 
 
-def kept_patch_map(kept: torch.Tensor, span_start: int) -> str:
-    """ASCII map of the 24 x 24 patches: '#' kept, '.' pruned."""
-    grid = np.full(GRID * GRID, ".")
-    grid[(kept - span_start).tolist()] = "#"
-    return "\n".join("    " + "".join(row) for row in grid.reshape(GRID, GRID))
+@dataclass(frozen=True)
+class Config:
+    """One ablation row, named as ``scripts/v1_5/7b/common.sh`` names its result folder."""
+
+    method: str = "vanilla"
+    tokens: int | None = None
+    heads: int | None = None
+    strategy: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.method == "vanilla":
+            return "vanilla"
+        name = f"{self.method}_t{self.tokens}"
+        if self.heads is not None:
+            name += f"_h{self.heads}"
+        return name + (f"_{self.strategy}" if self.strategy else "")
+
+    def loader_flags(self) -> list[str]:
+        if self.method == "vanilla":
+            return []
+        flags = ["--enable-dynamic-selection"] if self.method == "dynamic" else ["--pruning_method", self.method]
+        flags += ["--visual_token_num", str(self.tokens)]
+        if self.heads is not None:
+            flags += ["--H", str(self.heads)]
+        if self.strategy:
+            flags += ["--head-strategy", self.strategy]
+        return flags
 
 
-def median_prefill_ms(model, ids: torch.Tensor, pixels: torch.Tensor, repeats: int) -> float:
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats):
-            started = time.perf_counter()
-            model(input_ids=ids, pixel_values=pixels)
-            times.append((time.perf_counter() - started) * 1000.0)
-    return statistics.median(times)
+def ablation_configs(tokens: Sequence[int], methods: Sequence[str], head_strategies: Sequence[str], head_counts: Sequence[int]) -> list[Config]:
+    configs = [Config()]
+    for method in methods:
+        configs += [Config(method, t) for t in tokens]
+    for t in tokens:
+        configs += [Config("fastv_fine_head", t, h, s) for h in head_counts for s in head_strategies]
+        configs.append(Config("dynamic", t))
+    return configs
 
 
-def main() -> None:
+def benchmark_steps(eval_dir: Path, benchmark: str, config: Config) -> tuple[tuple[Callable, list[str]], tuple[Callable, list[str]], Path]:
+    """(loader main, argv), (scorer main, argv) and the merged answers file, as the per-dataset scripts build them."""
+    root = eval_dir / benchmark
+    result = eval_dir / "results" / config.name / ("sqa.json" if benchmark == "scienceqa" else f"{benchmark}.json")
+    if benchmark == "gqa":
+        split = "llava_gqa_testdev_balanced"
+        answers = root / "answers" / split / config.name
+        loader = (model_vqa_loader.main, ["--question-file", str(root / f"{split}.jsonl"), "--image-folder", str(root / "data/images")])
+        scorer = (gqa.main, ["--questions", str(root / "data/testdev_balanced_questions.json"), "--result-file", str(answers / "merge.jsonl"),
+                             "--predictions-file", str(answers / "testdev_balanced_predictions.json"), "--result-json", str(result)])
+    elif benchmark == "pope":
+        answers = root / "answers" / config.name
+        question_file = str(root / "llava_pope_test.jsonl")
+        loader = (model_vqa_loader.main, ["--question-file", question_file, "--image-folder", str(root / "val2014")])
+        scorer = (pope.main, ["--annotation-dir", str(root / "coco"), "--question-file", question_file,
+                              "--result-file", str(answers / "merge.jsonl"), "--result-json", str(result)])
+    else:
+        answers = root / "answers" / config.name
+        loader = (model_vqa_science.main, ["--question-file", str(root / "llava_test_CQM-A.json"), "--image-folder",
+                                           str(root / "images/test"), "--single-pred-prompt"])
+        scorer = (scienceqa.main, ["--base-dir", str(root), "--result-file", str(answers / "merge.jsonl"), "--result-json", str(result)])
+    return loader, scorer, answers
+
+
+def run_config(args: argparse.Namespace, config: Config, benchmark: str) -> int:
+    """Answer (resuming) and score one benchmark; the worst exit code of the steps."""
+    (loader, loader_args), (scorer, scorer_args), answers = benchmark_steps(args.eval_dir, benchmark, config)
+    answers.mkdir(parents=True, exist_ok=True)
+    common = ["--model-path", str(args.model_path), "--answers-file", str(answers / "1_0.jsonl"), "--num-chunks", "1",
+              "--chunk-idx", "0", "--temperature", "0", "--conv-mode", "vicuna_v1", "--batch-size", str(args.batch_size),
+              "--max_new_tokens", "8"]
+    code = loader([*common, *config.loader_flags(), *loader_args])
+    if code != 0:
+        return code
+    merged = chunking.main(["--answers-dir", str(answers), "--num-chunks", "1", "--output", str(answers / "merge.jsonl")])
+    return merged or scorer(scorer_args)
+
+
+def per_type_table(eval_dir: Path, configs: Sequence[Config]) -> tuple[list[str], list[list]]:
+    """Accuracy (%) per question type and benchmark for every configuration that has answers."""
+    keys = {benchmark: answer_key(eval_dir / benchmark, benchmark) for benchmark in BENCHMARKS}
+    columns = sorted({(b, kind) for b, key in keys.items() for kind, _ in key.values()})
+    rows = []
+    for config in configs:
+        cells: list = [config.name]
+        for benchmark, kind in columns:
+            answers_file = benchmark_steps(eval_dir, benchmark, config)[2] / "merge.jsonl"
+            if not answers_file.exists():
+                cells.append(None)
+                continue
+            answers = {a["question_id"]: a["text"] for a in read_jsonl(answers_file, required_fields=("question_id", "text"))[0]}
+            hits = [normalise(answers.get(qid, "")) == truth for qid, (k, truth) in keys[benchmark].items() if k == kind]
+            cells.append(round(100 * sum(hits) / len(hits), 1) if hits else None)
+        rows.append(cells)
+    return ["config", *[f"{b}:{k}" for b, k in columns]], rows
+
+
+def normalise(answer: str) -> str:
+    """First word, lower case, without trailing punctuation (the shapes answers are single words or letters)."""
+    words = answer.strip().lower().split()
+    return words[0].rstrip(".,") if words else ""
+
+
+def overlay_questions(eval_dir: Path, count: int) -> list[dict]:
+    """The first ``count`` one-cell GQA-style questions (their overlays show whether the cell was kept)."""
+    lines = read_jsonl(eval_dir / "gqa" / "llava_gqa_testdev_balanced.jsonl", required_fields=("question_id", "text"))[0]
+    return [line for line in lines if line.get("kind") in ONE_CELL][:count]
+
+
+def draw_overlays(args: argparse.Namespace, configs: Sequence[Config], report: Path) -> dict[str, list[tuple[str, str]]]:
+    """Kept-token overlays at the smallest budget: ``{question id: [(config name, png name), ...]}`` and records."""
+    questions = overlay_questions(args.eval_dir, args.overlays)
+    smallest = min(args.tokens)
+    chosen = [c for c in configs if c.tokens == smallest and (c.heads is None or c.strategy == DEFAULT_HEAD_STRATEGIES[0])]
+    settings = GenerationSettings(max_new_tokens=1)
+    pictures: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    records = []
+    for question in questions:
+        image_path = args.eval_dir / "gqa" / "data" / "images" / question["image"]
+        image = open_image(image_path)
+        name = f"{question['question_id']}_image.png"
+        kept_overlay(image, range(576), question["cells"]).save(report / name)
+        pictures[question["question_id"]].append(("vanilla (all 576)", name))
+        for config in chosen:
+            bundle = load_model_bundle(str(args.model_path), *config_method(config))
+            answer_batch(bundle, settings, [question["text"]], [image])
+            record = pruning_decoder(bundle.model).pruning_state.record
+            saved = save_kept_record(report / f"{question['question_id']}_{config.name}.json", str(image_path),
+                                     question["text"], question["cells"], config.name, record)
+            records.append(saved)
+            png = f"{question['question_id']}_{config.name}.png"
+            kept_overlay(image, saved["stages"][-1]["kept"] if saved["stages"] else range(576), question["cells"]).save(report / png)
+            pictures[question["question_id"]].append((config.name, png))
+    if records:
+        per_method = {r["method"]: r for r in records}
+        plot_tokens_per_layer(list(per_method.values()), report.parent / "tokens_per_layer.png")
+    return pictures
+
+
+def config_method(config: Config) -> tuple[str | None, dict]:
+    """``(pruning_method, params)`` of a configuration, resolved from its loader flags as the loader does."""
+    args = build_parser("demo").parse_args(["--question-file", "-", "--answers-file", "-", *config.loader_flags()])
+    return pruning_method(args), pruning_params(args)
+
+
+def table_html(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{'' if v is None else html.escape(summarize._format(v))}</td>" for v in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(summary: Path, model_path: Path, per_type: tuple, pictures: dict, wall_s: float) -> Path:
+    header, *rows = [line.split(",") for line in (summary / "results.csv").read_text(encoding="utf-8").splitlines()]
+    plots = [p.name for p in sorted(summary.glob("*.png"))]
+    figures = "".join(f'<figure><img src="{html.escape(p)}" alt="{html.escape(p)}"><figcaption>{html.escape(p)}</figcaption></figure>' for p in plots)
+    overlay_rows = "".join(
+        f"<h3>{html.escape(qid)}</h3><div class=row>"
+        + "".join(f'<figure><img src="report/{html.escape(png)}" alt="{html.escape(name)}"><figcaption>{html.escape(name)}</figcaption></figure>'
+                  for name, png in entries)
+        + "</div>"
+        for qid, entries in pictures.items()
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Pruning ablation: {html.escape(model_path.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:12px}}td,th{{border:1px solid #ccc;padding:2px 6px}}
+figure{{display:inline-block;margin:4px;text-align:center}}figure img{{max-width:480px}}.row figure img{{width:168px}}</style></head><body>
+<h1>Visual-token pruning ablation on {html.escape(str(model_path))}</h1>
+<p>Wall time of this run: {wall_s:.0f} s. Scores: GQA-style accuracy, POPE mean F1, ScienceQA-style option accuracy;
+relative_% is the mean over benchmarks of score / vanilla score.</p>
+<h2>Summary</h2>{table_html(header, rows)}
+<h2>Accuracy per question type (%)</h2>{table_html(*per_type)}
+<h2>Plots</h2>{figures}
+<h2>Kept tokens (pruned patches faded; the answer's cells outlined)</h2>{overlay_rows}
+</body></html>"""
+    index = summary / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", type=Path, help="an image file (default: a synthetic test card)")
-    parser.add_argument("--question", default="What is unusual about this image?")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[192, 128, 64])
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    if args.image is not None and not args.image.is_file():
-        parser.error(f"--image {args.image} is not a file")
-
-    tokenizer, model, processor, _ = load_pretrained_model("tiny-random-llava")
-    image = Image.open(args.image).convert("RGB") if args.image else synthetic_image()
-    pixels = processor(image, return_tensors="pt")["pixel_values"]
-    ids = build_prompt(tokenizer, args.question, model.config.image_token_id)
-    span_start = int((ids[0] == model.config.image_token_id).nonzero()[0])
-    vanilla_ms = median_prefill_ms(model, ids, pixels, args.repeats)
-    print(f"tiny random LLaVA: {model.config.text_config.num_hidden_layers} layers, prompt of {ids.shape[1]} tokens")
-    print(f"vanilla prefill: {vanilla_ms:.1f} ms (median of {args.repeats})\n")
-
-    for budget in args.budgets:
-        for strategy in TOKEN_SELECTION_STRATEGIES:
-            _, pruned, _, _ = load_pretrained_model(
-                "tiny-random-llava",
-                pruning_method="fastv",
-                visual_token_num=budget,
-                fast_v_token_selection_method=strategy,
-            )
-            pruned_ms = median_prefill_ms(pruned, ids, pixels, args.repeats)
-            record = pruned.pruning_record
-            kept = pruned.language_model.last_gen_kept_indices[0]
-            print(
-                f"FastV {strategy:<20} budget {budget:>3}: keeps R={kept.numel()} of 576 at layer "
-                f"{pruned.method.agg_layer}, equivalent tokens {record['equivalent_tokens']:.1f}, "
-                f"FLOPs {record['flops_ratio']:.2f}x, prefill {pruned_ms:.1f} ms ({pruned_ms / vanilla_ms:.2f}x)"
-            )
-            if strategy == TOKEN_SELECTION_STRATEGIES[0]:
-                print(kept_patch_map(kept, span_start))
-        print()
+    parser.add_argument("--model-path", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--eval-dir", type=Path, default=DEFAULT_EVAL_DIR, help="benchmarks (written here if missing), answers, results")
+    parser.add_argument("--per-benchmark", type=int, default=120, help="questions per benchmark when they are generated")
+    parser.add_argument("--tokens", type=int, nargs="+", default=[192, 128, 64])
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method (learned only with a trained pruner)")
+    parser.add_argument("--head-grid", choices=("default", "full"), default="default",
+                        help=f"default: strategies {' '.join(DEFAULT_HEAD_STRATEGIES)} at half the heads per layer; "
+                        "full: every strategy x every head count")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--overlays", type=int, default=3, help="one-cell questions to draw kept-token overlays for")
+    args = parser.parse_args(argv)
+    registered = available_methods()
+    methods = args.methods or [m for m in registered if m != "learned" or (args.model_path / TRAINED_PRUNER).exists()]
+    unknown = sorted(set(methods) - set(registered))
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(registered)}")
+    if not (args.model_path / "config.json").is_file():
+        parser.error(f"no model at {args.model_path} (config.json missing): pass --model-path, or train the shipped one with "
+                     "python -m llava.train.train_shapes_vlm --export playground/models/shapes-llava")
+    if min(args.tokens) < 1 or args.batch_size < 1 or args.per_benchmark < 1:
+        parser.error("--tokens, --batch-size and --per-benchmark must be positive")
+    if not all((args.eval_dir / b).is_dir() for b in BENCHMARKS):
+        print(f"writing the shapes benchmarks ({args.per_benchmark} questions each) under {args.eval_dir}")
+        write_benchmarks(args.eval_dir, args.per_benchmark)
+    heads = json.loads((args.model_path / "config.json").read_text(encoding="utf-8"))["text_config"]["num_attention_heads"]
+    if args.head_grid == "default":
+        strategies, counts = DEFAULT_HEAD_STRATEGIES, (max(1, heads // 2),)
+    else:
+        strategies, counts = HEAD_STRATEGIES, tuple(range(1, heads + 1))
+    configs = ablation_configs(args.tokens, [m for m in methods if m != "fastv_fine_head"], strategies, counts)
+    started = time.time()
+    failed = []
+    with reusing_loaded_models():
+        for index, config in enumerate(configs, 1):
+            for benchmark in BENCHMARKS:
+                print(f"=== [{index}/{len(configs)}] {config.name} on {benchmark} ===", flush=True)
+                if run_config(args, config, benchmark) != 0:
+                    failed.append(f"{config.name}/{benchmark}")
+        summary = args.eval_dir / "summary"
+        summary_code = summarize.main(["--results-dir", str(args.eval_dir / "results"), "--output-dir", str(summary)])
+        per_type = per_type_table(args.eval_dir, configs)
+        (summary / "per_type.md").write_text(summarize.markdown(*per_type), encoding="utf-8")
+        print(summarize.markdown(*per_type))
+        report = summary / "report"
+        report.mkdir(parents=True, exist_ok=True)
+        pictures = draw_overlays(args, configs, report)
+    curves = args.model_path / "training_curves.png"
+    if curves.exists():
+        shutil.copy(curves, summary / "training_curves.png")
+    index = write_report(summary, args.model_path, per_type, pictures, time.time() - started)
+    print(f"report: {index} ({time.time() - started:.0f} s)")
+    if failed:
+        print(f"error: {len(failed)} run(s) failed or are incomplete: {', '.join(failed)}; re-run to resume", file=sys.stderr)
+        return 1
+    return summary_code
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,27 +1,56 @@
-"""`make demo` runs end to end on the tiny model and reports what it kept."""
+"""`make demo` end to end on a random shapes VLM saved to disk: every step runs, the report's images
+exist, and a second run reuses every answer and gives the same table."""
 
-import subprocess
-import sys
+import re
 
+import pytest
 import torch
+from transformers import LlavaForConditionalGeneration
 
-from llava.demo import GRID, kept_patch_map
-
-
-def test_kept_patch_map_marks_kept_patches():
-    lines = kept_patch_map(torch.tensor([10, 11, 10 + GRID]), span_start=10).splitlines()
-    assert len(lines) == GRID
-    assert lines[0].strip().startswith("##.") and lines[1].strip().startswith("#.")
-    assert sum(line.count("#") for line in lines) == 3
+from llava import demo
+from llava.shapes.model import build_processor, shapes_llava_config
 
 
-def test_demo_runs_and_reports_budget():
-    result = subprocess.run(
-        [sys.executable, "-m", "llava.demo", "--budgets", "64", "--repeats", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    assert "budget  64: keeps R=30 of 576 at layer 2" in result.stdout
-    assert result.stdout.count("equivalent tokens 64.") == 3
+@pytest.fixture(scope="module")
+def random_shapes_vlm(tmp_path_factory):
+    processor = build_processor()
+    tokenizer = processor.tokenizer
+    config = shapes_llava_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
+    config.vision_config.num_hidden_layers = 2
+    config.text_config.num_hidden_layers = 8  # FastV at K=2 reaches 192 equivalent tokens from 8 layers
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("shapes-llava")
+    LlavaForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def test_config_names_match_the_shell_scripts():
+    assert demo.Config().name == "vanilla"
+    assert demo.Config("fastv_fine_head", 64, 1, "sum").name == "fastv_fine_head_t64_h1_sum"
+    assert demo.config_method(demo.Config("dynamic", 128)) == ("ablation_a", {"visual_token_num": 128})
+
+
+def test_demo_writes_the_report_and_a_second_run_gives_the_same_table(random_shapes_vlm, tmp_path, capsys):
+    argv = ["--model-path", str(random_shapes_vlm), "--eval-dir", str(tmp_path), "--per-benchmark", "6",
+            "--tokens", "192", "--methods", "fastv", "--overlays", "1", "--batch-size", "6"]
+    assert demo.main(argv) == 0
+    summary = tmp_path / "summary"
+    table = (summary / "results.csv").read_text()
+    assert {"vanilla", "fastv", "fastv_fine_head", "ablation_a"} <= {line.split(",")[0] for line in table.splitlines()[1:]}
+    page = (summary / "index.html").read_text()
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert any("fastv_t192" in image for image in images) and "accuracy_vs_tokens.png" in images
+    assert all((summary / image).is_file() for image in images)
+    capsys.readouterr()
+    assert demo.main(argv) == 0
+    assert "already answered" in capsys.readouterr().err
+    without_timing = lambda text: [line.rsplit(",", 1)[0] for line in text.splitlines()]  # prefill_ms is last
+    assert table.splitlines()[0].endswith("prefill_ms")
+    assert without_timing((summary / "results.csv").read_text()) == without_timing(table)
+
+
+def test_bad_settings_stop_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--model-path", str(tmp_path / "none")])
+    assert exit_info.value.code == 2 and "no model at" in capsys.readouterr().err

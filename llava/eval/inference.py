@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ from PIL import Image
 from llava.conversation import build_question_prompt
 from llava.eval.cli_args import pruning_method, pruning_params
 from llava.mm_utils import process_images, tokenizer_image_token
-from llava.model.builder import load_pretrained_model
+from llava.model.builder import TINY_MODELS, load_pretrained_model, planned_method, pruning_decoder, split_engine_fields
 from llava.model.vision import image_features_per_image
 from llava.pruning.budget import prefill_flops
 
@@ -86,6 +87,34 @@ def resolve_device_and_dtype(device: str | None, dtype: str | None) -> tuple[tor
     return resolved_device, getattr(torch, dtype)
 
 
+_reused_bundles: dict[tuple, ModelBundle] | None = None
+
+
+@contextmanager
+def reusing_loaded_models() -> Iterator[None]:
+    """Inside the block, a checkpoint loaded once is kept: loading it again (same path, device, dtype and
+    engine fields) swaps in the newly planned pruning method instead of reading the weights again. For
+    one process that runs many configurations (the demo's ablation); each CLI run loads once anyway."""
+    global _reused_bundles
+    outer, _reused_bundles = _reused_bundles, {}
+    try:
+        yield
+    finally:
+        _reused_bundles = outer
+
+
+def _replanned(bundle: ModelBundle, pruning_method: str | None, params: dict[str, Any]) -> ModelBundle:
+    """``bundle`` with the method planned for its own model (same validation as a fresh load)."""
+    params = dict(params)
+    visual_token_num = params.pop("visual_token_num", None)
+    config = bundle.model.config
+    text_config = getattr(config, "text_config", config)
+    span = bundle.num_image_tokens if text_config is not config else text_config.fast_v_image_token_length
+    method = planned_method(pruning_method, text_config, span, visual_token_num, params)
+    pruning_decoder(bundle.model).set_pruning_method(method)
+    return bundle
+
+
 def load_model_bundle(
     model_path: str,
     pruning_method: str | None = None,
@@ -96,6 +125,11 @@ def load_model_bundle(
 ) -> ModelBundle:
     """Load a model with the pruning method and its parameters (``visual_token_num``, ``heads``, ...)."""
     resolved_device, resolved_dtype = resolve_device_and_dtype(device, dtype)
+    engine, params = split_engine_fields(method_params or {})
+    key = (model_path, str(resolved_device), str(resolved_dtype), model_base, tuple(sorted(engine.items())))
+    reusable = _reused_bundles is not None and model_path not in TINY_MODELS  # tiny models: built per seed
+    if reusable and key in _reused_bundles:
+        return _replanned(_reused_bundles[key], pruning_method, params)
     tokenizer, model, image_processor, _ = load_pretrained_model(
         model_path,
         model_base=model_base,
@@ -104,7 +138,10 @@ def load_model_bundle(
         torch_dtype=resolved_dtype,
         **(method_params or {}),
     )
-    return ModelBundle(tokenizer, model.to(resolved_dtype), image_processor, resolved_device, resolved_dtype)
+    bundle = ModelBundle(tokenizer, model.to(resolved_dtype), image_processor, resolved_device, resolved_dtype)
+    if reusable:
+        _reused_bundles[key] = bundle
+    return bundle
 
 
 def bundle_from_args(args: argparse.Namespace) -> ModelBundle:

@@ -49,6 +49,11 @@ def planned_method(
     return method
 
 
+def pruning_decoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The ``PruningLlamaModel`` of a loaded model (LLaVA's language model, or the causal LM's decoder)."""
+    return model.language_model if isinstance(model, PruningLlavaForConditionalGeneration) else model.model
+
+
 def load_pretrained_model(
     model_path: str,
     model_base: str | None = None,
@@ -98,8 +103,7 @@ def load_pretrained_model(
             model = PruningLlamaForCausalLM.from_pretrained(model_path, config=pruned, **load_kwargs)
             image_processor = None
         tokenizer = AutoTokenizer.from_pretrained(model_path, **gguf)
-    decoder = model.language_model if isinstance(model, PruningLlavaForConditionalGeneration) else model.model
-    decoder.set_pruning_method(method)
+    pruning_decoder(model).set_pruning_method(method)
     model = model.to(device).eval()
     return tokenizer, model, image_processor, text_config.max_position_embeddings
 

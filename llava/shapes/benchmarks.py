@@ -122,6 +122,25 @@ def write_scienceqa(root: Path, count: int, seed: int) -> None:
     write_json(root / "pid_splits.json", {"test": list(problems)})
 
 
+def answer_key(root: Path, benchmark: str) -> dict[str, tuple[str, str]]:
+    """``{question_id: (question type, expected answer)}`` of a written benchmark (answers as the model
+    should reply: a word, ``yes`` / ``no``, or an option letter, lower case)."""
+    if benchmark == "gqa":
+        truth = json.loads((root / "data" / "testdev_balanced_questions.json").read_text(encoding="utf-8"))
+        return {qid: (entry["types"]["semantic"], entry["answer"]) for qid, entry in truth.items()}
+    if benchmark == "pope":
+        lines = [json.loads(line) for line in (root / "llava_pope_test.jsonl").read_text(encoding="utf-8").splitlines() if line]
+        labels = {}
+        for split in POPE_SPLITS:
+            for line in (root / "coco" / f"coco_pope_{split}.json").read_text(encoding="utf-8").splitlines():
+                if line:
+                    entry = json.loads(line)
+                    labels[entry["question_id"]] = entry["label"]
+        return {line["question_id"]: (f"exists_{line['category']}", labels[line["question_id"]]) for line in lines}
+    problems = json.loads((root / "problems.json").read_text(encoding="utf-8"))
+    return {pid: (entry["kind"], OPTION_LETTERS[entry["answer"]].lower()) for pid, entry in problems.items()}
+
+
 WRITERS = {"gqa": write_gqa, "pope": write_pope, "scienceqa": write_scienceqa}
 
 

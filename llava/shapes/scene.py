@@ -1,7 +1,7 @@
 """Scenes of coloured shapes on a 6 x 6 grid, drawn at 336 x 336 over a textured background.
 
 A scene is a deterministic function of a seed. Each occupied cell holds one shape of a colour, size and
-offset drawn per object, so the answer to "what colour is the shape in row r, column c?" lives only in
+offset drawn per object, so the answer to "what colour is the shape in cell b4?" lives only in
 the patches the shape covers (a 56 px cell is 4 x 4 CLIP patches of 14 px; a shape covers 1 to 9 of
 them), and no single pixel position answers a question.
 

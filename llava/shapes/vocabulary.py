@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from llava.conversation import conv_templates
-from llava.shapes.questions import MAX_COUNT, PLURALS
+from llava.shapes.questions import MAX_COUNT, PLURALS, cell_name
 from llava.shapes.scene import COLOURS, GRID, SHAPES
 from llava.tokenization import SPECIAL_TOKENS, llava_fast_tokenizer
 
@@ -27,7 +27,8 @@ def corpus() -> list[str]:
         "USER: ASSISTANT:",
         SHORT_ANSWER_PROMPT,
         OPTION_PROMPT,
-        "what colour is the shape in row , column ? what shape is in right of the",
+        "what colour is the shape in cell ? what shape is in right of the",
+        " ".join(cell_name(row, col) for row in range(GRID) for col in range(GRID)),
         "how many are there ? which colour is most common ? is there a yes no",
         "A. B. C. D. A B C D",
         " ".join(COLOURS),

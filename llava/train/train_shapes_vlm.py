@@ -301,7 +301,7 @@ def export(args, model: LlavaForConditionalGeneration, processor, target: Path) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("checkpoints/shapes_vlm"))
-    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--stages", nargs="*", choices=STAGES, default=list(STAGES), help="none: only --export")
     parser.add_argument("--tower-steps", type=int, default=600)
     parser.add_argument("--tower-batch", type=int, default=16)
     parser.add_argument("--tower-lr", type=float, default=2e-3)

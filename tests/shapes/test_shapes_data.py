@@ -43,7 +43,7 @@ def test_answers_follow_from_the_scene(seed):
     scene, rng = sample_scene(seed), random.Random(seed)
     q = ask(scene, "colour_at", rng)
     ((row, col),) = q.cells
-    assert scene.at(row, col).colour == q.answer and f"row {row + 1} , column {col + 1}" in q.text
+    assert scene.at(row, col).colour == q.answer and f"cell {'abcdef'[col]}{row + 1} ?" in q.text
     q = ask(scene, "shape_at", rng)
     assert scene.at(*q.cells[0]).shape == q.answer
     q = ask(scene, "right_of", rng, tries=3)

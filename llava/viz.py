@@ -1,0 +1,111 @@
+"""Pictures of what a pruning method kept, drawn after the fact from a saved pruning record (JSON).
+
+A record (``save_kept_record``) holds the image path, the question, the cells its answer depends on,
+and per pruning stage the layer and the kept patches (raster indices into the 24 x 24 grid):
+
+* ``overlay``: the image with pruned patches faded and the answer's cells outlined (last stage kept);
+* ``layers``: span tokens per layer (multi-stage methods shrink in steps).
+
+    python -m llava.viz overlay --record kept.json --output kept.png
+    python -m llava.viz layers --record kept.json --output layers.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+GRID_SIDE = 24  # 336 px / patch 14
+
+
+def save_kept_record(path: Path, image: str, question: str, cells: Sequence, method: str, record: Any, sample: int = 0) -> dict:
+    """Write the kept patches of ``sample`` from a ``PruningRecord`` (engine) as JSON; returns the dict."""
+    start = int(record.span[sample, 0])
+    stages = [
+        {"layer": stage.layer, "kept": sorted((stage.kept_positions(sample) - start).tolist())} for stage in record.stages
+    ]
+    payload = {
+        "image": str(image),
+        "question": question,
+        "cells": [list(cell) for cell in cells],
+        "method": method,
+        "num_layers": record.num_layers,
+        "span": record.span_length,
+        "stages": stages,
+        "span_per_layer": record.sample_span_per_layer(sample),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload), encoding="utf-8")
+    return payload
+
+
+def kept_overlay(image: Image.Image, kept: Sequence[int], cells: Sequence[Sequence[int]], grid_cells: int = 6) -> Image.Image:
+    """``image`` with patches outside ``kept`` faded to 25 % and the answer's ``cells`` outlined in white."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    patch = pixels.shape[0] // GRID_SIDE
+    keep = np.zeros(GRID_SIDE * GRID_SIDE, dtype=bool)
+    keep[list(kept)] = True
+    faded = np.repeat(np.repeat(keep.reshape(GRID_SIDE, GRID_SIDE), patch, 0), patch, 1)
+    pixels = np.where(faded[..., None], pixels, 0.25 * pixels + 0.75 * 255)
+    result = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(result)
+    cell = pixels.shape[0] // grid_cells
+    for row, col in cells:
+        draw.rectangle((col * cell, row * cell, (col + 1) * cell - 1, (row + 1) * cell - 1), outline=(0, 0, 0), width=3)
+    return result
+
+
+def plot_tokens_per_layer(records: Sequence[dict], path: Path) -> None:
+    """Span tokens per layer, one line per record's method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for record in records:
+        axis.step(range(record["num_layers"]), record["span_per_layer"], where="post", label=record["method"])
+    axis.set(xlabel="layer", ylabel="visual tokens", title="visual tokens each layer processes")
+    axis.legend(fontsize="small")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def draw_overlay(record: dict, output: Path, image_root: Path | None = None) -> None:
+    image_path = Path(record["image"]) if image_root is None else image_root / record["image"]
+    with Image.open(image_path) as image:
+        kept = record["stages"][-1]["kept"] if record["stages"] else range(record["span"])
+        kept_overlay(image, kept, record["cells"]).save(output)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("picture", choices=("overlay", "layers"))
+    parser.add_argument("--record", type=Path, nargs="+", required=True, help="kept-token record(s) (JSON)")
+    parser.add_argument("--output", type=Path, required=True, help="PNG to write")
+    args = parser.parse_args(argv)
+    missing = [str(path) for path in args.record if not path.is_file()]
+    if missing:
+        parser.error(f"record file(s) not found: {', '.join(missing)}")
+    records = [json.loads(path.read_text(encoding="utf-8")) for path in args.record]
+    if args.picture == "overlay":
+        if len(records) != 1:
+            parser.error("overlay draws one record: pass a single --record")
+        draw_overlay(records[0], args.output)
+    else:
+        plot_tokens_per_layer(records, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The shipped shapes VLM loads like any llava-hf checkpoint and answers held-out questions at the bar."""
+
+from pathlib import Path
+
+import pytest
+from transformers import LlavaForConditionalGeneration
+
+from llava.demo import normalise
+from llava.eval.inference import GenerationSettings, answer_batch, load_model_bundle
+from llava.eval.model_vqa_loader import load_vqa_samples
+from llava.eval.model_vqa_science import load_science_samples
+from llava.shapes.benchmarks import answer_key, write_benchmarks
+
+SHIPPED = Path(__file__).resolve().parents[2] / "playground" / "models" / "shapes-llava"
+BAR = 0.9
+pytestmark = pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason=f"no shipped model at {SHIPPED}")
+
+
+def test_loads_with_stock_transformers():
+    model = LlavaForConditionalGeneration.from_pretrained(SHIPPED)
+    assert model.config.text_config.num_hidden_layers >= 8
+    assert model.config.text_config.num_key_value_heads < model.config.text_config.num_attention_heads
+
+
+def held_out_samples(root: Path, benchmark: str):
+    if benchmark == "gqa":
+        return load_vqa_samples(root / "llava_gqa_testdev_balanced.jsonl", root / "data/images")[0]
+    if benchmark == "pope":
+        return load_vqa_samples(root / "llava_pope_test.jsonl", root / "val2014")[0]
+    return load_science_samples(root / "llava_test_CQM-A.json", root / "images/test", single_pred_prompt=True)[0]
+
+
+@pytest.mark.parametrize("benchmark", ["gqa", "pope", "scienceqa"])
+def test_answers_a_fixed_held_out_sample_at_the_bar(benchmark, tmp_path):
+    write_benchmarks(tmp_path, 24, names=(benchmark,))
+    samples = held_out_samples(tmp_path / benchmark, benchmark)
+    key = answer_key(tmp_path / benchmark, benchmark)
+    bundle = load_model_bundle(str(SHIPPED))
+    answers, _ = answer_batch(
+        bundle, GenerationSettings(max_new_tokens=4), [s.prompt for s in samples], [s.load_image() for s in samples]
+    )
+    correct = [normalise(answer) == key[s.question_id][1] for s, answer in zip(samples, answers, strict=True)]
+    assert sum(correct) / len(correct) >= BAR, f"{benchmark}: {sum(correct)} / {len(correct)} correct"
