@@ -25,7 +25,7 @@ from PIL import Image
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 from llava.conversation import build_question_prompt
 from llava.mm_utils import tokenizer_image_token
-from llava.shapes.questions import Question, ask, multiple_choice
+from llava.shapes.questions import PLURALS, Question, ask, cell_name, multiple_choice
 from llava.shapes.scene import (
     COLOURS,
     GRID,
@@ -114,7 +114,9 @@ class DialogueBatch:
     labels: torch.Tensor
     pixel_values: torch.Tensor
     answer_index: torch.Tensor  # [B, Q] position of each turn's first answer token, -1 for no turn
-    hop_patches: torch.Tensor  # [B, Q, 2, 576] bool: patches the answer reads (hop 1, hop 2), see hop_cells
+    # [B, Q, 3, T] bool: what each turn's answer reads, as sequence positions: hop 0 the question's key
+    # words (cell, colour, shape; ``key_word_positions``), hops 1 and 2 the image patches (``hop_cells``)
+    hop_targets: torch.Tensor
     image_start: torch.Tensor  # [B] position of the first image token
     kinds: list[list[str]]  # question type of each turn
 
@@ -172,6 +174,18 @@ def dialogue(scene: Scene, rng: random.Random, settings: DialogueSettings) -> li
     return [(*question_text(fallback, rng, 0.0), "colour_at", fallback.cells)]
 
 
+def key_word_ids(tokenizer) -> set[int]:
+    """Ids of the words that say what a question asks about: cell names, colours, shapes, plurals."""
+    words = [cell_name(r, c) for r in range(GRID) for c in range(GRID)] + list(COLOURS) + list(SHAPES) + list(PLURALS.values())
+    return set(tokenizer.convert_tokens_to_ids(words))
+
+
+def key_word_positions(ids: list[int], start: int, end: int, key_ids: set[int], question_mark: int) -> list[int]:
+    """Positions in ``ids[start:end]`` of key words before the question's ``?`` (options after it are not the question)."""
+    stop = next((i for i in range(start, end) if ids[i] == question_mark), end)
+    return [i for i in range(start, stop) if ids[i] in key_ids]
+
+
 def encode_dialogue(
     turns: list[tuple[str, str, str, tuple]], tokenizer, image_token_id: int, num_image_tokens: int, conv_mode: str
 ) -> tuple[list[int], list[int], list[int]]:
@@ -200,6 +214,7 @@ def dialogue_batch(
     step: int, batch_size: int, seed: int, tokenizer, image_token_id: int, settings: DialogueSettings
 ) -> DialogueBatch:
     rows, values, kinds, hops = [], [], [], []
+    key_ids, question_mark = key_word_ids(tokenizer), tokenizer.convert_tokens_to_ids("?")
     for i in range(batch_size):
         sample_seed = TRAIN_SEED_OFFSET + (seed * 1_000_003 + step) * batch_size + i
         rng = random.Random(sample_seed + 1)
@@ -215,12 +230,17 @@ def dialogue_batch(
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     mask = torch.zeros_like(input_ids)
     answer_index = torch.full((batch_size, most_turns), -1, dtype=torch.long)
-    hop_patches = torch.zeros(batch_size, most_turns, 2, PATCHES_PER_SIDE**2, dtype=torch.bool)
+    hop_targets = torch.zeros(batch_size, most_turns, 3, width, dtype=torch.bool)
     for row, (ids, lab, starts) in enumerate(rows):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         labels[row, : len(ids)] = torch.tensor(lab)
         mask[row, : len(ids)] = 1
         answer_index[row, : len(starts)] = torch.tensor(starts)
-        hop_patches[row, : len(starts)] = torch.stack(hops[row])
+        image = ids.index(image_token_id)
+        question_start = image + PATCHES_PER_SIDE**2
+        for turn, start in enumerate(starts):
+            hop_targets[row, turn, 0, key_word_positions(ids, question_start, start, key_ids, question_mark)] = True
+            hop_targets[row, turn, 1:, image : image + PATCHES_PER_SIDE**2] = hops[row][turn]
+            question_start = start
     image_start = (input_ids == image_token_id).int().argmax(dim=1)
-    return DialogueBatch(input_ids, mask, labels, torch.stack(values), answer_index, hop_patches, image_start, kinds)
+    return DialogueBatch(input_ids, mask, labels, torch.stack(values), answer_index, hop_targets, image_start, kinds)

@@ -170,21 +170,18 @@ def answer_accuracy(logits: torch.Tensor, batch: DialogueBatch) -> dict[str, lis
 
 def hop_attention_mass(model: LlavaForConditionalGeneration, hidden_states, batch: DialogueBatch, layers, head: int):
     """``[hops, B, Q]`` attention mass that ``head`` of ``layers[h]`` gives, from the position predicting
-    each turn's answer, to the patches hop ``h`` of that turn reads (``batch.hop_patches``), and the
-    ``[hops, B, Q]`` mask of turns that name patches for the hop."""
+    each turn's answer, to what hop ``h`` of that turn reads (``batch.hop_targets``), and the
+    ``[hops, B, Q]`` mask of turns that name targets for the hop."""
     lm = model.model.language_model
     batch_size, length = batch.input_ids.shape
     position_ids = torch.arange(length).expand(batch_size, -1)  # right padded: what LlamaModel uses
     rope = lm.rotary_emb(hidden_states[0], position_ids)
     query_index = (batch.answer_index - 1).clamp(min=0)
-    image_index = batch.image_start[:, None] + torch.arange(batch.hop_patches.shape[-1])
-    image_index = image_index[:, None, :].expand(-1, query_index.shape[1], -1)
     masses, used = [], []
     for hop, layer in enumerate(layers):
         probs = decoder_attention_rows(lm.layers[layer], hidden_states[layer], rope, batch.attention_mask.bool(), query_index)
-        on_image = probs[:, head].gather(2, image_index)  # [B, Q, 576]
-        target = batch.hop_patches[:, :, hop]
-        masses.append((on_image * target).sum(-1))
+        target = batch.hop_targets[:, :, hop]  # [B, Q, T]
+        masses.append((probs[:, head] * target).sum(-1))
         used.append((batch.answer_index >= 0) & target.any(-1))
     return torch.stack(masses), torch.stack(used)
 
@@ -192,9 +189,11 @@ def hop_attention_mass(model: LlavaForConditionalGeneration, hidden_states, batc
 def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) -> None:
     """Projector + LM on dialogues: answer cross-entropy + ``attention_weight`` x the hop attention loss.
 
-    The hop loss, ``-log`` of the attention mass one head gives to the patches the answer reads (layer
-    ``hop_layers[0]`` for the first hop, ``hop_layers[1]`` for the second), is a curriculum: it shows the
-    LM where to look, which from the answer loss alone it found too slowly on CPU (answers stayed at the
+    The hop loss, ``-log`` of the attention mass one head gives, from the position predicting the answer,
+    to what the answer reads (layer ``hop_layers[0]``: the question's key words; ``hop_layers[1]`` and
+    ``[2]``: the image patches of the first and second hop), is a curriculum: it shows the LM where to look
+    (at step 200 without the key-word hop, the image attention was the same for every question about an
+    image: the answer position had not gathered the question), which from the answer loss alone it found too slowly on CPU (answers stayed at the
     priors for 1100 steps with ideal features). It decays to 0 over the first ``attention_steps``.
     """
     tower_state = load(out / "tower.pt")
@@ -244,7 +243,7 @@ def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) 
         }
         append_log(log, row)
         bar.set_postfix(
-            loss=f"{row['loss']:.3f}", hop=f"{row['hop_mass'][0]:.2f}", **{k[:6]: f"{sum(v) / len(v):.2f}" for k, v in sorted(recent.items())}
+            loss=f"{row['loss']:.3f}", hop=f"{row['hop_mass'][0]:.2f}/{row['hop_mass'][1]:.2f}", **{k[:6]: f"{sum(v) / len(v):.2f}" for k, v in sorted(recent.items())}
         )
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.vlm_steps:
             save(out / "vlm.pt", {"step": step + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
@@ -308,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vlm-steps", type=int, default=3000)
     parser.add_argument("--vlm-batch", type=int, default=8)
     parser.add_argument("--vlm-lr", type=float, default=1.5e-3)
-    parser.add_argument("--hop-layers", type=int, nargs=2, default=(2, 4), help="layers whose head 0 learns where to look")
+    parser.add_argument("--hop-layers", type=int, nargs=3, default=(1, 2, 4),
+                        help="layers whose head 0 learns where to look: the question's key words, then the image twice")
     parser.add_argument("--attention-weight", type=float, default=1.0)
     parser.add_argument("--attention-steps", type=int, default=1500, help="the hop loss decays to 0 over these steps")
     parser.add_argument("--checkpoint-every", type=int, default=50)

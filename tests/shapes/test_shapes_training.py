@@ -7,7 +7,14 @@ from transformers import LlavaForConditionalGeneration
 
 from llava.shapes.model import build_processor, shapes_llava_config
 from llava.shapes.scene import cell_patches
-from llava.shapes.training_data import DialogueSettings, dialogue_batch, hop_cells, patch_mask
+from llava.shapes.training_data import (
+    DialogueSettings,
+    dialogue_batch,
+    hop_cells,
+    key_word_ids,
+    key_word_positions,
+    patch_mask,
+)
 from llava.train.train_shapes_vlm import answer_accuracy, hop_attention_mass
 
 
@@ -40,17 +47,25 @@ def test_hop_attention_mass_is_the_models_own_attention_on_the_answer_patches():
             output_hidden_states=True,
             output_attentions=True,
         )
-        mass, used = hop_attention_mass(model, out.hidden_states, batch, (2, 4), head=1)
-    for hop, layer in enumerate((2, 4)):
+        mass, used = hop_attention_mass(model, out.hidden_states, batch, (1, 2, 4), head=1)
+    for hop, layer in enumerate((1, 2, 4)):
         for b in range(2):
             for q, index in enumerate(batch.answer_index[b].tolist()):
                 if index < 0:
                     assert not used[hop, b, q]
                     continue
-                start = int(batch.image_start[b])
-                row = out.attentions[layer][b, 1, index - 1, start : start + 576]
-                expected = row[batch.hop_patches[b, q, hop]].sum()
+                row = out.attentions[layer][b, 1, index - 1]
+                expected = row[batch.hop_targets[b, q, hop]].sum()
                 torch.testing.assert_close(mass[hop, b, q], expected, atol=1e-5, rtol=1e-4)
-    assert used.any()
+    assert used[0].any() and used[1].any()
     hits = answer_accuracy(out.logits, batch)
     assert sum(len(v) for v in hits.values()) == int((batch.answer_index >= 0).sum())
+    start = int(batch.image_start[0])
+    assert batch.hop_targets[0, 0, 1].sum() >= 16 and batch.hop_targets[0, 0, 1, start : start + 576].sum() == batch.hop_targets[0, 0, 1].sum()
+
+
+def test_key_words_are_the_question_words_before_its_question_mark():
+    tokenizer = build_processor().tokenizer
+    ids = tokenizer("what colour is the shape in cell b4 ?\nA. red\nB. blue", add_special_tokens=False).input_ids
+    positions = key_word_positions(ids, 0, len(ids), key_word_ids(tokenizer), tokenizer.convert_tokens_to_ids("?"))
+    assert tokenizer.convert_ids_to_tokens([ids[i] for i in positions]) == ["b4"]
