@@ -34,6 +34,9 @@ def validate_heads(shape: ModelShape, heads: Iterable[tuple[int, int]], kind: st
     return heads
 
 
+CLASSIFICATION_HINT = "scripts/analyze_attention.py writes one; docs/kvcompress_results/ holds those of the shipped runs"
+
+
 @dataclass
 class HeadClassification:
     """Labels ``labels[layer][query_head]`` for a model of shape ``shape``, with how they were obtained."""

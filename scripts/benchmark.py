@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from kvcompress.classification import HeadClassification
+from kvcompress.classification import CLASSIFICATION_HINT, HeadClassification
 from kvcompress.evaluation.benchmark import (
     BenchmarkSettings,
     markdown_table,
@@ -36,6 +36,7 @@ from kvcompress.evaluation.passkey import make_passkey_prompts
 from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream
 from kvcompress.methods.registry import BASELINES, METHODS, MethodSettings, build_method, kv_fraction
 from kvcompress.models.loading import load_model_and_tokenizer, model_slug
+from toolkit_common.cli import missing_file_problem, setting_error
 from toolkit_common.jsonl import JsonlAppender, read_jsonl
 
 
@@ -62,7 +63,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    for item in args.classification:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            setting_error(parser, f"--classification {item!r}: expected NAME=PATH")
+        if problem := missing_file_problem("--classification", path, CLASSIFICATION_HINT):
+            setting_error(parser, problem)
+    return args
 
 
 def parse_method(spec: str, classifications: dict[str, HeadClassification]) -> tuple[str, HeadClassification | None]:
