@@ -174,3 +174,17 @@ def test_mmbench_single_round_has_no_circular_accuracy() -> None:
     metrics = mmbench.score_mmbench(_mmbench_rows(), answers)
     assert metrics["accuracy"] == 50.0
     assert metrics["circular_accuracy"] is None
+
+
+def test_mmbench_submission_only_counts_the_rows_without_an_answer(tmp_path: Path) -> None:
+    tsv = tmp_path / "mmbench_test.tsv"
+    rows = [{**row, "answer": "", "image": "aGk="} for row in _mmbench_rows()]  # the test split has no ground truth
+    tsv.write_text("\n".join(["\t".join(rows[0]), *("\t".join(row.values()) for row in rows)]) + "\n")
+    answers_file = tmp_path / "answers.jsonl"
+    answers_file.write_text(json.dumps(_round(1, 0, ["cat", "dog"], "B")) + "\n")
+    result = tmp_path / "result.json"
+    code = mmbench.main(["--annotation-file", str(tsv), "--result-file", str(answers_file),
+                         "--upload-file", str(tmp_path / "upload.tsv"), "--result-json", str(result)])
+    record = json.loads(result.read_text())
+    assert record["score"] is None and record["coverage"] == {"asked": 2, "answered": 1, "fraction": 0.5}
+    assert code == INCOMPLETE_EXIT_CODE and record["complete"] is False

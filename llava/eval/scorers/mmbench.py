@@ -86,8 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         circular = metrics["circular_accuracy"]
         print(f"Accuracy: {metrics['accuracy']:.2f}%" + (f", circular: {circular:.2f}%" if circular is not None else ""))
         primary = "accuracy" if circular is None else "circular_accuracy"
-    else:
-        metrics, primary = {"num_questions": len(rows)}, None
+    else:  # submission only: no score, but the coverage of the rows asked
+        answered = {int(a["question_id"]) for a in answers if int(a.get("round_idx", 0)) == 0}
+        missing = sum(int(row["index"]) not in answered for row in rows)
+        metrics, primary = {"num_questions": len(rows), "missing_answers": missing}, None
     return write_result(args.result_json, build_result(args.benchmark, metrics, primary, answers, args.result_file))
 
 
