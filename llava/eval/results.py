@@ -34,6 +34,12 @@ def coverage(metrics: dict[str, Any], answers: Sequence[dict]) -> dict[str, Any]
     return {"asked": asked, "answered": answered, "fraction": answered / asked if asked else 0.0}
 
 
+def missing_answers(questions: Sequence[dict], answers: Sequence[dict]) -> int:
+    """Questions (by ``question_id``) that no answer answers."""
+    answered = {str(answer["question_id"]) for answer in answers}
+    return sum(str(question["question_id"]) not in answered for question in questions)
+
+
 def mean_cost(answers: Sequence[dict]) -> dict[str, float | None]:
     """Mean of each cost field over the answers that record it (None when none does)."""
     cost: dict[str, float | None] = {}

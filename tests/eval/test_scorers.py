@@ -188,3 +188,13 @@ def test_mmbench_submission_only_counts_the_rows_without_an_answer(tmp_path: Pat
     record = json.loads(result.read_text())
     assert record["score"] is None and record["coverage"] == {"asked": 2, "answered": 1, "fraction": 0.5}
     assert code == INCOMPLETE_EXIT_CODE and record["complete"] is False
+
+
+def test_mmvet_coverage_is_counted_against_the_question_file(tmp_path: Path) -> None:
+    questions, answers_file, result = tmp_path / "q.jsonl", tmp_path / "a.jsonl", tmp_path / "mmvet.json"
+    write_lines(questions, [{"question_id": 0, "text": "q0"}, {"question_id": 1, "text": "q1"}])
+    write_lines(answers_file, [answer(0, "a dog")])
+    code = mmvet.main(["--result-file", str(answers_file), "--question-file", str(questions),
+                       "--output-file", str(tmp_path / "grader.json"), "--result-json", str(result)])
+    assert code == INCOMPLETE_EXIT_CODE
+    assert json.loads(result.read_text())["coverage"] == {"asked": 2, "answered": 1, "fraction": 0.5}

@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from llava.eval.jsonl_io import exit_code_on_input_error, read_answers
-from llava.eval.results import add_result_json_argument, build_result, write_result
+from llava.eval.jsonl_io import exit_code_on_input_error, read_answers, read_jsonl_strict
+from llava.eval.results import add_result_json_argument, build_result, missing_answers, write_result
 
 
 def build_mmvet_submission(answers: Sequence[dict]) -> dict[str, str]:
@@ -22,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: write the MM-Vet grader input."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--result-file", required=True, help="answers JSONL")
+    parser.add_argument("--question-file", required=True, help="the question JSONL that was answered (coverage)")
     parser.add_argument("--output-file", required=True, help="grader input JSON to write")
     add_result_json_argument(parser)
     args = parser.parse_args(argv)
@@ -30,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     submission = build_mmvet_submission(answers)
     Path(args.output_file).write_text(json.dumps(submission, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"wrote {len(submission)} answers to {args.output_file}")
-    metrics = {"num_questions": len(submission)}
+    questions = read_jsonl_strict(args.question_file, required_fields=("question_id",))
+    metrics = {"num_questions": len(questions), "missing_answers": missing_answers(questions, answers)}
     return write_result(args.result_json, build_result("mmvet", metrics, None, answers, args.result_file))
 
 

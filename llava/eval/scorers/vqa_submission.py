@@ -15,7 +15,7 @@ from pathlib import Path
 
 from llava.eval.answer_normalization import normalize_vqa_answer
 from llava.eval.jsonl_io import exit_code_on_input_error, read_answers, read_jsonl_strict
-from llava.eval.results import add_result_json_argument, build_result, write_result
+from llava.eval.results import add_result_json_argument, build_result, missing_answers, write_result
 
 SUBMISSION_ID_FIELD = {"vqav2": "question_id", "vizwiz": "image"}
 
@@ -48,8 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     submission = build_submission(args.benchmark, questions, answers)
     Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output_file).write_text(json.dumps(submission), encoding="utf-8")
-    answered = {str(answer["question_id"]) for answer in answers}
-    missing = sum(str(question["question_id"]) not in answered for question in questions)
+    missing = missing_answers(questions, answers)
     print(f"wrote {len(submission)} entries ({missing} unanswered) to {args.output_file}")
     metrics = {"num_questions": len(questions), "missing_answers": missing}
     return write_result(args.result_json, build_result(args.benchmark, metrics, None, answers, args.result_file))
