@@ -36,7 +36,7 @@ from llava.pruning.head_selection import HEAD_STRATEGIES
 from llava.pruning.registry import available_methods
 from llava.shapes.benchmarks import BENCHMARKS, answer_key, write_benchmarks
 from llava.shapes.questions import ONE_CELL
-from llava.viz import kept_overlay, plot_tokens_per_layer, save_kept_record
+from llava.viz import kept_overlay, last_kept, plot_tokens_per_layer, save_kept_record
 
 DEFAULT_MODEL = Path("playground/models/shapes-llava")
 DEFAULT_EVAL_DIR = Path("playground/data/eval/shapes")
@@ -129,12 +129,17 @@ def per_type_table(eval_dir: Path, configs: Sequence[Config]) -> tuple[list[str]
     rows = []
     for config in configs:
         cells: list = [config.name]
-        for benchmark, kind in columns:
+        answers_by_benchmark = {}
+        for benchmark in BENCHMARKS:  # each answers file read once per configuration
             answers_file = benchmark_steps(eval_dir, benchmark, config)[2] / "merge.jsonl"
-            if not answers_file.exists():
+            if answers_file.exists():
+                lines = read_jsonl(answers_file, required_fields=("question_id", "text"))[0]
+                answers_by_benchmark[benchmark] = {a["question_id"]: a["text"] for a in lines}
+        for benchmark, kind in columns:
+            answers = answers_by_benchmark.get(benchmark)
+            if answers is None:
                 cells.append(None)
                 continue
-            answers = {a["question_id"]: a["text"] for a in read_jsonl(answers_file, required_fields=("question_id", "text"))[0]}
             hits = [normalise(answers.get(qid, "")) == truth for qid, (k, truth) in keys[benchmark].items() if k == kind]
             cells.append(round(100 * sum(hits) / len(hits), 1) if hits else None)
         rows.append(cells)
@@ -175,7 +180,7 @@ def draw_overlays(args: argparse.Namespace, configs: Sequence[Config], report: P
                                      question["text"], question["cells"], config.name, record)
             records.append(saved)
             png = f"{question['question_id']}_{config.name}.png"
-            kept_overlay(image, saved["stages"][-1]["kept"] if saved["stages"] else range(576), question["cells"]).save(report / png)
+            kept_overlay(image, last_kept(saved), question["cells"]).save(report / png)
             pictures[question["question_id"]].append((config.name, png))
     if records:
         per_method = {r["method"]: r for r in records}

@@ -80,11 +80,15 @@ def plot_tokens_per_layer(records: Sequence[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def last_kept(record: dict) -> Sequence[int]:
+    """Patches the last stage of a saved record kept (all of them when nothing was pruned)."""
+    return record["stages"][-1]["kept"] if record["stages"] else range(record["span"])
+
+
 def draw_overlay(record: dict, output: Path, image_root: Path | None = None) -> None:
     image_path = Path(record["image"]) if image_root is None else image_root / record["image"]
     with Image.open(image_path) as image:
-        kept = record["stages"][-1]["kept"] if record["stages"] else range(record["span"])
-        kept_overlay(image, kept, record["cells"]).save(output)
+        kept_overlay(image, last_kept(record), record["cells"]).save(output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
