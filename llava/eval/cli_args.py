@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,48 @@ from toolkit_common.cli import setting_error
 
 DEFAULT_MODEL_PATH = "llava-hf/llava-1.5-7b-hf"
 DYNAMIC_SELECTION_METHOD = "ablation_a"
+
+FASTV_FIELD_HELP = {
+    "fast_v_sys_length": "tokens before the image (default: found from the image tokens); needs --fast-v-image-token-length",
+    "fast_v_image_token_length": "image tokens (576 for LLaVA-1.5)",
+    "fast_v_attention_rank": "R, image tokens kept (same as --method-param keep=R)",
+    "fast_v_agg_layer": "K, the first layer that runs on the pruned sequence (default 2)",
+    "fast_v_token_selection_method": "avg_all_heads (FastV) | max_head | weighted_combination",
+    "fast_v_weighted_alpha": "alpha of weighted_combination, in [0, 1]",
+}
+
+
+def _fastv_fields() -> dict[str, type]:
+    """FastV's config fields (``PruningLlamaConfig.fast_v_*``) and their value types: the flags
+    ``--fast-v-*`` set exactly these, which ``PARAMETER_ALIASES`` / the engine fields then map."""
+    from llava.model.language_model.pruning_config import PruningLlamaConfig
+
+    kinds = {"int | None": int, "float | None": float, "str | None": str}
+    fields = {name: kinds[kind] for name, kind in PruningLlamaConfig.__annotations__.items() if name.startswith("fast_v_")}
+    if set(fields) != set(FASTV_FIELD_HELP):
+        raise RuntimeError(f"FASTV_FIELD_HELP is out of date with PruningLlamaConfig's fields {sorted(fields)}")
+    return fields
+
+
+FASTV_FIELDS = _fastv_fields()
+
+
+def methods_help() -> str:
+    """``--help`` epilog: every registered method with its parameters and defaults, and the strategies."""
+    from llava.pruning.head_selection import HEAD_STRATEGIES
+    from llava.pruning.registry import REGISTERED_METHODS
+    from llava.pruning.selection import TOKEN_SELECTION_STRATEGIES
+
+    lines = ["pruning methods (--pruning_method NAME; parameters by --method-param KEY=VALUE):"]
+    for name in sorted(REGISTERED_METHODS):
+        method = REGISTERED_METHODS[name]
+        params = ", ".join(f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f.name
+                           for f in dataclasses.fields(method) if f.init)
+        lines.append(f"  {name}: {params}")
+    lines.append(f"token selection (fastv token_selection_method): {', '.join(TOKEN_SELECTION_STRATEGIES)}")
+    lines.append(f"head strategies (--head-strategy): {', '.join(HEAD_STRATEGIES)}")
+    lines.append("--visual_token_num N plans any method for N equivalent tokens (FLOPs-matched to keeping N from layer 0)")
+    return "\n".join(lines)
 
 
 def str2bool(value: str) -> bool:
@@ -38,7 +81,9 @@ def parse_method_param(text: str) -> tuple[str, Any]:
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     """Parser with model, data, generation and pruning flags; both ``-`` and ``_`` spellings work."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(
+        description=description, epilog=methods_help(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--model-path", "--model_path", default=DEFAULT_MODEL_PATH)
     model.add_argument("--model-base", "--model_base", default=None)
@@ -77,9 +122,16 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     pruning.add_argument(
         "--debug-mode", "--debug_mode", type=str2bool, default=False, help="log per-sample choices to stderr"
     )
-    pruning.add_argument("--fast-v-agg-layer", "--fast_v_agg_layer", type=int, default=None)
-    pruning.add_argument("--fast-v-token-selection-method", "--fast_v_token_selection_method", default=None)
-    pruning.add_argument("--fast-v-weighted-alpha", "--fast_v_weighted_alpha", type=float, default=None)
+    fastv = parser.add_argument_group("FastV's own flags (Chen et al. 2024; same configuration as --pruning_method fastv)")
+    fastv.add_argument("--use-fast-v", "--use_fast_v", type=str2bool, default=False, help="True: run FastV")
+    fastv.add_argument(
+        "--fast-v-inplace", "--fast_v_inplace", type=str2bool, default=None,
+        help="accepted for FastV's scripts: the engine always removes the pruned tokens (FastV's inplace mode; "
+             "its masked mode gives the same answers, at full cost)",
+    )
+    for field, kind in FASTV_FIELDS.items():
+        flag = field.replace("_", "-")
+        fastv.add_argument(f"--{flag}", f"--{field}", type=kind, default=None, help=FASTV_FIELD_HELP[field])
     pruning.add_argument(
         "--method-param",
         "--method_param",
@@ -93,8 +145,11 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 
 
 def pruning_method(args: argparse.Namespace) -> str | None:
-    """The registry method to run: the dynamic selector when asked for, else ``--pruning_method``."""
-    return DYNAMIC_SELECTION_METHOD if args.enable_dynamic_selection else args.pruning_method
+    """The registry method to run: the dynamic selector when asked for, FastV for ``--use-fast-v True``,
+    else ``--pruning_method``."""
+    if args.enable_dynamic_selection:
+        return DYNAMIC_SELECTION_METHOD
+    return "fastv" if args.use_fast_v and args.pruning_method is None else args.pruning_method
 
 
 def pruning_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,9 +159,7 @@ def pruning_params(args: argparse.Namespace) -> dict[str, Any]:
         "heads": args.H,
         "head_strategy": args.head_strategy,
         "debug_mode": args.debug_mode or None,
-        "fast_v_agg_layer": args.fast_v_agg_layer,
-        "fast_v_token_selection_method": args.fast_v_token_selection_method,
-        "fast_v_weighted_alpha": args.fast_v_weighted_alpha,
+        **{field: getattr(args, field) for field in FASTV_FIELDS},
     }
     params = {name: value for name, value in named.items() if value is not None}
     params.update(dict(args.method_param))
@@ -156,7 +209,12 @@ def setting_problems(args: argparse.Namespace) -> list[str]:
         problems.append(f"--question-file {args.question_file}: no such file")
     if args.image_folder and not Path(args.image_folder).is_dir():
         problems.append(f"--image-folder {args.image_folder}: no such folder")
+    if args.use_fast_v and args.pruning_method not in (None, "fastv"):
+        problems.append(f"--use-fast-v True runs FastV, but --pruning_method {args.pruning_method!r} was given: pass one of them")
     method = pruning_method(args)
+    if method is None and any(getattr(args, field) is not None for field in FASTV_FIELDS):
+        given = [f"--{field.replace('_', '-')}" for field in FASTV_FIELDS if getattr(args, field) is not None]
+        problems.append(f"{', '.join(given)} given without a method: add --use-fast-v True (or --pruning_method fastv)")
     if method is not None:
         from llava.pruning.registry import available_methods  # the registry imports every method
 

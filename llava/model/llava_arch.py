@@ -21,10 +21,20 @@ from llava.model import pre_llm
 from llava.model.cost_report import prefill_cost
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import PruningLlamaModel
+from llava.model.placeholders import expand_image_placeholders, has_placeholders
 from llava.model.vision import check_image_tokens, image_features_per_image
 from llava.pruning.methods.base import PruningMethod
 from llava.pruning.span import span_from_token_id
 from toolkit_common.transformers_compat import cache_kwargs, output_cache, resolve_cache
+
+
+def llava_images(images: torch.Tensor | list | None, pixel_values: torch.Tensor | None) -> torch.Tensor | None:
+    """``pixel_values`` from LLaVA's ``images=`` (a ``[B, 3, H, W]`` tensor or a list of ``[3, H, W]``)."""
+    if images is None:
+        return pixel_values
+    if pixel_values is not None:
+        raise ValueError("pass the image as images= (LLaVA) or pixel_values= (transformers), not both")
+    return torch.stack(list(images)) if isinstance(images, list | tuple) else images
 
 
 class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
@@ -69,8 +79,15 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         past_key_values: Any = None,
         prune_span: torch.Tensor | None = None,
         cache: Any = None,
+        images: torch.Tensor | None = None,
+        image_sizes: Any = None,
         **kwargs: Any,
     ):
+        """llava-hf's forward; also LLaVA's ``images=`` and ``IMAGE_TOKEN_INDEX`` placeholders (``expand_placeholders``)."""
+        del image_sizes  # LLaVA-1.6's anyres only; LLaVA-1.5 ignores it too
+        pixel_values = llava_images(images, pixel_values)
+        if has_placeholders(input_ids):
+            input_ids, attention_mask = self.expand_placeholders(input_ids, attention_mask)
         cache = resolve_cache(past_key_values, cache)
         prefill = cache is None or cache.get_seq_length() == 0
         if input_ids is not None and pixel_values is not None:
@@ -93,6 +110,33 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         if prefill:
             self._record_prefill_time(outputs, started, input_ids, kwargs.get("inputs_embeds"))
         return outputs
+
+    def expand_placeholders(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        """``input_ids`` with each ``IMAGE_TOKEN_INDEX`` (-200) as this model's image tokens, and the mask."""
+        pad = self.config.text_config.pad_token_id
+        pad = pad if pad is not None else (self.generation_config.pad_token_id or 0)
+        return expand_image_placeholders(input_ids, attention_mask, self.config.image_token_id, image_features_per_image(self.config), pad)
+
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor | None = None, images: torch.Tensor | None = None, image_sizes: Any = None, **kwargs: Any):
+        """``GenerationMixin.generate``, also called as LLaVA's ``model.generate(input_ids, images=...)``.
+
+        With ``IMAGE_TOKEN_INDEX`` placeholders in the ids (``tokenizer_image_token``'s default) the ids
+        are expanded first and, as LLaVA's own ``generate`` does, only the new tokens are returned;
+        llava-hf style ids (image tokens already expanded) return prompt + new tokens as transformers does.
+        """
+        del image_sizes
+        kwargs["pixel_values"] = llava_images(images, kwargs.get("pixel_values"))
+        input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
+        if not has_placeholders(input_ids):
+            return super().generate(input_ids, **kwargs)
+        input_ids, kwargs["attention_mask"] = self.expand_placeholders(input_ids, kwargs.get("attention_mask"))
+        output = super().generate(input_ids, **kwargs)
+        prompt = input_ids.shape[1]
+        if isinstance(output, torch.Tensor):
+            return output[:, prompt:]
+        output.sequences = output.sequences[:, prompt:]
+        return output
 
     def _record_prefill_time(self, outputs: Any, started: float, input_ids, inputs_embeds) -> None:
         """Store the prefill wall time (synchronising CUDA first) and the unpruned prompt length."""

@@ -48,6 +48,8 @@ def usage_error(capsys, argv: list[str]) -> str:
         (["--model-path", "./no/such/model"], "no such folder (a hub model id is ORG/NAME"),
         (["--image-folder", "/no/such/folder"], "--image-folder /no/such/folder: no such folder"),
         (["--visual_token_num", "0"], "--visual_token_num must be >= 1"),
+        (["--use-fast-v", "True", "--pruning_method", "pdrop"], "--use-fast-v True runs FastV, but --pruning_method 'pdrop'"),
+        (["--fast-v-attention-rank", "100"], "--fast-v-attention-rank given without a method: add --use-fast-v True"),
     ],
 )
 def test_bad_settings_are_one_argparse_error_before_any_work(benchmark, tmp_path, capsys, flags, message):
@@ -159,3 +161,28 @@ def test_unrecorded_configuration_is_its_own_row_and_duplicates_are_an_error(tmp
     record("zz_vanilla_again", {"pruning_method": None}, 12.0)
     assert summarize.main(["--results-dir", str(tmp_path), "--output-dir", str(tmp_path / "s"), "--no-plots"]) == 1
     assert "two pope results for one configuration" in capsys.readouterr().err
+
+
+def test_fastv_original_flags_are_the_registry_configuration(benchmark, tmp_path):
+    """FastV's scripts' flags (``--use-fast-v True --fast-v-attention-rank R ...``) answer exactly as
+    ``--pruning_method fastv --method-param keep=R``; the span flags pin the span the engine finds."""
+    original, registry = tmp_path / "original.jsonl", tmp_path / "registry.jsonl"
+    assert loader(benchmark, original, "--use-fast-v", "True", "--fast-v-inplace", "False", "--fast-v-agg-layer", "2",
+                  "--fast-v-attention-rank", "3", "--fast-v-token-selection-method", "max_head") == 0
+    assert loader(benchmark, registry, "--pruning_method", "fastv", "--method-param", "keep=3",
+                  "--method-param", "token_selection_method=max_head") == 0
+    assert [a["text"] for a in read_lines(original)] == [a["text"] for a in read_lines(registry)]
+    record = read_run_record(original)
+    assert record["pruning_method"] == "fastv" and record["method_params"]["fast_v_attention_rank"] == 3
+
+
+def test_help_lists_methods_strategies_and_parameters(capsys):
+    with pytest.raises(SystemExit):
+        model_vqa_loader.main(["--help"])
+    text = capsys.readouterr().out
+    from llava.pruning.head_selection import HEAD_STRATEGIES
+    from llava.pruning.registry import available_methods
+
+    assert all(f"  {name}: " in text for name in available_methods())
+    assert all(strategy in text for strategy in HEAD_STRATEGIES)
+    assert "token_selection_method='avg_all_heads'" in text and "--fast-v-attention-rank" in text
