@@ -116,6 +116,22 @@ def test_builder_loads_a_saved_checkpoint_with_pruning(tmp_path, tiny_llava):
     assert model.language_model.method.token_selection_method == "max_head"
 
 
+@torch.no_grad()
+def test_a_checkpoint_saved_by_stock_transformers_loads_every_weight(tmp_path, tiny_llava):
+    """llava-hf checkpoints keep the legacy keys (``language_model.lm_head.weight``, ...): the pruning
+    class must map them as stock transformers does (it skipped the mapping for classes outside it)."""
+    from llava.model.tiny import build_tiny_image_processor, build_tiny_tokenizer
+
+    stock = stock_llava_like(tiny_llava)
+    stock.save_pretrained(tmp_path)
+    build_tiny_tokenizer().save_pretrained(tmp_path)
+    build_tiny_image_processor().save_pretrained(tmp_path)
+    _, model, _, _ = load_pretrained_model(str(tmp_path))
+    ids = llava_prompt(stock.config.image_token_id, PREFIX, SUFFIX, seed=7)
+    pixels = pixel_values(seed=7)
+    assert torch.allclose(model(input_ids=ids, pixel_values=pixels).logits, stock(input_ids=ids, pixel_values=pixels).logits, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [

@@ -1,6 +1,7 @@
 """``load_pretrained_model`` as in LLaVA, returning ``(tokenizer, model, image_processor, context_len)``.
 
-Loads a llava-hf ``LlavaForConditionalGeneration`` checkpoint (or a plain Llama LM) with the pruning
+Loads a llava-hf ``LlavaForConditionalGeneration`` checkpoint, an original-format LLaVA one (converted
+on load), or a plain Llama LM, with the pruning
 decoder swapped in, running a registry method built once from its name, its parameters and an optional
 ``visual_token_num`` budget (planned before any weight is read, so bad settings fail fast).
 ``model_path`` may be ``tiny-random-llava`` / ``tiny-random-llama`` for in-process random models.
@@ -16,6 +17,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlamaCon
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import PruningLlamaForCausalLM
 from llava.model.llava_arch import PruningLlavaForConditionalGeneration
+from llava.model.original_llava import converted_config, load_converted_weights, original_config
 from llava.model.tiny import build_tiny_image_processor, build_tiny_llama, build_tiny_llava, build_tiny_tokenizer
 from llava.model.vision import image_features_per_image
 from llava.pruning.methods.base import PruningMethod
@@ -63,12 +65,17 @@ def load_pretrained_model(
     torch_dtype: torch.dtype | str | None = None,
     gguf_file: str | None = None,
     visual_token_num: float | None = None,
+    vision_tower: str | None = None,
     **pruning_params: Any,
 ) -> tuple[Any, torch.nn.Module, Any, int]:
     """Load a model with the pruning decoder; returns ``(tokenizer, model, image_processor, context_len)``.
 
     ``pruning_params``: the method's parameters (legacy FastV names accepted, e.g. ``fast_v_agg_layer``)
     and the engine fields ``pruning_scoring``, ``fast_v_sys_length``, ``fast_v_image_token_length``.
+    ``model_path``: a llava-hf checkpoint (``llava-hf/llava-1.5-7b-hf``), an original-format LLaVA one
+    (``liuhaotian/llava-v1.5-7b``: converted on load, ``llava.model.original_llava``; ``vision_tower``
+    overrides its ``mm_vision_tower``, e.g. a local copy of ``openai/clip-vit-large-patch14-336``), a
+    Llama LM, or a tiny random model.
     ``model_base`` (LoRA merging in LLaVA) is not supported: pass a merged checkpoint. ``model_name`` is
     accepted for LLaVA compatibility and ignored (the architecture comes from the checkpoint's config).
     """
@@ -76,11 +83,14 @@ def load_pretrained_model(
     if model_base is not None:
         raise ValueError("model_base (LoRA weights) is not supported: merge the LoRA into a full checkpoint first")
     engine, params = split_engine_fields(pruning_params)
+    original = None
     if model_path in TINY_MODELS:
         seed = params.pop("seed", 0) if pruning_method != "random" else 0
         model, image_processor = _build_tiny(model_path, seed, engine)
         tokenizer = build_tiny_tokenizer()
         config = model.config
+    elif (original := original_config(model_path)) is not None:
+        config, tokenizer, image_processor = converted_config(model_path, original, vision_tower)
     else:
         gguf = {"gguf_file": gguf_file} if gguf_file else {}
         config = AutoConfig.from_pretrained(model_path, **gguf)
@@ -91,7 +101,13 @@ def load_pretrained_model(
     text_config = config.text_config if isinstance(config, LlavaConfig) else config
     span = image_features_per_image(config) if isinstance(config, LlavaConfig) else engine.get("fast_v_image_token_length")
     method = planned_method(pruning_method, text_config, span, visual_token_num, params)
-    if model_path not in TINY_MODELS:
+    if original is not None:
+        config.text_config = PruningLlamaConfig.from_llama_config(config.text_config, **engine)
+        model = PruningLlavaForConditionalGeneration(config)
+        load_converted_weights(model, model_path, original, vision_tower)
+        if torch_dtype is not None:
+            model = model.to(torch_dtype if isinstance(torch_dtype, torch.dtype) else getattr(torch, torch_dtype))
+    elif model_path not in TINY_MODELS:
         load_kwargs: dict[str, Any] = {"dtype": torch_dtype} if torch_dtype is not None else {}
         load_kwargs.update(gguf)
         if isinstance(config, LlavaConfig):

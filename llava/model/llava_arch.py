@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
 from llava.model import pre_llm
 from llava.model.cost_report import prefill_cost
@@ -26,6 +27,12 @@ from llava.model.vision import check_image_tokens, image_features_per_image
 from llava.pruning.methods.base import PruningMethod
 from llava.pruning.span import span_from_token_id
 from toolkit_common.transformers_compat import cache_kwargs, output_cache, resolve_cache
+
+# transformers skips its checkpoint key conversions for classes defined outside it: without this, a
+# llava-hf checkpoint (keys ``language_model.lm_head.*``, ``language_model.model.*``, ...) would load
+# with a freshly initialised LM head
+if get_checkpoint_conversion_mapping("PruningLlavaForConditionalGeneration") is None:
+    register_checkpoint_conversion_mapping("PruningLlavaForConditionalGeneration", get_checkpoint_conversion_mapping("llava"))
 
 
 def llava_images(images: torch.Tensor | list | None, pixel_values: torch.Tensor | None) -> torch.Tensor | None:

@@ -19,8 +19,10 @@ VISION = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_at
 # RoPE base: a question token finds "its" patches by content (the cell's row / column code in the patch
 # features), which only RoPE's slowly rotating dimensions preserve across the 576-token image span. With
 # 32-dim heads at base 10^4 no dimension pair turns by under 0.1 rad over the span (the slowest: 0.10) and the LM
-# plateaued at 1/6 of the attention mass on the asked cell (two runs, 375 and 150 steps); at 10^6, 5 do.
-ROPE_THETA = 1e6
+# plateaued at 1/6 of the attention mass on the asked cell (two runs, 375 and 150 steps); at 10^6, 5 do. The
+# lookup-circuit init (llava.train.lookup_init) writes its cell code into 22 dimensions of one head, which needs
+# 11 slow pairs: base 10^12 gives them.
+ROPE_THETA = 1e12
 TEXT = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=32, num_attention_heads=2, num_key_value_heads=1)
 
 

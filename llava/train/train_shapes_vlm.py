@@ -38,6 +38,7 @@ from llava.pruning.scoring import decoder_attention_rows
 from llava.shapes.model import build_processor, shapes_llava_config
 from llava.shapes.scene import COLOURS, GRID, SHAPES
 from llava.shapes.training_data import NUM_CLASSES, DialogueBatch, DialogueSettings, dialogue_batch, tower_batch
+from llava.train.lookup_init import init_lookup_circuit
 from toolkit_common.cli import setting_error
 
 STAGES = ("tower", "vlm")
@@ -55,13 +56,19 @@ class TowerHeads(nn.Module):
         self.present = nn.Linear(width, NUM_CLASSES - 1)
 
 
+def colour_and_shape(patch_class: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-based colour and shape indices of each patch's object class (0 for background)."""
+    objects = patch_class > 0
+    colour = torch.where(objects, (patch_class - 1) // len(SHAPES) + 1, 0)
+    return colour, torch.where(objects, (patch_class - 1) % len(SHAPES) + 1, 0)
+
+
 def tower_losses(tower: CLIPVisionModel, heads: TowerHeads, batch) -> dict[str, torch.Tensor]:
     out = tower(pixel_values=batch.pixel_values, output_hidden_states=True)
     features = out.hidden_states[-2][:, 1:]  # LLaVA's feature layer, CLS dropped
     ce = nn.functional.cross_entropy
     objects = batch.patch_class > 0
-    colour = torch.where(objects, (batch.patch_class - 1) // len(SHAPES) + 1, 0)
-    shape = torch.where(objects, (batch.patch_class - 1) % len(SHAPES) + 1, 0)
+    colour, shape = colour_and_shape(batch.patch_class)
     colour_logits, shape_logits = heads.colour(features), heads.shape(features)
     # background is 93 % of the patches: weight object patches up so colour and shape are learned
     weight = lambda n: torch.tensor([1.0] + [5.0] * n)
@@ -188,6 +195,19 @@ def hop_attention_mass(model: LlavaForConditionalGeneration, hidden_states, batc
     return torch.stack(masses), torch.stack(used)
 
 
+@torch.no_grad()
+def write_lookup_circuit(model: LlavaForConditionalGeneration, heads_state: dict, tokenizer, seed: int) -> None:
+    """``init_lookup_circuit`` calibrated on 8 training images' tower features."""
+    tower = model.model.vision_tower
+    heads = TowerHeads(tower.config.hidden_size)
+    heads.load_state_dict(heads_state)
+    batch = tower_batch(10**6, 8, seed)  # a step index the tower stage never reaches
+    features = tower(batch.pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:].flatten(0, 1)
+    colour, shape = colour_and_shape(batch.patch_class.flatten())
+    labels = {"row": batch.patch_row.flatten(), "col": batch.patch_col.flatten(), "colour": colour, "shape": shape}
+    init_lookup_circuit(model, heads, features, labels, tokenizer)
+
+
 def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) -> None:
     """Projector + LM on dialogues: answer cross-entropy + ``attention_weight`` x the hop attention loss.
 
@@ -206,6 +226,8 @@ def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) 
     params = [p for name, p in model.named_parameters() if not name.startswith("model.vision_tower")]
     optimizer = torch.optim.AdamW(params, lr=args.vlm_lr, weight_decay=0.01, betas=(0.9, 0.98))
     start = resume(out / "vlm.pt", {"model": model}, optimizer)
+    if start == 0 and args.lookup_init:
+        write_lookup_circuit(model, tower_state["heads"], processor.tokenizer, args.seed)
     log = out / "vlm_log.jsonl"
     truncate_log(log, start)
     model.train()
@@ -313,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="layers whose head 0 learns where to look: the question's key words, then the image twice")
     parser.add_argument("--attention-weight", type=float, default=1.0)
     parser.add_argument("--attention-steps", type=int, default=1500, help="the hop loss decays to 0 over these steps")
+    parser.add_argument("--lookup-init", action=argparse.BooleanOptionalAction, default=True,
+                        help="start the LM with the cell / object lookup circuit written in (llava.train.lookup_init)")
     parser.add_argument("--checkpoint-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
