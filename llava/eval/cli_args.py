@@ -85,7 +85,11 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         description=description, epilog=methods_help(), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--model-path", "--model_path", default=DEFAULT_MODEL_PATH)
+    model.add_argument(
+        "--model-path", "--model_path", default=DEFAULT_MODEL_PATH,
+        help="a llava-hf checkpoint (llava-hf/llava-1.5-7b-hf, -13b-hf), an original LLaVA one (liuhaotian/llava-v1.5-7b,"
+        " -13b; converted on load), or a local folder such as playground/models/shapes-llava",
+    )
     model.add_argument("--model-base", "--model_base", default=None)
     model.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     model.add_argument(

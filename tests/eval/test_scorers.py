@@ -198,3 +198,23 @@ def test_mmvet_coverage_is_counted_against_the_question_file(tmp_path: Path) -> 
                        "--output-file", str(tmp_path / "grader.json"), "--result-json", str(result)])
     assert code == INCOMPLETE_EXIT_CODE
     assert json.loads(result.read_text())["coverage"] == {"asked": 2, "answered": 1, "fraction": 0.5}
+
+
+def test_mmbench_xlsx_and_tsv_submissions_hold_the_same_table(tmp_path: Path) -> None:
+    from openpyxl import load_workbook
+
+    rows = _mmbench_rows()
+    answers = [_round(1, 0, ["cat", "dog"], "B")]
+    mmbench.write_submission(rows, answers, tmp_path / "upload.xlsx")
+    mmbench.write_submission(rows, answers, tmp_path / "upload.tsv")
+    sheet = load_workbook(tmp_path / "upload.xlsx").active
+    from_xlsx = [["" if cell is None else str(cell) for cell in line] for line in sheet.iter_rows(values_only=True)]
+    from_tsv = [line.split("\t") for line in (tmp_path / "upload.tsv").read_text().splitlines()]
+    assert from_xlsx == from_tsv == mmbench.submission_table(rows, answers)
+    assert from_xlsx[0][-1] == "prediction" and from_xlsx[1][-1] == "B" and from_xlsx[2][-1] == ""
+
+
+def test_mmbench_upload_file_with_another_suffix_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        mmbench.main(["--annotation-file", "x.tsv", "--result-file", "a.jsonl", "--upload-file", str(tmp_path / "up.csv")])
+    assert "must end in .xlsx or .tsv" in capsys.readouterr().err

@@ -1,7 +1,8 @@
-"""MMBench / MMBench-CN: submission TSV, plus accuracy and circular accuracy when answers are present.
+"""MMBench / MMBench-CN: submission file, plus accuracy and circular accuracy when answers are present.
 
 The submission holds the question columns and a ``prediction`` (the round-0 reply) per row, for the
-official evaluation server. When the TSV has an ``answer`` column (dev split), replies are graded by
+official evaluation server: an Excel workbook (``--upload-file x.xlsx``, the file LLaVA's converter
+writes and the leaderboard takes) or a TSV (``x.tsv``). When the TSV has an ``answer`` column (dev split), replies are graded by
 option text: a round is right when the letter it names shows the correct option in that round's
 order; ``accuracy`` uses round 0, ``circular_accuracy`` needs every round of a question right
 (only reported when answers were generated with ``--all-rounds``).
@@ -55,16 +56,36 @@ def score_mmbench(rows: Sequence[dict[str, str]], answers: Sequence[dict]) -> di
     }
 
 
-def write_submission(rows: Sequence[dict[str, str]], answers: Sequence[dict], path: str | Path) -> None:
-    """The submission TSV: question columns and the round-0 ``prediction`` of each row."""
+SUBMISSION_FORMATS = (".xlsx", ".tsv")
+
+
+def submission_table(rows: Sequence[dict[str, str]], answers: Sequence[dict]) -> list[list[str]]:
+    """Header and one line per question: the question columns and the round-0 ``prediction``."""
     predictions = {int(a["question_id"]): a["text"] for a in answers if int(a.get("round_idx", 0)) == 0}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with Path(path).open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t")
-        writer.writerow([*SUBMISSION_COLUMNS, "prediction"])
-        for row in rows:
-            cells = [row.get(column) or "" for column in SUBMISSION_COLUMNS]
-            writer.writerow([*cells, predictions.get(int(row["index"]), "")])
+    table = [[*SUBMISSION_COLUMNS, "prediction"]]
+    for row in rows:
+        table.append([*(row.get(column) or "" for column in SUBMISSION_COLUMNS), predictions.get(int(row["index"]), "")])
+    return table
+
+
+def write_submission(rows: Sequence[dict[str, str]], answers: Sequence[dict], path: str | Path) -> None:
+    """Write the submission as .xlsx (one sheet, as LLaVA's converter) or .tsv, by the file's suffix."""
+    path = Path(path)
+    if path.suffix not in SUBMISSION_FORMATS:
+        raise ValueError(f"submission file {path} must end in {' or '.join(SUBMISSION_FORMATS)}")
+    table = submission_table(rows, answers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".tsv":
+        with path.open("w", encoding="utf-8", newline="") as handle:
+            csv.writer(handle, delimiter="\t").writerows(table)
+        return
+    from openpyxl import Workbook
+
+    workbook = Workbook()
+    sheet = workbook.active
+    for line in table:
+        sheet.append(line)
+    workbook.save(path)
 
 
 @exit_code_on_input_error
@@ -73,10 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--annotation-file", required=True, help="the MMBench TSV that was answered")
     parser.add_argument("--result-file", required=True, help="answers JSONL")
-    parser.add_argument("--upload-file", required=True, help="submission TSV to write")
+    parser.add_argument("--upload-file", required=True, help="submission file to write: .xlsx (the leaderboard's) or .tsv")
     parser.add_argument("--benchmark", default="mmbench", help="name in the result record (e.g. mmbench_cn)")
     add_result_json_argument(parser)
     args = parser.parse_args(argv)
+    if Path(args.upload_file).suffix not in SUBMISSION_FORMATS:
+        parser.error(f"--upload-file {args.upload_file} must end in {' or '.join(SUBMISSION_FORMATS)}")
     rows, _ = read_mmbench_tsv(args.annotation_file)
     answers = read_answers(args.result_file)
     write_submission(rows, answers, args.upload_file)

@@ -5,7 +5,10 @@
 #   TOKENS    equivalent-token budget (64, 128, 192, ...); ignored for vanilla
 #   HEADS     head count for fine-head methods (optional)
 #   STRATEGY  head strategy for fine-head methods (optional; also $HEAD_STRATEGY)
-# Environment: MODEL_PATH (llava-hf/llava-1.5-7b-hf), EVAL_DIR (./playground/data/eval), PYTHON (python),
+# Environment: MODEL_PATH (llava-hf/llava-1.5-7b-hf), any checkpoint in either layout: llava-hf
+#   (llava-hf/llava-1.5-7b-hf, llava-hf/llava-1.5-13b-hf) or the original LLaVA one (liuhaotian/llava-v1.5-7b,
+#   liuhaotian/llava-v1.5-13b; its vision tower, openai/clip-vit-large-patch14-336, is read from the path
+#   its config names), or the shipped playground/models/shapes-llava; EVAL_DIR (./playground/data/eval), PYTHON (python),
 #   CONV_MODE (vicuna_v1), EXTRA_ARGS (more loader flags), CUDA_VISIBLE_DEVICES ("0,1,2,3": one chunk per GPU).
 set -euo pipefail
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MMBench dev (English): submission TSV; accuracy (circular with CIRCULAR=1) when the TSV has answers.
+# MMBench dev (English): submission .xlsx (UPLOAD_FORMAT=tsv for a TSV); accuracy (circular with CIRCULAR=1) when the TSV has answers.
 source "$(dirname "$0")/common.sh" "$@"
 SPLIT="${SPLIT:-mmbench_dev_20230712}"
 ROUNDS=(); if [[ "${CIRCULAR:-0}" == "1" ]]; then ROUNDS=(--all-rounds); fi
@@ -8,5 +8,5 @@ run_chunks llava.eval.model_vqa_mmbench "$EVAL_DIR/mmbench/answers/$SPLIT/$CONFI
 "$PYTHON" -m llava.eval.scorers.mmbench --benchmark mmbench \
     --annotation-file "$EVAL_DIR/mmbench/$SPLIT.tsv" \
     --result-file "$EVAL_DIR/mmbench/answers/$SPLIT/$CONFIG/merge.jsonl" \
-    --upload-file "$EVAL_DIR/mmbench/answers_upload/$SPLIT/$CONFIG.tsv" \
+    --upload-file "$EVAL_DIR/mmbench/answers_upload/$SPLIT/$CONFIG.${UPLOAD_FORMAT:-xlsx}" \
     --result-json "$RESULTS_DIR/mmbench.json"
