@@ -113,7 +113,8 @@ def load_pretrained_model(
         if isinstance(config, LlavaConfig):
             config.text_config = PruningLlamaConfig.from_llama_config(config.text_config, **engine)
             model = PruningLlavaForConditionalGeneration.from_pretrained(model_path, config=config, **load_kwargs)
-            image_processor = AutoImageProcessor.from_pretrained(model_path)
+            # PIL backend: LLaVA's pixels (the torchvision backend resizes slightly differently)
+            image_processor = AutoImageProcessor.from_pretrained(model_path, backend="pil")
         else:
             pruned = PruningLlamaConfig.from_llama_config(config, **engine)
             model = PruningLlamaForCausalLM.from_pretrained(model_path, config=pruned, **load_kwargs)

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlavaConfig
+from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlavaConfig
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 ORIGINAL_ARCHITECTURES = ("LlavaLlamaForCausalLM",)
 SUPPORTED_PROJECTOR = "mlp2x_gelu"  # LLaVA-1.5's two-layer GELU MLP, llava-hf's multi_modal_projector
@@ -127,7 +128,7 @@ def converted_config(model_path: str, original: dict[str, Any], vision_tower: st
         raise ValueError(f"the tokenizer's {IMAGE_TOKEN} is id {image_token_id}, expected {original['vocab_size']} "
                          "(right after the checkpoint's tokens): is the tokenizer the checkpoint's own?")
     config = llava_hf_config(original, CLIPVisionConfig.from_pretrained(tower), image_token_id)
-    return config, tokenizer, CLIPImageProcessor.from_pretrained(tower)
+    return config, tokenizer, CLIPImageProcessorPil.from_pretrained(tower)
 
 
 def load_converted_weights(model: torch.nn.Module, model_path: str, original: dict[str, Any], vision_tower: str | None = None) -> None:
