@@ -20,7 +20,7 @@ from tests.eval.helpers import read_lines
 pytestmark = pytest.mark.lmms_eval
 SHIPPED = Path(__file__).resolve().parents[2] / "playground" / "models" / "shapes-llava"
 MODEL = str(SHIPPED) if (SHIPPED / "config.json").is_file() else "tiny-random-llava"
-QUESTIONS = 24
+QUESTIONS = 12
 MAX_NEW_TOKENS = 8
 
 
