@@ -34,7 +34,7 @@ from llava.eval.scorers import gqa, pope, scienceqa
 from llava.model.builder import pruning_decoder
 from llava.pruning.head_selection import HEAD_STRATEGIES
 from llava.pruning.registry import available_methods
-from llava.shapes.benchmarks import BENCHMARKS, answer_key, write_benchmarks
+from llava.shapes.benchmarks import BENCHMARKS, answer_key, normalise, write_benchmarks
 from llava.shapes.questions import ONE_CELL
 from llava.viz import kept_overlay, last_kept, plot_tokens_per_layer, save_kept_record
 
@@ -144,12 +144,6 @@ def per_type_table(eval_dir: Path, configs: Sequence[Config]) -> tuple[list[str]
             cells.append(round(100 * sum(hits) / len(hits), 1) if hits else None)
         rows.append(cells)
     return ["config", *[f"{b}:{k}" for b, k in columns]], rows
-
-
-def normalise(answer: str) -> str:
-    """First word, lower case, without trailing punctuation (the shapes answers are single words or letters)."""
-    words = answer.strip().lower().split()
-    return words[0].rstrip(".,") if words else ""
 
 
 def overlay_questions(eval_dir: Path, count: int) -> list[dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
@@ -9,6 +11,7 @@ from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import PruningLlamaForCausalLM
 from llava.model.tiny import build_tiny_llava, tiny_llama_config
+from llava.shapes.model import build_processor, shapes_llava_config
 
 SMALL_LM = {"num_hidden_layers": 6, "vocab_size": 128}
 
@@ -104,3 +107,18 @@ def _record_summary(model):
     if record is None:
         return None
     return [(stage.layer, stage.kept_index.tolist(), None if stage.kept_valid is None else stage.kept_valid.tolist()) for stage in record.stages]
+
+
+@pytest.fixture(scope="session")
+def random_shapes_vlm(tmp_path_factory) -> Path:
+    """A random shapes VLM (8 LM layers) saved to disk with the shapes processor."""
+    processor = build_processor()
+    tokenizer = processor.tokenizer
+    config = shapes_llava_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
+    config.vision_config.num_hidden_layers = 2
+    config.text_config.num_hidden_layers = 8  # FastV at K=2 reaches 192 equivalent tokens from 8 layers
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("shapes-llava")
+    LlavaForConditionalGeneration(config).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

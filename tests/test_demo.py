@@ -4,25 +4,8 @@ exist, and a second run reuses every answer and gives the same table."""
 import re
 
 import pytest
-import torch
-from transformers import LlavaForConditionalGeneration
 
 from llava import demo
-from llava.shapes.model import build_processor, shapes_llava_config
-
-
-@pytest.fixture(scope="module")
-def random_shapes_vlm(tmp_path_factory):
-    processor = build_processor()
-    tokenizer = processor.tokenizer
-    config = shapes_llava_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
-    config.vision_config.num_hidden_layers = 2
-    config.text_config.num_hidden_layers = 8  # FastV at K=2 reaches 192 equivalent tokens from 8 layers
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("shapes-llava")
-    LlavaForConditionalGeneration(config).save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
 
 
 def test_config_names_match_the_shell_scripts():

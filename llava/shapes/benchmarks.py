@@ -141,6 +141,12 @@ def answer_key(root: Path, benchmark: str) -> dict[str, tuple[str, str]]:
     return {pid: (entry["kind"], OPTION_LETTERS[entry["answer"]].lower()) for pid, entry in problems.items()}
 
 
+def normalise(answer: str) -> str:
+    """A reply as :func:`answer_key` spells answers: first word, lower case, trailing punctuation dropped."""
+    words = answer.strip().lower().split()
+    return words[0].rstrip(".,") if words else ""
+
+
 WRITERS = {"gqa": write_gqa, "pope": write_pope, "scienceqa": write_scienceqa}
 
 

@@ -5,11 +5,9 @@ from pathlib import Path
 import pytest
 from transformers import LlavaForConditionalGeneration
 
-from llava.demo import normalise
 from llava.eval.inference import GenerationSettings, answer_batch, load_model_bundle
-from llava.eval.model_vqa_loader import load_vqa_samples
-from llava.eval.model_vqa_science import load_science_samples
-from llava.shapes.benchmarks import answer_key, write_benchmarks
+from llava.shapes.benchmarks import answer_key, normalise, write_benchmarks
+from llava.shapes.quality import held_out_samples
 
 SHIPPED = Path(__file__).resolve().parents[2] / "playground" / "models" / "shapes-llava"
 BAR = 0.9
@@ -20,14 +18,6 @@ def test_loads_with_stock_transformers():
     model = LlavaForConditionalGeneration.from_pretrained(SHIPPED)
     assert model.config.text_config.num_hidden_layers >= 8
     assert model.config.text_config.num_key_value_heads < model.config.text_config.num_attention_heads
-
-
-def held_out_samples(root: Path, benchmark: str):
-    if benchmark == "gqa":
-        return load_vqa_samples(root / "llava_gqa_testdev_balanced.jsonl", root / "data/images")[0]
-    if benchmark == "pope":
-        return load_vqa_samples(root / "llava_pope_test.jsonl", root / "val2014")[0]
-    return load_science_samples(root / "llava_test_CQM-A.json", root / "images/test", single_pred_prompt=True)[0]
 
 
 @pytest.mark.parametrize("benchmark", ["gqa", "pope", "scienceqa"])
