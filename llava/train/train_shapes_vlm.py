@@ -12,11 +12,16 @@ Stage ``vlm``: the tower is frozen; projector and Llama LM learn multi-turn dial
 Each stage checkpoints to ``<output-dir>/<stage>.pt`` every ``--checkpoint-every`` steps (weights,
 optimizer, step; loaded with ``weights_only=True``) and logs to ``<output-dir>/<stage>_log.jsonl``;
 batch ``t`` depends only on ``(seed, t)``, so a resumed run continues as an uninterrupted one.
-``--export`` writes the llava-hf checkpoint (safetensors, config, tokenizer, processor) and the loss
-curve PNG.
+``--export`` writes the llava-hf checkpoint (safetensors, config, tokenizer, processor), the loss
+curve PNG, the logs (``training_logs/``) and ``training_record.json`` (steps per stage, every run's
+settings). ``--continue-from`` trains the VLM stage further from such an export (e.g. the shipped
+model: training checkpoints do not travel with a clone), on the batches after those it has seen, with
+a fresh optimizer and its own warm-up and cosine schedule.
 
     python -m llava.train.train_shapes_vlm --output-dir checkpoints/shapes_vlm --export playground/models/shapes-llava
     python -m llava.train.train_shapes_vlm --output-dir checkpoints/shapes_vlm --resume     # after an interruption
+    python -m llava.train.train_shapes_vlm --output-dir checkpoints/more --stages vlm --vlm-steps 1500 \
+        --attention-weight 0 --continue-from playground/models/shapes-llava --export playground/models/shapes-llava
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ from llava.train.lookup_init import init_lookup_circuit
 from toolkit_common.cli import setting_error
 
 STAGES = ("tower", "vlm")
+TRAINING_RECORD = "training_record.json"
+RUNS = "runs.jsonl"  # in --output-dir: the settings of every training invocation
+LOGS = ("tower_log.jsonl", "vlm_log.jsonl")
 
 
 class TowerHeads(nn.Module):
@@ -218,18 +226,26 @@ def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) 
     image: the answer position had not gathered the question), which from the answer loss alone it found too slowly on CPU (answers stayed at the
     priors for 1100 steps with ideal features). It decays to 0 over the first ``attention_steps``.
     """
-    tower_state = load(out / "tower.pt")
-    if tower_state is None:
-        raise SystemExit(f"stage vlm needs {out / 'tower.pt'}: run the tower stage first")
-    model.model.vision_tower.load_state_dict(tower_state["tower"])
+    if args.continue_from:
+        model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(args.continue_from).state_dict())
+        offset = read_training_record(args.continue_from)["vlm_steps"]
+        for name in LOGS:  # the curves show the whole history
+            if not (out / name).exists() and (args.continue_from / "training_logs" / name).exists():
+                (out / name).write_bytes((args.continue_from / "training_logs" / name).read_bytes())
+    else:
+        tower_state = load(out / "tower.pt")
+        if tower_state is None:
+            raise SystemExit(f"stage vlm needs {out / 'tower.pt'}: run the tower stage first")
+        model.model.vision_tower.load_state_dict(tower_state["tower"])
+        offset = 0
     model.model.vision_tower.requires_grad_(False)
     params = [p for name, p in model.named_parameters() if not name.startswith("model.vision_tower")]
     optimizer = torch.optim.AdamW(params, lr=args.vlm_lr, weight_decay=0.01, betas=(0.9, 0.98))
     start = resume(out / "vlm.pt", {"model": model}, optimizer)
-    if start == 0 and args.lookup_init:
+    if start == 0 and args.lookup_init and not args.continue_from:
         write_lookup_circuit(model, tower_state["heads"], processor.tokenizer, args.seed)
     log = out / "vlm_log.jsonl"
-    truncate_log(log, start)
+    truncate_log(log, offset + start)
     model.train()
     model.model.vision_tower.eval()
     tokenizer = processor.tokenizer
@@ -239,7 +255,7 @@ def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) 
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.vlm_steps, args.vlm_lr, 200)
-        batch = dialogue_batch(step, args.vlm_batch, args.seed, tokenizer, model.config.image_token_id, settings)
+        batch = dialogue_batch(offset + step, args.vlm_batch, args.seed, tokenizer, model.config.image_token_id, settings)
         # right-padded batch and no attention mask: SDPA's causal fast path (a padding mask takes a
         # path 2-3 x slower on CPU); the pads sit after every real token and carry no labels
         output = model(
@@ -257,7 +273,7 @@ def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) 
         for kind, kind_hits in hits.items():
             recent[kind] = (recent[kind] + kind_hits)[-300:]
         row = {
-            "step": step,
+            "step": offset + step,
             "loss": round(float(output.loss), 4),
             "hop_loss": round(float(hop_loss), 4),
             "hop_mass": [round(float(m[u].mean()), 4) for m, u in zip(mass, used, strict=True)],
@@ -270,7 +286,8 @@ def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) 
             loss=f"{row['loss']:.3f}", hop=f"{row['hop_mass'][0]:.2f}/{row['hop_mass'][1]:.2f}", **{k[:6]: f"{sum(v) / len(v):.2f}" for k, v in sorted(recent.items())}
         )
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.vlm_steps:
-            save(out / "vlm.pt", {"step": step + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict()})
+            save(out / "vlm.pt", {"step": step + 1, "offset": offset, "model": model.state_dict(),
+                                  "optimizer": optimizer.state_dict()})
 
 
 def read_log(path: Path) -> list[dict]:
@@ -308,17 +325,42 @@ def plot_training_curves(out: Path, target: Path) -> None:
     plt.close(figure)
 
 
+def read_training_record(folder: Path) -> dict:
+    path = folder / TRAINING_RECORD
+    if not path.is_file():
+        raise SystemExit(f"{folder} has no {TRAINING_RECORD}: --continue-from needs a folder written by --export")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_settings(args) -> dict:
+    """This run's command-line settings, as JSON values."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in sorted(vars(args).items())}
+
+
 def export(args, model: LlavaForConditionalGeneration, processor, target: Path) -> None:
-    """The llava-hf checkpoint (safetensors, config, tokenizer, processor) and the training curves PNG."""
+    """The llava-hf checkpoint (safetensors, config, tokenizer, processor), the training curves PNG, the
+    logs and the training record (steps per stage, the settings of every run that led to the weights)."""
     state = load(args.output_dir / "vlm.pt")
     if state is None:
         raise SystemExit(f"--export needs {args.output_dir / 'vlm.pt'}: run the vlm stage first")
     model.load_state_dict(state["model"])
+    if args.continue_from:
+        record = read_training_record(args.continue_from)
+    else:
+        tower = load(args.output_dir / "tower.pt")
+        record = {"tower_steps": tower["step"] if tower else 0, "vlm_steps": 0, "runs": []}
+    record["vlm_steps"] = state.get("offset", 0) + state["step"]
+    record["runs"] = [*record["runs"], *read_log(args.output_dir / RUNS)]
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target)
     processor.save_pretrained(target)
+    (target / "training_logs").mkdir(exist_ok=True)
+    for name in LOGS:
+        if (args.output_dir / name).exists():
+            (target / "training_logs" / name).write_bytes((args.output_dir / name).read_bytes())
+    (target / TRAINING_RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
     plot_training_curves(args.output_dir, target / "training_curves.png")
-    print(f"exported step {state['step']} to {target}")
+    print(f"exported {record['tower_steps']} tower steps and {record['vlm_steps']} VLM steps to {target}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--export", type=Path, help="write the llava-hf checkpoint here after training")
+    parser.add_argument("--continue-from", type=Path,
+                        help="an exported checkpoint (with training_record.json) to train the vlm stage further from")
     parser.add_argument("--resume", action="store_true", help="continue the stages' checkpoints in --output-dir")
     parser.add_argument("--overwrite", action="store_true", help="start the stages again (their checkpoints and logs are deleted)")
     args = parser.parse_args(argv)
@@ -353,7 +397,12 @@ def main(argv: list[str] | None = None) -> int:
     if started_stages and not (args.resume or args.overwrite):
         setting_error(parser, f"{args.output_dir} holds checkpoints of stage(s) {', '.join(started_stages)}: "
                               "pass --resume to continue them or --overwrite to start again")
-    if "vlm" in args.stages and "tower" not in args.stages and not (args.output_dir / "tower.pt").exists():
+    if args.continue_from is not None:
+        if args.stages != ["vlm"]:
+            setting_error(parser, f"--continue-from trains the vlm stage only: pass --stages vlm, got {args.stages}")
+        if not (args.continue_from / TRAINING_RECORD).is_file():
+            setting_error(parser, f"--continue-from {args.continue_from} has no {TRAINING_RECORD} (a folder written by --export)")
+    elif "vlm" in args.stages and "tower" not in args.stages and not (args.output_dir / "tower.pt").exists():
         setting_error(parser, f"stage vlm needs {args.output_dir / 'tower.pt'}: run the tower stage first (--stages tower vlm)")
     if args.overwrite:
         for stage in args.stages:
@@ -365,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     processor = build_processor()
     model = build_model(processor)
     started = time.time()
+    if args.stages:
+        append_log(args.output_dir / RUNS, run_settings(args))
     if "tower" in args.stages:
         train_tower(args, model, args.output_dir)
     if "vlm" in args.stages:

@@ -80,6 +80,8 @@ def test_key_words_are_the_question_words_before_its_question_mark():
         (None, ["--stages", "vlm"], "run the tower stage first"),
         (None, ["--vlm-steps", "0"], "--vlm-steps must be >= 1"),
         (None, ["--resume", "--overwrite"], "exclude each other"),
+        (None, ["--stages", "vlm", "--continue-from", "nowhere"], "has no training_record.json"),
+        (None, ["--continue-from", "nowhere"], "--continue-from trains the vlm stage only"),
     ],
 )
 def test_training_settings_are_checked_before_any_work(tmp_path, capsys, setup, argv, message):
@@ -88,3 +90,28 @@ def test_training_settings_are_checked_before_any_work(tmp_path, capsys, setup, 
     with pytest.raises(SystemExit) as stopped:
         train_main(["--output-dir", str(tmp_path), *argv])
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_export_trains_further_with_continue_from(tmp_path):
+    """Train 2 + 2 steps, export, continue 2 VLM steps from the export: the record counts 4 VLM steps and
+    both runs, the log continues at step 2, and the continued weights differ from the exported ones."""
+    import json
+
+    from safetensors.torch import load_file
+
+    tiny = ["--tower-batch", "2", "--vlm-batch", "2", "--threads", "1", "--no-lookup-init"]
+    first, second = tmp_path / "export1", tmp_path / "export2"
+    assert train_main(["--output-dir", str(tmp_path / "a"), "--tower-steps", "2", "--vlm-steps", "2", *tiny,
+                       "--export", str(first)]) == 0
+    assert json.loads((first / "training_record.json").read_text())["vlm_steps"] == 2
+    assert train_main(["--output-dir", str(tmp_path / "b"), "--stages", "vlm", "--vlm-steps", "2",
+                       "--attention-weight", "0", "--continue-from", str(first), *tiny, "--export", str(second)]) == 0
+    record = json.loads((second / "training_record.json").read_text())
+    assert record["tower_steps"] == 2 and record["vlm_steps"] == 4 and len(record["runs"]) == 2
+    assert record["runs"][1]["continue_from"] == str(first)
+    steps = [json.loads(line)["step"] for line in (second / "training_logs" / "vlm_log.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]
+    before, after = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert torch.equal(before["vision_tower.embeddings.patch_embedding.weight"],
+                       after["vision_tower.embeddings.patch_embedding.weight"])  # frozen
+    assert not torch.equal(before["multi_modal_projector.linear_1.weight"], after["multi_modal_projector.linear_1.weight"])
