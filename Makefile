@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 # not import beside the CPU torch): the packages its evaluator and task loader import.
 LMMS_CORE_DEPS := loguru sacrebleu evaluate pytz tenacity "filelock<4"
 
-.PHONY: install demo test test-slow test-real test-lmms lint bench clean
+.PHONY: install demo test test-slow test-real test-lmms test-browser lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ test-lmms: $(STAMP)
 	$(PY) -m pip install -q --no-deps lmms-eval==0.7.3
 	$(PY) -m pip install -q $(LMMS_CORE_DEPS)
 	$(PY) -m pytest -q -m lmms_eval
+
+# the demo report in a real browser: Debian's chromium + chromium-driver (installed here when missing)
+test-browser: $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get install -y -q chromium chromium-driver || sudo apt-get install -y -q chromium chromium-driver)
+	$(PY) -m pip install -q "selenium>=4.20"
+	$(PY) -m pytest -q -m browser
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

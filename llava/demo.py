@@ -15,6 +15,7 @@ only re-scores. Then a per-question-type table, kept-token overlays for a few on
 from __future__ import annotations
 
 import argparse
+import csv
 import html
 import json
 import shutil
@@ -188,6 +189,14 @@ def config_method(config: Config) -> tuple[str | None, dict]:
     return pruning_method(args), pruning_params(args)
 
 
+def as_number(cell: str) -> float | str:
+    """A CSV cell as a float when it is a number (so the page rounds it), else unchanged."""
+    try:
+        return float(cell) if cell not in ("True", "False") else cell
+    except ValueError:
+        return cell
+
+
 def table_html(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join(
@@ -197,7 +206,9 @@ def table_html(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def write_report(summary: Path, model_path: Path, per_type: tuple, pictures: dict, wall_s: float) -> Path:
-    header, *rows = [line.split(",") for line in (summary / "results.csv").read_text(encoding="utf-8").splitlines()]
+    with (summary / "results.csv").open(encoding="utf-8", newline="") as handle:
+        header, *rows = list(csv.reader(handle))
+    rows = [[as_number(cell) for cell in row] for row in rows]
     plots = [p.name for p in sorted(summary.glob("*.png"))]
     figures = "".join(f'<figure><img src="{html.escape(p)}" alt="{html.escape(p)}"><figcaption>{html.escape(p)}</figcaption></figure>' for p in plots)
     overlay_rows = "".join(
@@ -209,7 +220,7 @@ def write_report(summary: Path, model_path: Path, per_type: tuple, pictures: dic
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Pruning ablation: {html.escape(model_path.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:12px}}td,th{{border:1px solid #ccc;padding:2px 6px}}
-figure{{display:inline-block;margin:4px;text-align:center}}figure img{{max-width:480px}}.row figure img{{width:168px}}</style></head><body>
+figure{{display:inline-block;margin:4px;text-align:center;max-width:100%}}figure img{{max-width:100%}}.row figure img{{width:168px}}</style></head><body>
 <h1>Visual-token pruning ablation on {html.escape(str(model_path))}</h1>
 <p>Wall time of this run: {wall_s:.0f} s. Scores: GQA-style accuracy, POPE mean F1, ScienceQA-style option accuracy;
 relative_% is the mean over benchmarks of score / vanilla score.</p>
