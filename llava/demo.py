@@ -265,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         strategies, counts = DEFAULT_HEAD_STRATEGIES, (max(1, heads // 2),)
     else:
         strategies, counts = HEAD_STRATEGIES, tuple(range(1, heads + 1))
-    configs = ablation_configs(args.tokens, [m for m in methods if m != "fastv_fine_head"], strategies, counts)
+    # fastv_fine_head runs in the head grid, ablation_a as the "dynamic" rows (--enable-dynamic-selection)
+    configs = ablation_configs(args.tokens, [m for m in methods if m not in ("fastv_fine_head", "ablation_a")], strategies, counts)
     started = time.time()
     failed = []
     with reusing_loaded_models():
