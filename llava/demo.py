@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llava.eval import chunking, model_vqa_loader, model_vqa_science, summarize
-from llava.eval.cli_args import build_parser, pruning_method, pruning_params
+from llava.eval.cli_args import DYNAMIC_SELECTION_METHOD, build_parser, pruning_method, pruning_params
 from llava.eval.inference import GenerationSettings, answer_batch, load_model_bundle, reusing_loaded_models
 from llava.eval.jsonl_io import read_jsonl
 from llava.eval.run_loop import open_image
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         strategies, counts = HEAD_STRATEGIES, tuple(range(1, heads + 1))
     # fastv_fine_head runs in the head grid, ablation_a as the "dynamic" rows (--enable-dynamic-selection)
-    configs = ablation_configs(args.tokens, [m for m in methods if m not in ("fastv_fine_head", "ablation_a")], strategies, counts)
+    configs = ablation_configs(args.tokens, [m for m in methods if m not in ("fastv_fine_head", DYNAMIC_SELECTION_METHOD)], strategies, counts)
     started = time.time()
     failed = []
     with reusing_loaded_models():

@@ -49,6 +49,7 @@ from toolkit_common.cli import setting_error
 STAGES = ("tower", "vlm")
 TRAINING_RECORD = "training_record.json"
 RUNS = "runs.jsonl"  # in --output-dir: the settings of every training invocation
+BASE_RECORD = "continued_from.json"  # in --output-dir: the training record of the export a run continues
 LOGS = ("tower_log.jsonl", "vlm_log.jsonl")
 
 
@@ -228,7 +229,9 @@ def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) 
     """
     if args.continue_from:
         model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(args.continue_from).state_dict())
-        offset = read_training_record(args.continue_from)["vlm_steps"]
+        base = read_training_record(args.continue_from)
+        (out / BASE_RECORD).write_text(json.dumps(base, indent=1), encoding="utf-8")  # for a later --export
+        offset = base["vlm_steps"]
         for name in LOGS:  # the curves show the whole history
             if not (out / name).exists() and (args.continue_from / "training_logs" / name).exists():
                 (out / name).write_bytes((args.continue_from / "training_logs" / name).read_bytes())
@@ -344,8 +347,8 @@ def export(args, model: LlavaForConditionalGeneration, processor, target: Path) 
     if state is None:
         raise SystemExit(f"--export needs {args.output_dir / 'vlm.pt'}: run the vlm stage first")
     model.load_state_dict(state["model"])
-    if args.continue_from:
-        record = read_training_record(args.continue_from)
+    if (args.output_dir / BASE_RECORD).is_file():  # this output dir continues an export
+        record = json.loads((args.output_dir / BASE_RECORD).read_text(encoding="utf-8"))
     else:
         tower = load(args.output_dir / "tower.pt")
         record = {"tower_steps": tower["step"] if tower else 0, "vlm_steps": 0, "runs": []}

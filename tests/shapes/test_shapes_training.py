@@ -107,6 +107,8 @@ def test_an_export_trains_further_with_continue_from(tmp_path):
     assert train_main(["--output-dir", str(tmp_path / "b"), "--stages", "vlm", "--vlm-steps", "2",
                        "--attention-weight", "0", "--continue-from", str(first), *tiny, "--export", str(second)]) == 0
     record = json.loads((second / "training_record.json").read_text())
+    assert train_main(["--output-dir", str(tmp_path / "b"), "--stages", "--export", str(tmp_path / "export3")]) == 0
+    assert json.loads((tmp_path / "export3" / "training_record.json").read_text()) == record  # a separate export call
     assert record["tower_steps"] == 2 and record["vlm_steps"] == 4 and len(record["runs"]) == 2
     assert record["runs"][1]["continue_from"] == str(first)
     steps = [json.loads(line)["step"] for line in (second / "training_logs" / "vlm_log.jsonl").read_text().splitlines()]
