@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from llava.pruning.budget import equivalent_tokens, span_tokens_per_layer
-from llava.pruning.methods.pdrop import BUDGET_LAYERS, pdrop_decay_for_budget
+from llava.pruning.budget import equivalent_tokens, geometric_decay_for_budget, span_tokens_per_layer
+from llava.pruning.methods.pdrop import BUDGET_LAYERS
 from llava.pruning.methods.sparsevlm import PRUNE_LAYERS, STAGE_BUDGET_PRESETS, scaled_stage_budgets
 from llava.pruning.text_guided import (
     debiased_span_attention,
@@ -17,7 +17,7 @@ from llava.pruning.text_guided import (
 
 @pytest.mark.parametrize(("target", "published"), [(192, 0.581), (128, 0.437), (64, 0.196)])
 def test_pdrop_lambda_reproduces_the_published_settings(target, published):
-    assert abs(pdrop_decay_for_budget(target, 32, 576, BUDGET_LAYERS) - published) < 0.002
+    assert abs(geometric_decay_for_budget("pdrop", target, 32, 576, BUDGET_LAYERS) - published) < 0.002
 
 
 @pytest.mark.parametrize("target", [192, 128, 64, 100])

@@ -9,6 +9,7 @@ decoder swapped in, running a registry method built once from its name, its para
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from llava.model.llava_arch import PruningLlavaForConditionalGeneration
 from llava.model.original_llava import converted_config, load_converted_weights, original_config
 from llava.model.tiny import build_tiny_image_processor, build_tiny_llama, build_tiny_llava, build_tiny_tokenizer
 from llava.model.vision import image_features_per_image
+from llava.pruning.learned.checkpoint import shipped_pruner_path
 from llava.pruning.methods.base import PruningMethod
 from llava.pruning.registry import plan_method
 
@@ -100,6 +102,8 @@ def load_pretrained_model(
             )
     text_config = config.text_config if isinstance(config, LlavaConfig) else config
     span = image_features_per_image(config) if isinstance(config, LlavaConfig) else engine.get("fast_v_image_token_length")
+    if pruning_method == "learned" and "pruner_checkpoint" not in params and Path(model_path).is_dir():
+        params["pruner_checkpoint"] = str(shipped_pruner_path(model_path, visual_token_num))  # the model's own
     method = planned_method(pruning_method, text_config, span, visual_token_num, params)
     if original is not None:
         config.text_config = PruningLlamaConfig.from_llama_config(config.text_config, **engine)

@@ -9,6 +9,10 @@ FLOPs of one decoder layer over ``n`` tokens, hidden size ``d``, MLP width ``m``
 A single prune at layer K of L layers that should equal T equivalent tokens keeps
 ``R = (L * T - K * S) / (L - K)`` of the ``S`` span tokens (rounded to the nearest integer): for
 LLaVA-1.5-7B (L=32, S=576), K=2 gives 166 / 98 / 30 for T = 192 / 128 / 64.
+
+A geometric multi-stage schedule (PyramidDrop's, and the learned pruner's) keeps ``round(S * lambda^s)``
+span tokens after stage ``s`` (1-based); for a budget ``T`` the ``lambda`` is found by bisection: with
+layers ``[2, 8, 16, 24]`` of LLaVA-1.5-7B it is 0.581 / 0.437 / 0.196 for T = 192 / 128 / 64.
 """
 
 from __future__ import annotations
@@ -94,3 +98,30 @@ def check_budget_reachable(method: str, target_tokens: float, num_layers: int, s
             f"{method}: {target_tokens} equivalent tokens are out of reach when the first prune is before layer "
             f"{first_layer} of {num_layers}: valid range is ({lowest:.1f}, {span}]"
         )
+
+
+def geometric_ratios(decay: float, stages: int) -> tuple[float, ...]:
+    """``(lambda, lambda^2, ..., lambda^stages)``."""
+    return tuple(decay ** (s + 1) for s in range(stages))
+
+
+def stage_keeps(span: int, ratios: Sequence[float]) -> list[int]:
+    """Tokens kept after each stage: ``round(span * ratio)``, at least 1."""
+    return [max(1, round(span * ratio)) for ratio in ratios]
+
+
+def geometric_decay_for_budget(method: str, target_tokens: float, num_layers: int, span: int, layers: Sequence[int]) -> float:
+    """``lambda`` in (0, 1] whose rounded geometric schedule over ``layers`` costs closest to ``target_tokens``."""
+    check_budget_reachable(method, target_tokens, num_layers, span, layers[0])
+
+    def cost(decay: float) -> float:
+        keeps = stage_keeps(span, geometric_ratios(decay, len(layers)))
+        return equivalent_tokens(span_tokens_per_layer(num_layers, span, list(zip(layers, keeps, strict=True))))
+
+    return bisect_for_target(cost, target_tokens, 0.0, 1.0)
+
+
+def geometric_keeps_for_budget(method: str, target_tokens: float, num_layers: int, span: int, layers: Sequence[int]) -> list[int]:
+    """Tokens kept after each of ``layers`` by the geometric schedule that costs ``target_tokens``."""
+    decay = geometric_decay_for_budget(method, target_tokens, num_layers, span, layers)
+    return stage_keeps(span, geometric_ratios(decay, len(layers)))

@@ -118,7 +118,7 @@ class DialogueBatch:
     # words (cell, colour, shape; ``key_word_positions``), hops 1 and 2 the image patches (``hop_cells``)
     hop_targets: torch.Tensor
     image_start: torch.Tensor  # [B] position of the first image token
-    kinds: list[list[str]]  # question type of each turn
+    kinds: list[list[str]]  # question type of each turn ("options" for the option form)
 
 
 def hop_cells(kind: str, cells: tuple[tuple[int, int], ...]) -> tuple[tuple, tuple]:
@@ -221,7 +221,7 @@ def dialogue_batch(
         scene = sample_scene(sample_seed, *settings.objects)
         turns = dialogue(scene, rng, settings)
         rows.append(encode_dialogue(turns, tokenizer, image_token_id, 576, rng.choice(settings.conv_modes)))
-        kinds.append([kind for _, _, kind, _ in turns])
+        kinds.append(["options" if reply in OPTION_LETTERS else kind for _, reply, kind, _ in turns])  # what the log tallies
         hops.append([torch.stack([patch_mask(c) for c in hop_cells(kind, cells)]) for _, _, kind, cells in turns])
         values.append(scene_pixels(scene, rng))
     width = max(len(ids) for ids, _, _ in rows)

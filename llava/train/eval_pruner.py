@@ -1,13 +1,17 @@
-"""Evaluate the learned pruner: ``python -m llava.train.eval_pruner --config ... --mode {origin,hard}``.
+"""Evaluate the learned pruner: ``python -m llava.train.eval_pruner --config ... --mode {origin,soft,hard}``.
 
 * ``origin``: the frozen VLM without pruning;
-* ``hard``: method ``learned`` through the pruning engine (tokens with keep probability <= 0.5 are
-  removed at each pruning layer: shorter sequence and KV cache).
+* ``soft``: the training forward: binary Gumbel-softmax keep masks at the final temperature applied as
+  key biases (nothing removed; seeded noise);
+* ``hard``: method ``learned`` through the pruning engine, tokens removed at each pruning layer (shorter
+  sequence and KV cache): with ``method_settings.visual_token_num`` the planned rule (each layer keeps
+  exactly its planned count), else the ``> 0.5`` threshold.
 
-On held-out synthetic samples (batch size 1) it reports the answer CE (teacher forcing, the prompt's
-last token as the selection query), the greedy answer, the prefill time, the KV-cache length of the
-last layer and, in ``hard`` mode, the kept tokens per layer and equivalent tokens. Prints and
-optionally writes a JSON summary.
+On held-out samples of the config's data source (``--seed`` differs from training's; batch size 1) it
+reports the answer CE and the first answer token's accuracy (teacher forcing, the prompt's last token as
+the selection query) and, for origin / hard, the greedy answer, the prefill time, the KV-cache length of
+the last layer, the kept tokens per layer and the equivalent tokens. ``soft`` vs ``hard`` accuracy is the
+soft / hard mask gap. Prints and optionally writes a JSON summary.
 """
 
 from __future__ import annotations
@@ -23,44 +27,51 @@ import torch
 from llava.constants import IGNORE_INDEX
 from llava.model.vision import image_features_per_image
 from llava.pruning.learned.checkpoint import CHECKPOINT_NAME
-from llava.pruning.registry import build_method
-from llava.train.pruner.config import load_train_config
-from llava.train.pruner.data import collate, synthetic_sample
+from llava.pruning.methods.learned import LearnedPruning, load_pruner
+from llava.train.pruner.config import TrainConfig, load_train_config
+from llava.train.pruner.data import SAMPLE_SOURCES, PrunerBatch, collate
 from llava.train.pruner.losses import task_loss
-from llava.train.pruner.training import load_frozen_model
+from llava.train.pruner.training import load_frozen_model, multimodal_embeddings, stage_forward
 from toolkit_common.transformers_compat import output_cache
 
-MODES = ("origin", "hard")
+MODES = ("origin", "soft", "hard")
 
 
-def enable_learned_pruning(llava, checkpoint: str | Path) -> None:
-    """Switch ``llava``'s decoder to method ``learned`` with ``checkpoint`` (validated now)."""
-    llava.set_pruning_method(build_method("learned", {"pruner_checkpoint": str(checkpoint)}))
+def hard_method(config: TrainConfig, llava, checkpoint: str | Path) -> LearnedPruning:
+    """Method ``learned`` as the evaluation runs it: planned counts for the config's budget, else the threshold."""
+    params = {"pruner_checkpoint": str(checkpoint)}
+    budget = config.method_settings.visual_token_num
+    if budget is None:
+        return LearnedPruning.from_params(params)
+    return LearnedPruning.for_budget(budget, llava.config.text_config.num_hidden_layers, image_features_per_image(llava.config), params)
+
+
+def answer_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Answer CE and whether the first answer token is the greedy one; ``labels`` aligned with ``logits``."""
+    first = int((labels[0] != IGNORE_INDEX).nonzero()[0])
+    return {
+        "answer_ce": float(task_loss(logits, labels)),
+        "answer_correct": bool(logits[0, first - 1].argmax() == labels[0, first]),
+        "answer_tokens": int((labels != IGNORE_INDEX).sum()),
+    }
 
 
 @torch.no_grad()
-def evaluate_sample(llava, tokenizer, sample, max_new_tokens: int) -> dict[str, Any]:
-    """Metrics of one sample (see module docstring)."""
-    batch = collate([sample], tokenizer.pad_token_id, llava.config.image_token_id)
-    query_index = int(batch.query_index[0])
-    logits = llava(input_ids=batch.input_ids, pixel_values=batch.pixel_values, prune_query_index=query_index).logits
-    prompt = torch.tensor([sample.prompt_ids])
+def evaluate_hard_or_origin(llava, tokenizer, batch: PrunerBatch, prompt: torch.Tensor, max_new_tokens: int) -> dict[str, Any]:
+    """Metrics of one sample with the model's current method (none: origin)."""
+    logits = llava(input_ids=batch.input_ids, pixel_values=batch.pixel_values, prune_query_index=int(batch.query_index[0])).logits
     started = time.perf_counter()
     prefill = llava(input_ids=prompt, pixel_values=batch.pixel_values, use_cache=True)
     prefill_ms = (time.perf_counter() - started) * 1000.0
     generated = llava.generate(
-        input_ids=prompt,
-        pixel_values=batch.pixel_values,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
+        input_ids=prompt, pixel_values=batch.pixel_values, max_new_tokens=max_new_tokens, do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
     )[0, prompt.shape[1] :]
     record = llava.pruning_record
     return {
         # the pruned forward returns logits of the kept tokens only; the answer sits in the unpruned suffix,
         # so aligning the labels' tail with the logits keeps every answer position in place
-        "answer_ce": float(task_loss(logits, batch.labels[:, -logits.shape[1] :])),
-        "answer_tokens": int((batch.labels != IGNORE_INDEX).sum()),
+        **answer_metrics(logits, batch.labels[:, -logits.shape[1] :]),
         "generated": tokenizer.decode(generated, skip_special_tokens=True),
         "prefill_ms": round(prefill_ms, 3),
         "kv_cache_last_layer": int(output_cache(prefill).layers[-1].keys.shape[2]),
@@ -69,52 +80,73 @@ def evaluate_sample(llava, tokenizer, sample, max_new_tokens: int) -> dict[str, 
     }
 
 
+@torch.no_grad()
+def evaluate_soft(llava, batch: PrunerBatch, method: LearnedPruning) -> dict[str, Any]:
+    """Metrics of one sample under the soft masks (the training forward)."""
+    embeds = multimodal_embeddings(llava, batch.input_ids, batch.pixel_values)
+    outputs = stage_forward(llava, embeds, batch, method.pruner.pruning_layers, method)
+    return answer_metrics(outputs.logits, batch.labels)
+
+
 def summarise(mode: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Means over samples, plus the per-sample rows."""
     mean = lambda key: sum(s[key] for s in samples) / len(samples)
-    return {
+    summary = {
         "mode": mode,
         "num_samples": len(samples),
         "answer_ce": round(mean("answer_ce"), 5),
-        "prefill_ms": round(mean("prefill_ms"), 3),
-        "kv_cache_last_layer": mean("kv_cache_last_layer"),
-        "equivalent_tokens": round(mean("equivalent_tokens"), 2),
-        "samples": samples,
+        "answer_accuracy": round(mean("answer_correct"), 4),
     }
+    if mode != "soft":
+        summary |= {
+            "prefill_ms": round(mean("prefill_ms"), 3),
+            "kv_cache_last_layer": mean("kv_cache_last_layer"),
+            "equivalent_tokens": round(mean("equivalent_tokens"), 2),
+        }
+    return summary | {"samples": samples}
 
 
 def run_evaluation(
-    config_path: str, mode: str, checkpoint: str | None, num_samples: int, seed: int, max_new_tokens: int
+    config_path: str, mode: str, checkpoint: str | None, num_samples: int, seed: int, max_new_tokens: int,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    config = load_train_config(config_path)
+    config = load_train_config(config_path, overrides)
+    checkpoint = checkpoint or Path(config.output_dir) / CHECKPOINT_NAME
     tokenizer, llava = load_frozen_model(config)
-    if mode == "hard":
-        enable_learned_pruning(llava, checkpoint or Path(config.output_dir) / CHECKPOINT_NAME)
     span = image_features_per_image(llava.config)
-    samples = [
-        evaluate_sample(
-            llava, tokenizer, synthetic_sample(i, seed, tokenizer, llava.config.image_token_id, span), max_new_tokens
-        )
-        for i in range(num_samples)
-    ]
-    return summarise(mode, samples)
+    soft = None
+    if mode == "hard":
+        llava.set_pruning_method(hard_method(config, llava, checkpoint))
+    elif mode == "soft":
+        soft = LearnedPruning.from_pruner(load_pruner(checkpoint), config.temperature.end, torch.Generator().manual_seed(seed))
+    rows = []
+    for index in range(num_samples):
+        sample = SAMPLE_SOURCES[config.data](index, seed, tokenizer, llava.config.image_token_id, span)
+        batch = collate([sample], tokenizer.pad_token_id, llava.config.image_token_id)
+        if soft is not None:
+            rows.append(evaluate_soft(llava, batch, soft))
+        else:
+            rows.append(evaluate_hard_or_origin(llava, tokenizer, batch, torch.tensor([sample.prompt_ids]), max_new_tokens))
+    return summarise(mode, rows)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/vision_token_pruning.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, as train_pruner --set")
     parser.add_argument("--mode", choices=MODES, default="hard")
     parser.add_argument("--checkpoint", help="pruner checkpoint (default: <output_dir>/checkpoint.pt)")
     parser.add_argument("--num-samples", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=12345, help="synthetic eval set (differs from training's)")
+    parser.add_argument("--seed", type=int, default=12345, help="held-out samples (training uses the config's seed)")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--output", help="write the JSON summary here")
     args = parser.parse_args(argv)
-    summary = run_evaluation(args.config, args.mode, args.checkpoint, args.num_samples, args.seed, args.max_new_tokens)
+    summary = run_evaluation(args.config, args.mode, args.checkpoint, args.num_samples, args.seed, args.max_new_tokens, args.overrides)
     text = json.dumps(summary, indent=2)
     if args.output:
         Path(args.output).write_text(text)

@@ -1,9 +1,16 @@
 """Train the learned visual-token pruner: ``python -m llava.train.train_pruner --config configs/vision_token_pruning.yaml``.
 
-Writes ``<output_dir>/checkpoint.pt`` every ``training.checkpoint_every`` steps and at the end, and one
-JSON line per step to ``<output_dir>/train_log.jsonl`` (losses, loss weights, temperature, cumulative
-soft and hard keep ratio per pruning layer, residual weights). ``--resume`` continues from the checkpoint exactly as
-an uninterrupted run would.
+Writes ``<output_dir>/checkpoint.pt`` every ``training.checkpoint_every`` steps and at the end, one
+JSON line per step to ``<output_dir>/train_log.jsonl`` (losses, loss weights, temperature, discriminator
+accuracy, cumulative soft and hard keep ratio per pruning layer, residual weights) and, at the end, the
+curves ``<output_dir>/training_curves.png``. ``--resume`` continues from the checkpoint exactly as an
+uninterrupted run would. ``--set section.key=value`` overrides the YAML (ablations); ``--ship MODEL_DIR``
+copies the trained pruner (no optimizer or discriminator state) and its curves beside a model as
+``learned_pruner_t<T>.pt``, where ``load_pretrained_model(MODEL_DIR, pruning_method="learned",
+visual_token_num=T)`` finds it.
+
+    python -m llava.train.train_pruner --config configs/shapes_pruner.yaml --set method_settings.visual_token_num=64 \
+        --output-dir checkpoints/pruner_t64 --ship playground/models/shapes-llava
 """
 
 from __future__ import annotations
@@ -15,12 +22,20 @@ from typing import Any
 
 from tqdm import tqdm
 
-from llava.pruning.learned.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from llava.pruning.learned.checkpoint import (
+    CHECKPOINT_NAME,
+    inference_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    shipped_pruner_path,
+)
 from llava.train.pruner.config import TrainConfig, load_train_config
+from llava.train.pruner.curves import plot_pruner_training, read_train_log
 from llava.train.pruner.training import build_train_state, train_step
 from toolkit_common.cli import setting_error
 
 LOG_NAME = "train_log.jsonl"
+CURVES_NAME = "training_curves.png"
 
 
 def progress_postfix(metrics: dict[str, Any]) -> dict[str, str]:
@@ -86,7 +101,30 @@ def run_training(
             bar.update(1)
             if state.step % config.training.checkpoint_every == 0 or state.step == steps:
                 save_checkpoint(checkpoint_path, state.checkpoint())
+    plot_pruner_training(read_train_log(output_dir / LOG_NAME), output_dir / CURVES_NAME, state.target_ratios,
+                         run_title(config))
     return history
+
+
+def run_title(config: TrainConfig) -> str:
+    """One line naming the run's budget and ablation switches (the curves' title)."""
+    settings = config.method_settings
+    budget = settings.visual_token_num or settings.target_tokens or settings.target_keep_ratio
+    residual = ("learnable" if settings.learnable_attn_weight else "fixed") if settings.use_attn_residual else "off"
+    adversarial = config.loss_weights.adversarial
+    return (f"learned pruner: budget {budget}, layers {settings.pruning_layers}, attention residual {residual}, "
+            f"adversarial {adversarial.start:g}->{adversarial.end:g}, spectral norm {'on' if settings.use_spectral_norm else 'off'}")
+
+
+def ship_pruner(output_dir: Path, model_dir: Path) -> Path:
+    """Copy the run's pruner (inference part of the checkpoint) and its curves beside the model; the file
+    is named by the run's ``visual_token_num`` (``shipped_pruner_path``)."""
+    checkpoint = read_checkpoint(output_dir / CHECKPOINT_NAME)
+    budget = checkpoint["train_config"]["method_settings"]["visual_token_num"]
+    target = shipped_pruner_path(model_dir, budget)
+    save_checkpoint(target, inference_checkpoint(checkpoint))
+    target.with_name(target.stem + "_training.png").write_bytes((output_dir / CURVES_NAME).read_bytes())
+    return target
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,19 +132,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="configs/vision_token_pruning.yaml", help="YAML training config")
     parser.add_argument("--output-dir", help="override output_dir of the config")
     parser.add_argument("--steps", type=int, help="override training.steps")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (YAML syntax, repeatable), e.g. method_settings.use_spectral_norm=false")
+    parser.add_argument("--ship", type=Path, metavar="MODEL_DIR",
+                        help="after training, copy the pruner beside this model as learned_pruner_t<T>.pt (needs visual_token_num)")
     parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoint.pt")
     parser.add_argument("--overwrite", action="store_true", help="start again in an output folder that holds a run")
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         setting_error(parser, f"--steps must be >= 1, got {args.steps}")
     try:
-        config = load_train_config(args.config)
+        config = load_train_config(args.config, args.overrides)
     except (OSError, ValueError) as exc:
         setting_error(parser, f"--config {args.config}: {exc}")
     if args.output_dir:
         config.output_dir = args.output_dir
     if args.steps is not None:
         config.training.steps = args.steps
+    if args.ship is not None and config.method_settings.visual_token_num is None:
+        setting_error(parser, "--ship names the pruner by its budget: set method_settings.visual_token_num")
+    if args.ship is not None and not (args.ship / "config.json").is_file():
+        setting_error(parser, f"--ship {args.ship}: no model there (config.json missing)")
     if args.resume and not (Path(config.output_dir) / CHECKPOINT_NAME).is_file():
         setting_error(parser, f"--resume: no {CHECKPOINT_NAME} in {config.output_dir}")
     try:
@@ -120,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
             f"keep ratio {first['keep_ratio']} -> {last['keep_ratio']}; residual weight {last['residual_weight']}"
         )
     print(f"checkpoint: {Path(config.output_dir) / CHECKPOINT_NAME}")
+    if args.ship is not None:
+        print(f"shipped: {ship_pruner(Path(config.output_dir), args.ship)}")
 
 
 if __name__ == "__main__":

@@ -252,7 +252,7 @@ def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) 
     model.train()
     model.model.vision_tower.eval()
     tokenizer = processor.tokenizer
-    settings = DialogueSettings()
+    settings = dialogue_settings(args)
     recent: dict[str, list[bool]] = defaultdict(list)
     bar = tqdm(range(start, args.vlm_steps), desc="vlm", initial=start, total=args.vlm_steps)
     for step in bar:
@@ -291,6 +291,29 @@ def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) 
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.vlm_steps:
             save(out / "vlm.pt", {"step": step + 1, "offset": offset, "model": model.state_dict(),
                                   "optimizer": optimizer.state_dict()})
+
+
+def dialogue_settings(args) -> DialogueSettings:
+    """The training dialogues' mix of question kinds and forms, from ``--kind-weights`` / ``--multiple-choice-share``."""
+    defaults = DialogueSettings()
+    weights = dict(defaults.kind_weights) | dict(args.kind_weights or [])
+    share = defaults.multiple_choice_share if args.multiple_choice_share is None else args.multiple_choice_share
+    return DialogueSettings(kind_weights=tuple(weights.items()), multiple_choice_share=share)
+
+
+def kind_weight(text: str) -> tuple[str, float]:
+    """``KIND=WEIGHT`` of ``--kind-weights``."""
+    kinds = dict(DialogueSettings().kind_weights)
+    kind, _, weight = text.partition("=")
+    if kind not in kinds:
+        raise argparse.ArgumentTypeError(f"unknown question kind {kind!r}; valid: {', '.join(kinds)}")
+    try:
+        value = float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the weight after '=' must be a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the weight must be >= 0")
+    return kind, value
 
 
 def read_log(path: Path) -> list[dict]:
@@ -382,6 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention-steps", type=int, default=1500, help="the hop loss decays to 0 over these steps")
     parser.add_argument("--lookup-init", action=argparse.BooleanOptionalAction, default=True,
                         help="start the LM with the cell / object lookup circuit written in (llava.train.lookup_init)")
+    parser.add_argument("--kind-weights", type=kind_weight, nargs="+", metavar="KIND=WEIGHT",
+                        help="sampling weights of the question kinds in the training dialogues (the others keep "
+                             f"their defaults: {', '.join(f'{k}={w:g}' for k, w in DialogueSettings().kind_weights)})")
+    parser.add_argument("--multiple-choice-share", type=float,
+                        help=f"share of non-POPE questions asked in the option form (default {DialogueSettings().multiple_choice_share})")
     parser.add_argument("--checkpoint-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -394,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("tower_steps", "tower_batch", "vlm_steps", "vlm_batch", "checkpoint_every", "threads", "attention_steps"):
         if getattr(args, flag) < 1:
             setting_error(parser, f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.multiple_choice_share is not None and not 0 <= args.multiple_choice_share <= 1:
+        setting_error(parser, f"--multiple-choice-share must be in [0, 1], got {args.multiple_choice_share}")
     if args.resume and args.overwrite:
         setting_error(parser, "--resume and --overwrite exclude each other")
     started_stages = [stage for stage in args.stages if (args.output_dir / f"{stage}.pt").exists()]

@@ -9,7 +9,14 @@ from llava.pruning.learned.masks import gumbel_keep_probs, hard_keep_mask
 from llava.pruning.learned.merger import TokenMerger
 from llava.train.pruner.config import load_train_config, train_config_from_dict
 from llava.train.pruner.discriminator import Discriminator, pool_text_states, sequence_fraction
-from llava.train.pruner.losses import binarization_loss, discriminator_loss, generator_adversarial_loss, sparsity_loss
+from llava.train.pruner.losses import (
+    binarization_loss,
+    discriminator_accuracy,
+    discriminator_loss,
+    generator_adversarial_loss,
+    sparsity_loss,
+    token_count_loss,
+)
 from llava.train.pruner.schedules import Ramp, annealed_temperature, cosine_weight
 from llava.train.pruner.training import hard_keep_ratios
 
@@ -62,6 +69,28 @@ def test_losses():
     assert discriminator_loss(torch.tensor([0.99]), torch.tensor([0.01])) < discriminator_loss(
         torch.tensor([0.5]), torch.tensor([0.5])
     )
+    per_sample = [torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])]  # keeps 2 and 4 tokens, target 2
+    assert token_count_loss(per_sample, [2.0]) == pytest.approx((0 + 1.0) / 2)
+    assert sparsity_loss(per_sample, [0.75]) == pytest.approx(0.0)  # the batch mean hides what token count sees
+    assert discriminator_accuracy(torch.tensor([0.9, 0.4]), torch.tensor([0.1, 0.2])) == pytest.approx(0.75)
+
+
+def test_overrides_set_nested_values_and_a_budget_replaces_the_file_targets():
+    config = load_train_config(
+        "configs/vision_token_pruning.yaml",
+        ["method_settings.visual_token_num=64", "method_settings.pruning_layers=[2, 8, 16, 24]",
+         "loss_weights.adversarial={start: 0, end: 0}", "method_settings.use_spectral_norm=false"],
+    )
+    settings = config.method_settings
+    assert settings.target_keep_ratio is None and settings.visual_token_num == 64 and not settings.use_spectral_norm
+    assert config.loss_weights.adversarial == Ramp(0.0, 0.0)
+    assert [round(r * 576) for r in settings.target_ratios(576, 32)] == [113, 22, 4, 1]
+    with pytest.raises(ValueError, match="must read KEY=VALUE"):
+        load_train_config("configs/vision_token_pruning.yaml", ["method_settings.use_spectral_norm"])
+    with pytest.raises(ValueError, match="unknown key"):
+        load_train_config("configs/vision_token_pruning.yaml", ["method_settings.spectral=false"])
+    with pytest.raises(ValueError, match="give exactly one of target_keep_ratio, target_tokens, visual_token_num"):
+        train_config_from_dict({"method_settings": {"target_tokens": [4, 2, 1], "visual_token_num": 64}})
 
 
 def test_discriminator_pooling_weights_go_from_03_to_1_and_noise_only_in_training():
@@ -108,7 +137,7 @@ def test_default_yaml_config_loads():
     assert config.model_path == "tiny-random-llava"
     assert config.method_settings.use_attn_residual and config.method_settings.pruning_layers == [6, 12, 18]
     assert config.temperature == Ramp(0.99, 0.4) and config.loss_weights.adversarial == Ramp(1.0, 10.0)
-    assert config.method_settings.target_ratios(576) == [0.5, 0.25, 0.11]
+    assert config.method_settings.target_ratios(576, 32) == [0.5, 0.25, 0.11]
 
 
 @pytest.mark.parametrize(

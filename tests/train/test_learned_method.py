@@ -73,14 +73,16 @@ def test_configuration_errors_are_clear(tmp_path):
         load_pretrained_model("tiny-random-llava", pruning_method="learned")
     with pytest.raises(FileNotFoundError, match="no pruner checkpoint"):
         load_pretrained_model("tiny-random-llava", pruning_method="learned", pruner_checkpoint=str(tmp_path / "x.pt"))
-    with pytest.raises(ValueError, match="budget is set at training time"):
+    with pytest.raises(ValueError, match="a budget of 64 tokens needs pruner_checkpoint"):
         load_pretrained_model("tiny-random-llava", pruning_method="learned", visual_token_num=64)
+    with pytest.raises(FileNotFoundError, match="learned_pruner_t100.pt"):  # a budget the model ships no pruner for
+        load_pretrained_model("playground/models/shapes-llava", pruning_method="learned", visual_token_num=100)
     checkpoint = write_checkpoint(tmp_path / "deep.pt", False, layers=[6, 40])
     with pytest.raises(ValueError, match=r"pruning layer 40 must lie in \[1, 31\]"):
         load_pretrained_model("tiny-random-llava", pruning_method="learned", pruner_checkpoint=checkpoint)
 
 
-def test_eval_modes_origin_and_hard(tmp_path):
+def test_eval_modes_origin_soft_and_hard(tmp_path):
     import yaml
 
     checkpoint = write_checkpoint(tmp_path / "pruner.pt", True, layers=[1, 2])
@@ -92,7 +94,47 @@ def test_eval_modes_origin_and_hard(tmp_path):
     config_path.write_text(yaml.safe_dump(config))
     origin = run_evaluation(str(config_path), "origin", None, num_samples=1, seed=7, max_new_tokens=2)
     hard = run_evaluation(str(config_path), "hard", checkpoint, num_samples=1, seed=7, max_new_tokens=2)
+    soft = run_evaluation(str(config_path), "soft", checkpoint, num_samples=1, seed=7, max_new_tokens=2)
     assert origin["equivalent_tokens"] == 576 and hard["equivalent_tokens"] < 576
     assert hard["kv_cache_last_layer"] < origin["kv_cache_last_layer"]
-    with pytest.raises(ValueError, match="unknown mode 'soft'; valid: origin, hard"):
-        run_evaluation(str(config_path), "soft", None, 1, 7, 2)
+    assert soft["answer_ce"] != origin["answer_ce"] and "equivalent_tokens" not in soft
+    planned = run_evaluation(str(config_path), "hard", checkpoint, 1, 7, 2, ["method_settings.visual_token_num=300"])
+    assert planned["samples"][0]["kept_per_layer"][1:] == [231, 93]  # geometric plan of 300 tokens over layers 1, 2 of 3
+    with pytest.raises(ValueError, match="unknown mode 'sharp'; valid: origin, soft, hard"):
+        run_evaluation(str(config_path), "sharp", None, 1, 7, 2)
+
+
+@torch.no_grad()
+def test_budget_keeps_the_planned_counts_exactly(tmp_path):
+    """visual_token_num plans the geometric schedule over the checkpoint's layers; each layer keeps exactly
+    its count (top-K of the keep logits), whatever the logits' signs, and the budget's equivalent tokens hold."""
+    from llava.pruning.budget import equivalent_tokens, geometric_keeps_for_budget
+
+    checkpoint = write_checkpoint(tmp_path / "pruner.pt", use_attn_residual=True)
+    planned = geometric_keeps_for_budget("learned", 200, NUM_LAYERS, 576, LAYERS)
+    method = LearnedPruning.for_budget(200, NUM_LAYERS, 576, {"pruner_checkpoint": checkpoint})
+    assert method.keep_tokens == tuple(planned) and method.schedule(576) == list(zip(LAYERS, planned, strict=True))
+    model = build_tiny_llava(seed=0, text_overrides={"num_hidden_layers": NUM_LAYERS})
+    model.language_model.set_pruning_method(method)
+    ids = llava_prompt(model.config.image_token_id, PREFIX, SUFFIX)
+    model(input_ids=ids, pixel_values=pixel_values())
+    stages = model.language_model.last_pruning_record.stages
+    assert [stage.kept_index.shape[1] for stage in stages] == planned
+    assert abs(equivalent_tokens(model.pruning_record["kept_per_layer"]) - 200) < 576 / NUM_LAYERS
+    with pytest.raises(ValueError, match="keep_tokens .* one count >= 1 per pruning layer"):
+        LearnedPruning(pruner_checkpoint=checkpoint, keep_tokens=(10, 5))
+    with pytest.raises(ValueError, match="cannot grow"):
+        LearnedPruning(pruner_checkpoint=checkpoint, keep_tokens=(10, 20, 5))
+
+
+@torch.no_grad()
+def test_planned_rule_batch_equals_single(tmp_path):
+    checkpoint = write_checkpoint(tmp_path / "pruner.pt", use_attn_residual=True)
+    model = build_tiny_llava(seed=0, text_overrides={"num_hidden_layers": NUM_LAYERS})
+    model.language_model.set_pruning_method(LearnedPruning.for_budget(250, NUM_LAYERS, 576, {"pruner_checkpoint": checkpoint}))
+    ids = torch.cat([llava_prompt(model.config.image_token_id, PREFIX, SUFFIX, seed=s) for s in (1, 2)])
+    pixels = torch.cat([pixel_values(seed=s) for s in (1, 2)])
+    batched = model(input_ids=ids, pixel_values=pixels).logits[:, -1]
+    for row in range(2):
+        single = model(input_ids=ids[row : row + 1], pixel_values=pixels[row : row + 1]).logits[:, -1]
+        torch.testing.assert_close(batched[row : row + 1], single, atol=1e-4, rtol=1e-4)

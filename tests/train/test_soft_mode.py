@@ -7,7 +7,7 @@ from llava.model.tiny import build_tiny_llava, build_tiny_tokenizer
 from llava.pruning.learned.checkpoint import read_checkpoint
 from llava.pruning.methods.learned import LearnedPruning, load_pruner
 from llava.pruning.registry import build_method
-from llava.train.pruner.data import synthetic_batch
+from llava.train.pruner.data import training_batch
 from llava.train.pruner.training import multimodal_embeddings, stage_forward
 from tests.train.conftest import LAYERS, NUM_LAYERS, write_checkpoint
 
@@ -18,7 +18,7 @@ def llava():
 
 
 def batch_for(llava, size: int, seed: int):
-    return synthetic_batch(0, size, seed, build_tiny_tokenizer(), llava.config.image_token_id, 576)
+    return training_batch("synthetic", 0, size, seed, build_tiny_tokenizer(), llava.config.image_token_id, 576)
 
 
 @torch.no_grad()

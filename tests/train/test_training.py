@@ -1,6 +1,7 @@
 """Training the pruner on the tiny random LLaVA: loss goes down, keep ratio moves to the target, exact resume, CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +101,37 @@ def test_resume_drops_log_lines_past_the_checkpoint(tmp_path):
     run_training(train_config_from_dict(small_config(tmp_path, 3)), resume=True, show_progress=False)
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
     assert steps == [0, 1, 2]  # the step logged past the checkpoint was run again, logged once
+
+
+def test_without_the_adversarial_loss_no_discriminator_runs_and_the_curves_are_drawn(tmp_path):
+    config = small_config(tmp_path, 2)
+    config["loss_weights"] = {"adversarial": {"start": 0.0, "end": 0.0}}
+    history = run_training(train_config_from_dict(config), show_progress=False)
+    assert all(m["loss_adversarial"] == 0 and m["discriminator_accuracy"] is None for m in history)
+    assert (tmp_path / "training_curves.png").stat().st_size > 10_000
+
+
+def test_a_shapes_run_ships_its_pruner_where_the_loader_finds_it(tmp_path):
+    """Two steps on the shipped shapes VLM; --ship writes learned_pruner_t<T>.pt beside a copy of it, and
+    load_pretrained_model(copy, pruning_method="learned", visual_token_num=T) keeps the planned counts."""
+    import shutil
+
+    import yaml
+
+    from llava.model.builder import load_pretrained_model
+    from llava.pruning.budget import geometric_keeps_for_budget
+
+    model = tmp_path / "model"
+    shutil.copytree("playground/models/shapes-llava", model, ignore=shutil.ignore_patterns("learned_pruner*"))
+    config = yaml.safe_load(Path("configs/shapes_pruner.yaml").read_text())
+    config["model_path"], config["training"] = str(model), {"steps": 2, "batch_size": 1, "checkpoint_every": 1}
+    config_path = tmp_path / "shapes.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    main(["--config", str(config_path), "--output-dir", str(tmp_path / "run"), "--set", "method_settings.visual_token_num=128",
+          "--ship", str(model)])
+    shipped = read_checkpoint(model / "learned_pruner_t128.pt")
+    assert set(shipped) == {"step", "train_config", "pruner_config", "pruner"} and shipped["step"] == 2
+    assert (model / "learned_pruner_t128_training.png").is_file()
+    _, llava, _, _ = load_pretrained_model(str(model), pruning_method="learned", visual_token_num=128)
+    method = llava.language_model.method
+    assert list(method.keep_tokens) == geometric_keeps_for_budget("learned", 128, 32, 576, [2, 8, 16, 24])

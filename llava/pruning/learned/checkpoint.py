@@ -48,3 +48,16 @@ def pruner_from_checkpoint(checkpoint: dict[str, Any]) -> LayerSpecificPruner:
 
 def pruner_config_dict(pruner: LayerSpecificPruner) -> dict[str, Any]:
     return asdict(pruner.config)
+
+
+def shipped_pruner_path(model_dir: str | Path, visual_token_num: float | None) -> Path:
+    """Where a model folder ships its pruner for a budget: ``learned_pruner_t<T>.pt`` (``learned_pruner.pt``
+    without a budget: the threshold rule)."""
+    name = "learned_pruner.pt" if visual_token_num is None else f"learned_pruner_t{visual_token_num:g}.pt"
+    return Path(model_dir) / name
+
+
+def inference_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What inference needs of a training checkpoint (the pruner and its settings; no optimizer or
+    discriminator state): the file shipped beside a model."""
+    return {key: checkpoint[key] for key in ("step", "train_config", "pruner_config", "pruner")}

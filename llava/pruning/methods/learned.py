@@ -6,16 +6,24 @@ those with ``sigmoid(l_j) > 0.5``; the engine then removes the others (shorter K
 With the attention residual on, the text->vision attention comes from layer ``L``'s own q.k
 (``step.attention``); with it off, no attention is computed.
 
-Every sample keeps exactly its own ``> 0.5`` set (at least one token): a batch keeps the largest count
-and marks the surplus slots of the other samples invalid (padding, invisible to every later layer), so
-batch size N gives the same answers as batch size 1.
+Two hard rules:
+
+* **planned** (``keep_tokens`` set, what a ``visual_token_num`` budget gives): each pruning layer keeps
+  exactly its planned count, the top-``K_i`` keep logits. The counts come from the geometric schedule
+  that costs the budget over the checkpoint's pruning layers (``geometric_keeps_for_budget``, PDrop's
+  plan): for 32 layers and layers ``[2, 8, 16, 24]``, 64 tokens -> ``[113, 22, 4, 1]``.
+* **threshold** (no ``keep_tokens``): every sample keeps exactly its own ``> 0.5`` set (at least one
+  token); a batch keeps the largest count and marks the surplus slots of the other samples invalid
+  (padding, invisible to every later layer), so batch size N gives the same answers as batch size 1.
 
 Soft mode (training, ``LearnedPruning.from_pruner(pruner, temperature=...)``): the same heads give
 binary Gumbel-softmax keep probabilities (``llava.pruning.learned.masks``), which the engine applies as a
 key bias instead of removing tokens, so every loss reaches the heads.
 
 Config: ``pruning_method="learned"``, ``pruning_params={"pruner_checkpoint": path}``
-(``load_pretrained_model(path, pruning_method="learned", pruner_checkpoint=...)``).
+(``load_pretrained_model(path, pruning_method="learned", pruner_checkpoint=...)``). With a budget and no
+``pruner_checkpoint``, the loader takes the pruner shipped with the model for that budget,
+``<model>/learned_pruner_t<T>.pt`` (``shipped_pruner_path``).
 """
 
 from __future__ import annotations
@@ -28,11 +36,12 @@ from typing import Any
 
 import torch
 
+from llava.pruning.budget import geometric_keeps_for_budget
 from llava.pruning.learned.checkpoint import existing_checkpoint, pruner_from_checkpoint, read_checkpoint
 from llava.pruning.learned.heads import LayerSpecificPruner
 from llava.pruning.learned.masks import gumbel_keep_probs
 from llava.pruning.learned.text_attention import gather_tokens, question_rows, text_to_vision_attention
-from llava.pruning.methods.base import PruneStep, PruningMethod, register_method
+from llava.pruning.methods.base import PruneStep, PruningMethod, register_method, without_budget_fields
 from llava.pruning.selection import SoftSelection, TokenSelection, top_r_sorted
 
 
@@ -65,9 +74,11 @@ def per_sample_keep(logits: torch.Tensor, upper: int) -> tuple[torch.Tensor, tor
 @register_method
 @dataclass
 class LearnedPruning(PruningMethod):
-    """``pruner_checkpoint``: path of a ``checkpoint.pt`` written by ``llava.train.train_pruner``."""
+    """``pruner_checkpoint``: path of a checkpoint written by ``llava.train.train_pruner``;
+    ``keep_tokens``: tokens kept after each pruning layer (the planned rule), or None (the threshold rule)."""
 
     pruner_checkpoint: str | None = None
+    keep_tokens: tuple[int, ...] | None = None
     pruner: LayerSpecificPruner | None = field(default=None, init=False, repr=False, compare=False)
     temperature: float | None = field(default=None, init=False)  # soft mode when set
     generator: torch.Generator | None = field(default=None, init=False, repr=False, compare=False)
@@ -81,6 +92,16 @@ class LearnedPruning(PruningMethod):
                 "(load_pretrained_model(..., pruning_method='learned', pruner_checkpoint=path))"
             )
         self.pruner = load_pruner(self.pruner_checkpoint)
+        if self.keep_tokens is not None:
+            self.keep_tokens = tuple(int(k) for k in self.keep_tokens)
+            layers = self.pruner.pruning_layers
+            if len(self.keep_tokens) != len(layers) or min(self.keep_tokens) < 1:
+                raise ValueError(
+                    f"learned: keep_tokens {list(self.keep_tokens)} must give one count >= 1 per pruning layer "
+                    f"of the checkpoint ({layers})"
+                )
+            if list(self.keep_tokens) != sorted(self.keep_tokens, reverse=True):
+                raise ValueError(f"learned: keep_tokens are cumulative and cannot grow, got {list(self.keep_tokens)}")
 
     @classmethod
     def from_pruner(
@@ -88,7 +109,7 @@ class LearnedPruning(PruningMethod):
     ) -> LearnedPruning:
         """A method around an in-memory pruner (training): soft masks at ``temperature`` when it is given."""
         method = cls.__new__(cls)
-        method.pruner_checkpoint, method.pruner = None, pruner
+        method.pruner_checkpoint, method.pruner, method.keep_tokens = None, pruner, None
         method.temperature, method.generator = temperature, generator
         return method
 
@@ -97,8 +118,10 @@ class LearnedPruning(PruningMethod):
         return self.temperature is not None
 
     def schedule(self, span: int) -> list[tuple[int, int]]:
-        """The checkpoint's pruning layers; ``keep`` is an upper bound (the span), the mask decides."""
-        return [(layer, span) for layer in self.pruner.pruning_layers]
+        """The checkpoint's pruning layers with the planned counts, or the span as an upper bound (the
+        threshold rule: the mask decides)."""
+        keeps = self.keep_tokens or [span] * len(self.pruner.pruning_layers)
+        return list(zip(self.pruner.pruning_layers, keeps, strict=True))
 
     def keep_logits(self, step: PruneStep) -> torch.Tensor:
         """``[B, S]`` keep logits of the live span tokens at ``step.layer`` (invalid slots at -inf)."""
@@ -124,18 +147,25 @@ class LearnedPruning(PruningMethod):
             return SoftSelection(gumbel_keep_probs(logits, self.temperature, self.generator), logits, metadata)
         with torch.no_grad():
             logits = self.keep_logits(step)
-        indices, valid = per_sample_keep(logits, keep)
-        metadata["kept"] = valid.sum(dim=1).tolist()
+        if self.keep_tokens is not None:  # planned: the top-K_i keep logits
+            indices, valid = top_r_sorted(logits, keep), None
+            metadata["kept"] = [keep] * len(indices)
+        else:
+            indices, valid = per_sample_keep(logits, keep)
+            metadata["kept"] = valid.sum(dim=1).tolist()
         return TokenSelection(indices=indices, scores=torch.sigmoid(logits), metadata=metadata, valid=valid)
-
-    def params(self) -> dict[str, Any]:
-        return {"pruner_checkpoint": self.pruner_checkpoint}
 
     @classmethod
     def for_budget(
         cls, target_tokens: float, num_layers: int, span: int, params: Mapping[str, Any] | None = None
     ) -> LearnedPruning:
-        raise ValueError(
-            "method 'learned' keeps what its trained masks say: its budget is set at training time "
-            "(method_settings.target_keep_ratio / target_tokens), not by visual_token_num"
-        )
+        """The checkpoint's pruning layers keeping the geometric schedule that costs ``target_tokens``."""
+        params = without_budget_fields(cls, params, ("keep_tokens",))
+        if params.get("pruner_checkpoint") is None:
+            raise ValueError(
+                f"learned: a budget of {target_tokens:g} tokens needs pruner_checkpoint=<path> (or a model folder "
+                f"that ships learned_pruner_t{target_tokens:g}.pt)"
+            )
+        layers = load_pruner(params["pruner_checkpoint"]).pruning_layers
+        keeps = geometric_keeps_for_budget("learned", target_tokens, num_layers, span, layers)
+        return cls.from_params({**params, "keep_tokens": tuple(keeps)})

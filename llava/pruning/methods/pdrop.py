@@ -13,36 +13,15 @@ schedule costs ``T``; for LLaVA-1.5-7B this gives 0.581 / 0.437 / 0.196 for 192 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from llava.pruning.budget import bisect_for_target, check_budget_reachable, equivalent_tokens, span_tokens_per_layer
+from llava.pruning.budget import geometric_decay_for_budget, geometric_ratios, stage_keeps
 from llava.pruning.methods.base import PruneStep, PruningMethod, register_method, validate_stages, without_budget_fields
 from llava.pruning.selection import TokenSelection, select_span_tokens
 
 BUDGET_LAYERS = (2, 8, 16, 24)
-
-
-def geometric_ratios(decay: float, stages: int) -> tuple[float, ...]:
-    """``(lambda, lambda^2, ..., lambda^stages)``."""
-    return tuple(decay ** (s + 1) for s in range(stages))
-
-
-def stage_keeps(span: int, ratios: Sequence[float]) -> list[int]:
-    """Tokens kept after each stage: ``round(span * ratio)``, at least 1."""
-    return [max(1, round(span * ratio)) for ratio in ratios]
-
-
-def pdrop_decay_for_budget(target_tokens: float, num_layers: int, span: int, layers: Sequence[int]) -> float:
-    """``lambda`` in (0, 1] whose rounded schedule over ``layers`` costs closest to ``target_tokens``."""
-    check_budget_reachable("pdrop", target_tokens, num_layers, span, layers[0])
-
-    def cost(decay: float) -> float:
-        keeps = stage_keeps(span, geometric_ratios(decay, len(layers)))
-        return equivalent_tokens(span_tokens_per_layer(num_layers, span, list(zip(layers, keeps, strict=True))))
-
-    return bisect_for_target(cost, target_tokens, 0.0, 1.0)
 
 
 @register_method
@@ -101,5 +80,5 @@ class PyramidDrop(PruningMethod):
         ``lambda`` that costs ``target_tokens``."""
         params = without_budget_fields(cls, params, ("ratio_list", "decay", "lambda"))
         layers = tuple(params.pop("layer_list", [layer for layer in BUDGET_LAYERS if layer < num_layers]))
-        decay = pdrop_decay_for_budget(target_tokens, num_layers, span, layers)
+        decay = geometric_decay_for_budget("pdrop", target_tokens, num_layers, span, layers)
         return cls.from_params({**params, "layer_list": layers, "decay": decay})

@@ -12,20 +12,28 @@ from typing import Any
 
 import yaml
 
+from llava.pruning.budget import geometric_keeps_for_budget
 from llava.train.pruner.schedules import Ramp
+
+TARGET_FIELDS = ("target_keep_ratio", "target_tokens", "visual_token_num")
+DATA_SOURCES = ("synthetic", "shapes")
 
 
 @dataclass
 class MethodSettings:
     """The pruner and discriminator (``method_settings``).
 
-    ``target_keep_ratio``: cumulative keep ratio after each pruning layer (``P_i`` target), or
-    ``target_tokens``: the same as token counts (``rho_i = K_i / S``); give exactly one.
+    The targets, exactly one of: ``target_keep_ratio``: cumulative keep ratio after each pruning layer
+    (``P_i`` target); ``target_tokens``: the same as token counts (``rho_i = K_i / S``);
+    ``visual_token_num``: a budget of equivalent tokens, planned over the pruning layers as the
+    evaluation plans it (``geometric_keeps_for_budget``: 64 over layers [2, 8, 16, 24] of 32 ->
+    [113, 22, 4, 1]).
     """
 
     pruning_layers: list[int] = field(default_factory=lambda: [6, 12, 18])
     target_keep_ratio: list[float] | None = None
     target_tokens: list[int] | None = None
+    visual_token_num: float | None = None
     use_attn_residual: bool = True
     attn_residual_weight: float | list[float] = 1.0
     learnable_attn_weight: bool = True
@@ -35,8 +43,13 @@ class MethodSettings:
     use_spectral_norm: bool = True
 
     def __post_init__(self) -> None:
-        if (self.target_keep_ratio is None) == (self.target_tokens is None):
-            raise ValueError("method_settings: give exactly one of target_keep_ratio and target_tokens")
+        given = [name for name in TARGET_FIELDS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"method_settings: give exactly one of {', '.join(TARGET_FIELDS)}, got {given or 'none'}")
+        if self.visual_token_num is not None:
+            if self.visual_token_num <= 0:
+                raise ValueError(f"method_settings.visual_token_num must be > 0, got {self.visual_token_num}")
+            return
         targets = self.target_keep_ratio if self.target_keep_ratio is not None else self.target_tokens
         if len(targets) != len(self.pruning_layers):
             raise ValueError(
@@ -52,13 +65,16 @@ class MethodSettings:
         if self.target_tokens is not None and not all(k >= 1 for k in self.target_tokens):
             raise ValueError(f"method_settings.target_tokens values must be >= 1, got {self.target_tokens}")
 
-    def target_ratios(self, span_length: int) -> list[float]:
+    def target_ratios(self, span_length: int, num_layers: int) -> list[float]:
         """Cumulative target keep ratio per pruning layer for a span of ``span_length`` tokens."""
         if self.target_keep_ratio is not None:
             return list(self.target_keep_ratio)
-        if max(self.target_tokens) > span_length:
-            raise ValueError(f"method_settings.target_tokens {self.target_tokens} exceed the span of {span_length}")
-        return [k / span_length for k in self.target_tokens]
+        tokens = self.target_tokens
+        if self.visual_token_num is not None:
+            tokens = geometric_keeps_for_budget("learned", self.visual_token_num, num_layers, span_length, self.pruning_layers)
+        if max(tokens) > span_length:
+            raise ValueError(f"method_settings.target_tokens {tokens} exceed the span of {span_length}")
+        return [k / span_length for k in tokens]
 
 
 @dataclass
@@ -68,6 +84,7 @@ class LossWeights:
     task: Ramp = field(default_factory=lambda: Ramp(1.0, 1.0))
     adversarial: Ramp = field(default_factory=lambda: Ramp(1.0, 10.0))
     sparsity: Ramp = field(default_factory=lambda: Ramp(10.0, 10.0))
+    token_count: Ramp = field(default_factory=lambda: Ramp(0.0, 0.0))
     binarization: Ramp = field(default_factory=lambda: Ramp(0.0, 1.0))
 
 
@@ -102,6 +119,8 @@ class TrainingSettings:
 @dataclass
 class TrainConfig:
     model_path: str = "tiny-random-llava"
+    data: str = "synthetic"
+    """``synthetic`` (random pixels, tests) or ``shapes`` (the shapes training split: one question per scene)."""
     output_dir: str = "checkpoints/learned_pruner"
     seed: int = 0
     device: str = "cpu"
@@ -113,6 +132,8 @@ class TrainConfig:
     training: TrainingSettings = field(default_factory=TrainingSettings)
 
     def __post_init__(self) -> None:
+        if self.data not in DATA_SOURCES:
+            raise ValueError(f"data must be one of {', '.join(DATA_SOURCES)}, got {self.data!r}")
         if not 0 < self.temperature.end <= self.temperature.start:
             raise ValueError(f"temperature must anneal down to a positive value, got {self.temperature}")
 
@@ -145,7 +166,31 @@ def train_config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return _build(TrainConfig, values, "config")
 
 
-def load_train_config(path: str | Path) -> TrainConfig:
-    """Read and validate a YAML training config."""
+def apply_override(values: dict[str, Any], assignment: str) -> None:
+    """Set ``section.key=value`` (the value read as YAML: ``false``, ``64``, ``[2, 8]``, ``{start: 0, end: 0}``)."""
+    dotted, separator, text = assignment.partition("=")
+    if not separator or not dotted:
+        raise ValueError(f"override {assignment!r} must read KEY=VALUE, e.g. method_settings.use_spectral_norm=false")
+    *sections, key = dotted.split(".")
+    target = values
+    for section in sections:
+        target = target.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ValueError(f"override {assignment!r}: {section} is not a section")
+    target[key] = yaml.safe_load(text)
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read and validate a YAML training config, with ``section.key=value`` overrides applied first.
+
+    An override of one budget field (``target_keep_ratio``, ``target_tokens``, ``visual_token_num``) drops
+    the others the file sets."""
     with open(path) as handle:
-        return train_config_from_dict(yaml.safe_load(handle) or {})
+        values = yaml.safe_load(handle) or {}
+    for assignment in overrides or []:
+        dotted = assignment.partition("=")[0]
+        if dotted.startswith("method_settings.") and dotted.removeprefix("method_settings.") in TARGET_FIELDS:
+            for name in TARGET_FIELDS:
+                values.get("method_settings", {}).pop(name, None)
+        apply_override(values, assignment)
+    return train_config_from_dict(values)

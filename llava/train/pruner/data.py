@@ -1,22 +1,28 @@
-"""Synthetic visual question answering batches, generated in-process (tests, demos, smoke training).
+"""Training batches of the learned pruner, generated in-process; two sources (``TrainConfig.data``).
 
-Sample ``i`` of seed ``s`` is a deterministic function of ``(s, i)``: random pixels ``N(0, 1)`` and a
-question/answer pair from a small list, laid out as LLaVA-1.5's vicuna prompt with the image expanded
-to its visual tokens:
+Sample ``i`` of seed ``s`` is a deterministic function of ``(s, i)``:
 
-    <s> "USER: " <image> x n_image "\n" question " ASSISTANT:" | " " answer </s>
+* ``synthetic`` (tests, smoke runs): random pixels ``N(0, 1)`` and a question/answer pair from a small
+  list, laid out as LLaVA-1.5's vicuna prompt with the image expanded to its visual tokens:
+  ``<s> "USER: " <image> x n_image "\n" question " ASSISTANT:" | " " answer </s>``;
+* ``shapes`` (the shipped shapes VLM): a training scene (seeds above the benchmarks') and one question
+  about it, in the short-answer, option or yes / no form the benchmarks ask (``llava.shapes``), in the
+  vicuna_v1 prompt; the image as the model's processor gives it.
 
 Batches are left-padded; labels are -100 everywhere except on the answer tokens.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
 
 from llava.constants import IGNORE_INDEX
 from llava.pruning.span import span_from_token_id
+from llava.shapes.scene import sample_scene
+from llava.shapes.training_data import DialogueSettings, dialogue, encode_dialogue, scene_pixels
 
 QUESTION_ANSWERS = (
     ("What is in the image?", "A dog."),
@@ -49,13 +55,13 @@ class PrunerBatch:
 
 
 @dataclass
-class SyntheticSample:
+class PrunerSample:
     prompt_ids: list[int]
     answer_ids: list[int]
     pixel_values: torch.Tensor  # [3, H, W]
 
 
-def synthetic_sample(index: int, seed: int, tokenizer, image_token_id: int, num_image_tokens: int) -> SyntheticSample:
+def synthetic_sample(index: int, seed: int, tokenizer, image_token_id: int, num_image_tokens: int) -> PrunerSample:
     """Sample ``index`` of the synthetic set ``seed`` (see module docstring)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
     question, answer = QUESTION_ANSWERS[int(torch.randint(len(QUESTION_ANSWERS), (1,), generator=generator))]
@@ -67,10 +73,27 @@ def synthetic_sample(index: int, seed: int, tokenizer, image_token_id: int, num_
         + encode(f"\n{question} ASSISTANT:")
     )
     pixels = torch.randn(3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-    return SyntheticSample(prompt, encode(f" {answer}") + [tokenizer.eos_token_id], pixels)
+    return PrunerSample(prompt, encode(f" {answer}") + [tokenizer.eos_token_id], pixels)
 
 
-def collate(samples: list[SyntheticSample], pad_token_id: int, image_token_id: int) -> PrunerBatch:
+SHAPES_SAMPLE_SEED = 7_000_000_000  # scene seeds of the pruner's shapes samples: far above the VLM's and the benchmarks'
+
+
+def shapes_sample(index: int, seed: int, tokenizer, image_token_id: int, num_image_tokens: int) -> PrunerSample:
+    """Sample ``index`` of the shapes training split for seed ``seed`` (see module docstring)."""
+    settings = DialogueSettings(turns=(1, 1))
+    scene_seed = SHAPES_SAMPLE_SEED + seed * 1_000_003 + index
+    rng = random.Random(scene_seed + 1)
+    scene = sample_scene(scene_seed, *settings.objects)
+    turns = dialogue(scene, rng, settings)
+    ids, _, (answer_start,) = encode_dialogue(turns, tokenizer, image_token_id, num_image_tokens, "vicuna_v1")
+    return PrunerSample(ids[:answer_start], ids[answer_start:], scene_pixels(scene, rng))
+
+
+SAMPLE_SOURCES = {"synthetic": synthetic_sample, "shapes": shapes_sample}
+
+
+def collate(samples: list[PrunerSample], pad_token_id: int, image_token_id: int) -> PrunerBatch:
     """Left-pad prompt + answer to one width; labels only on the answer."""
     width = max(len(s.prompt_ids) + len(s.answer_ids) for s in samples)
     input_ids = torch.full((len(samples), width), pad_token_id, dtype=torch.long)
@@ -94,7 +117,8 @@ def collate(samples: list[SyntheticSample], pad_token_id: int, image_token_id: i
     )
 
 
-def synthetic_batch(
+def training_batch(
+    source: str,
     step: int,
     batch_size: int,
     seed: int,
@@ -103,9 +127,11 @@ def synthetic_batch(
     num_image_tokens: int,
     dataset_size: int | None = None,
 ) -> PrunerBatch:
-    """Batch ``step``: samples ``(step * batch_size + i) mod dataset_size`` (no modulo when None), ``i < batch_size``."""
+    """Batch ``step`` of ``source`` (``synthetic`` / ``shapes``): samples ``(step * batch_size + i) mod dataset_size``
+    (no modulo when None), ``i < batch_size``."""
     indices = [step * batch_size + i for i in range(batch_size)]
     if dataset_size is not None:
         indices = [index % dataset_size for index in indices]
-    samples = [synthetic_sample(index, seed, tokenizer, image_token_id, num_image_tokens) for index in indices]
+    make = SAMPLE_SOURCES[source]
+    samples = [make(index, seed, tokenizer, image_token_id, num_image_tokens) for index in indices]
     return collate(samples, tokenizer.pad_token_id, image_token_id)

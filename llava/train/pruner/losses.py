@@ -5,6 +5,8 @@
 * sparsity:      ``mean_i ((mean_j P_i(j) - rho_i) / rho_i)^2`` with ``P_i`` the cumulative keep of stage ``i``
                  and ``rho_i`` its target keep ratio (a target token count ``K_i`` is ``rho_i = K_i / S``);
                  relative, so a late stage with a small target still costs 1 when it drops everything;
+* token count:   ``mean_{b,i} ((sum_j P_i(b, j) - K_i) / K_i)^2``: every sample keeps ``K_i`` tokens after
+                 stage ``i`` (what the planned hard rule keeps), not only the batch on average;
 * binarization:  ``mean_i mean_j 2 min(q_i(j), 1 - q_i(j))`` (0 for 0/1, 1 at 0.5; unlike ``4q(1-q)`` its
                  gradient does not vanish at 0.5, where untrained logits sit), applied to the noise-free
                  ``q = sigmoid(l)``: Gumbel samples are near 0/1 at low temperature whatever ``l`` is, while
@@ -42,6 +44,19 @@ def sparsity_loss(cumulative_keep: list[torch.Tensor], target_ratios: list[float
         raise ValueError(f"{len(cumulative_keep)} stages but {len(target_ratios)} target keep ratios")
     gaps = [((keep.mean() - target) / target) ** 2 for keep, target in zip(cumulative_keep, target_ratios, strict=True)]
     return torch.stack(gaps).mean()
+
+
+def token_count_loss(cumulative_keep: list[torch.Tensor], target_tokens: list[float]) -> torch.Tensor:
+    """``mean_{b,i} ((sum_j P_i(b, j) - K_i) / K_i)^2``; ``cumulative_keep[i]`` is ``[B, S]``."""
+    if len(cumulative_keep) != len(target_tokens):
+        raise ValueError(f"{len(cumulative_keep)} stages but {len(target_tokens)} target token counts")
+    gaps = [((keep.sum(dim=1) - count) / count) ** 2 for keep, count in zip(cumulative_keep, target_tokens, strict=True)]
+    return torch.stack(gaps).mean()
+
+
+def discriminator_accuracy(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> float:
+    """Share of right calls, ``(mean[D(real) > 0.5] + mean[D(fake) < 0.5]) / 2``."""
+    return float(((real_scores > 0.5).float().mean() + (fake_scores < 0.5).float().mean()) / 2)
 
 
 def binarization_loss(keep_probs: list[torch.Tensor]) -> torch.Tensor:

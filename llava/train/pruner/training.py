@@ -5,9 +5,13 @@ Step ``t`` (the frozen VLM never changes; only the pruner and the discriminator 
 1. ``tau_t`` and the loss weights ``w_t`` from their schedules;
 2. real branch: unpruned forward (no gradient); fake branch: soft-pruned forward with Gumbel noise;
 3. generator (pruner) update on
-   ``L_G = w_task CE + w_adv (-log D(fake)) + w_sparsity mean_i ((mean P_i - rho_i) / rho_i)^2 + w_bin mean 2 min(q, 1-q)``
-   with ``q = sigmoid(l)`` the noise-free keep probability;
+   ``L_G = w_task CE + w_adv (-log D(fake)) + w_sparsity mean_i ((mean P_i - rho_i) / rho_i)^2
+   + w_count mean_{b,i} ((sum_j P_i(b, j) - K_i) / K_i)^2 + w_bin mean 2 min(q, 1-q)``
+   with ``K_i = rho_i S`` and ``q = sigmoid(l)`` the noise-free keep probability;
 4. discriminator update on ``L_D = -(log D(real) + log(1 - D(fake))) / 2`` with the fake states detached.
+
+With the adversarial weight 0 throughout (the "task + sparsity only" ablation) neither the real branch
+nor the discriminator runs.
 
 All randomness of step ``t`` (data, Gumbel noise, discriminator noise) comes from generators seeded by
 ``(seed, t)``, so a run resumed from a checkpoint at step ``t`` continues exactly as an uninterrupted run.
@@ -29,18 +33,20 @@ from llava.pruning.learned.heads import LayerSpecificPruner, PrunerConfig
 from llava.pruning.learned.masks import hard_keep_mask
 from llava.pruning.methods.learned import LearnedPruning
 from llava.train.pruner.config import TrainConfig
-from llava.train.pruner.data import PrunerBatch, synthetic_batch
+from llava.train.pruner.data import PrunerBatch, training_batch
 from llava.train.pruner.discriminator import Discriminator
 from llava.train.pruner.losses import (
     binarization_loss,
+    discriminator_accuracy,
     discriminator_loss,
     generator_adversarial_loss,
     sparsity_loss,
     task_loss,
+    token_count_loss,
 )
-from llava.train.pruner.schedules import annealed_temperature, cosine_weight
+from llava.train.pruner.schedules import Ramp, annealed_temperature, cosine_weight
 
-LOSS_NAMES = ("task", "adversarial", "sparsity", "binarization")
+LOSS_NAMES = ("task", "adversarial", "sparsity", "token_count", "binarization")
 
 
 @dataclass
@@ -104,6 +110,15 @@ class TrainState:
     @property
     def span_length(self) -> int:
         return image_features_per_image(self.llava.config)
+
+    @property
+    def target_ratios(self) -> list[float]:
+        return self.config.method_settings.target_ratios(self.span_length, self.llava.config.text_config.num_hidden_layers)
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether the adversarial loss is on at some step (else no real branch, no discriminator)."""
+        return self.config.loss_weights.adversarial != Ramp(0.0, 0.0)
 
     def checkpoint(self) -> dict[str, Any]:
         """Everything needed to resume (see ``llava.pruning.learned.checkpoint``)."""
@@ -206,11 +221,17 @@ def generator_losses(
     state: TrainState, batch: PrunerBatch, fake: StageOutputs, text_valid: torch.Tensor, step: int
 ) -> dict[str, torch.Tensor]:
     """Unweighted pruner losses of one step (see the module docstring)."""
-    fake_scores = state.discriminator(fake.stage_states, text_valid, step_generator(state.config.seed, step, 1))
+    if state.adversarial:
+        fake_scores = state.discriminator(fake.stage_states, text_valid, step_generator(state.config.seed, step, 1))
+        adversarial = generator_adversarial_loss(fake_scores)
+    else:
+        adversarial = torch.zeros((), device=fake.logits.device)
+    targets = state.target_ratios
     return {
         "task": task_loss(fake.logits, batch.labels),
-        "adversarial": generator_adversarial_loss(fake_scores),
-        "sparsity": sparsity_loss(fake.cumulative_keep, state.config.method_settings.target_ratios(state.span_length)),
+        "adversarial": adversarial,
+        "sparsity": sparsity_loss(fake.cumulative_keep, targets),
+        "token_count": token_count_loss(fake.cumulative_keep, [ratio * state.span_length for ratio in targets]),
         "binarization": binarization_loss([torch.sigmoid(logits) for logits in fake.stage_logits]),
     }
 
@@ -223,15 +244,14 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None
 
 def discriminator_update(
     state: TrainState, real: StageOutputs, fake: StageOutputs, text_valid: torch.Tensor, step: int
-) -> float:
-    """One discriminator step on real vs detached fake stage states; returns ``L_D``."""
+) -> tuple[float, float]:
+    """One discriminator step on real vs detached fake stage states; returns ``L_D`` and its accuracy."""
     noise = step_generator(state.config.seed, step, 2)
-    loss = discriminator_loss(
-        state.discriminator(real.stage_states, text_valid, noise),
-        state.discriminator([s.detach() for s in fake.stage_states], text_valid, noise),
-    )
+    real_scores = state.discriminator(real.stage_states, text_valid, noise)
+    fake_scores = state.discriminator([s.detach() for s in fake.stage_states], text_valid, noise)
+    loss = discriminator_loss(real_scores, fake_scores)
     optimizer_step(state.discriminator_optimizer, loss)
-    return float(loss.detach())
+    return float(loss.detach()), discriminator_accuracy(real_scores.detach(), fake_scores.detach())
 
 
 def train_step(state: TrainState) -> dict[str, Any]:
@@ -239,7 +259,8 @@ def train_step(state: TrainState) -> dict[str, Any]:
     config, step = state.config, state.step
     ramp_steps = config.training.ramp_steps
     layers = list(config.method_settings.pruning_layers)
-    batch = synthetic_batch(
+    batch = training_batch(
+        config.data,
         step,
         config.training.batch_size,
         config.seed,
@@ -252,20 +273,23 @@ def train_step(state: TrainState) -> dict[str, Any]:
     weights = {name: cosine_weight(getattr(config.loss_weights, name), step, ramp_steps) for name in LOSS_NAMES}
     embeds = multimodal_embeddings(state.llava, batch.input_ids, batch.pixel_values)
     text_valid = text_after_image(batch)
-    with torch.no_grad():
-        real = stage_forward(state.llava, embeds, batch, layers, None)
     soft_pruner = LearnedPruning.from_pruner(state.pruner, temperature, step_generator(config.seed, step, 0))
     fake = stage_forward(state.llava, embeds, batch, layers, soft_pruner)
     losses = generator_losses(state, batch, fake, text_valid, step)
     total = sum(weights[name] * losses[name] for name in LOSS_NAMES)
     optimizer_step(state.pruner_optimizer, total)
-    discriminator_total = discriminator_update(state, real, fake, text_valid, step)
+    discriminator_total, discriminator_hits = None, None  # no discriminator in this run
+    if state.adversarial:
+        with torch.no_grad():
+            real = stage_forward(state.llava, embeds, batch, layers, None)
+        discriminator_total, discriminator_hits = discriminator_update(state, real, fake, text_valid, step)
     state.step += 1
     return {
         "step": step,
         "total": float(total.detach()),
         **{f"loss_{name}": float(value.detach()) for name, value in losses.items()},
         "loss_discriminator": discriminator_total,
+        "discriminator_accuracy": discriminator_hits,
         "temperature": temperature,
         **{f"weight_{name}": value for name, value in weights.items()},
         "keep_ratio": {
