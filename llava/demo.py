@@ -34,6 +34,7 @@ from llava.eval.run_loop import open_image
 from llava.eval.scorers import gqa, pope, scienceqa
 from llava.model.builder import pruning_decoder
 from llava.pruning.head_selection import HEAD_STRATEGIES
+from llava.pruning.learned.checkpoint import shipped_pruner_path
 from llava.pruning.registry import available_methods
 from llava.shapes.benchmarks import BENCHMARKS, answer_key, normalise, write_benchmarks
 from llava.shapes.questions import ONE_CELL
@@ -42,7 +43,6 @@ from llava.viz import kept_overlay, last_kept, plot_tokens_per_layer, save_kept_
 DEFAULT_MODEL = Path("playground/models/shapes-llava")
 DEFAULT_EVAL_DIR = Path("playground/data/eval/shapes")
 DEFAULT_HEAD_STRATEGIES = ("sum", "entropy", "max_attention")
-TRAINED_PRUNER = "learned_pruner.pt"
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,8 @@ class Config:
     tokens: int | None = None
     heads: int | None = None
     strategy: str | None = None
+    variant: str | None = None  # a name for ``method_params`` (e.g. a learned-pruner ablation)
+    method_params: tuple[tuple[str, str], ...] = ()  # --method-param KEY=VALUE flags
 
     @property
     def name(self) -> str:
@@ -61,7 +63,7 @@ class Config:
         name = f"{self.method}_t{self.tokens}"
         if self.heads is not None:
             name += f"_h{self.heads}"
-        return name + (f"_{self.strategy}" if self.strategy else "")
+        return name + (f"_{self.strategy}" if self.strategy else "") + (f"_{self.variant}" if self.variant else "")
 
     def loader_flags(self) -> list[str]:
         if self.method == "vanilla":
@@ -72,6 +74,8 @@ class Config:
             flags += ["--H", str(self.heads)]
         if self.strategy:
             flags += ["--head-strategy", self.strategy]
+        for key, value in self.method_params:
+            flags += ["--method-param", f"{key}={value}"]
         return flags
 
 
@@ -240,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-dir", type=Path, default=DEFAULT_EVAL_DIR, help="benchmarks (written here if missing), answers, results")
     parser.add_argument("--per-benchmark", type=int, default=120, help="questions per benchmark when they are generated")
     parser.add_argument("--tokens", type=int, nargs="+", default=[192, 128, 64])
-    parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method (learned only with a trained pruner)")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="default: every registered method (learned at the budgets the model ships a pruner for)")
     parser.add_argument("--head-grid", choices=("default", "full"), default="default",
                         help=f"default: strategies {' '.join(DEFAULT_HEAD_STRATEGIES)} at half the heads per layer; "
                         "full: every strategy x every head count")
@@ -248,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overlays", type=int, default=3, help="one-cell questions to draw kept-token overlays for")
     args = parser.parse_args(argv)
     registered = available_methods()
-    methods = args.methods or [m for m in registered if m != "learned" or (args.model_path / TRAINED_PRUNER).exists()]
+    methods = args.methods or registered
     unknown = sorted(set(methods) - set(registered))
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(registered)}")
@@ -267,6 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         strategies, counts = HEAD_STRATEGIES, tuple(range(1, heads + 1))
     # fastv_fine_head runs in the head grid, ablation_a as the "dynamic" rows (--enable-dynamic-selection)
     configs = ablation_configs(args.tokens, [m for m in methods if m not in ("fastv_fine_head", DYNAMIC_SELECTION_METHOD)], strategies, counts)
+    unshipped = [c for c in configs if c.method == "learned" and not shipped_pruner_path(args.model_path, c.tokens).is_file()]
+    if unshipped:
+        print(f"learned: no pruner shipped for {', '.join(c.name for c in unshipped)} "
+              f"(train one with python -m llava.train.train_pruner ... --ship {args.model_path}); those rows are left out")
+        configs = [c for c in configs if c not in unshipped]
     started = time.time()
     failed = []
     with reusing_loaded_models():

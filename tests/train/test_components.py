@@ -157,3 +157,20 @@ def test_default_yaml_config_loads():
 def test_bad_config_values_are_clear_errors(values, message):
     with pytest.raises(ValueError, match=message):
         train_config_from_dict(values)
+
+
+def test_every_issue_run_is_a_valid_config_with_its_switch_flipped():
+    from llava.train.shapes_pruner_runs import ABLATIONS, CONFIG, RUNS, run_overrides
+
+    base = load_train_config(CONFIG)
+    assert base.data == "shapes" and base.method_settings.pruning_layers == [2, 8, 16, 24]
+    for run in RUNS:
+        config = load_train_config(CONFIG, run_overrides(run))
+        assert config.method_settings.visual_token_num == (int(run[1:]) if run.startswith("t") else 64)
+        changed = {
+            "residual_off": not config.method_settings.use_attn_residual,
+            "residual_fixed": config.method_settings.use_attn_residual and not config.method_settings.learnable_attn_weight,
+            "no_adversarial": config.loss_weights.adversarial == Ramp(0.0, 0.0),
+            "no_spectral_norm": not config.method_settings.use_spectral_norm,
+        }
+        assert [name for name, flipped in changed.items() if flipped] == ([run] if run in ABLATIONS else [])
