@@ -34,7 +34,7 @@ from llava.pruning.registry import available_methods
 from llava.pruning.reporting import plan_budget
 
 BUDGETS = (192, 128, 64)
-NEEDS_TRAINING = ("learned",)  # needs a trained checkpoint for this model: not benchmarked here
+NEEDS_TRAINING = ("learned", "learned_merger")  # needs a trained checkpoint for this model: not benchmarked here
 
 
 @dataclass

@@ -43,6 +43,7 @@ from llava.viz import kept_overlay, last_kept, plot_tokens_per_layer, save_kept_
 DEFAULT_MODEL = Path("playground/models/shapes-llava")
 DEFAULT_EVAL_DIR = Path("playground/data/eval/shapes")
 DEFAULT_HEAD_STRATEGIES = ("sum", "entropy", "max_attention")
+ABLATION_ONLY = ("learned_merger",)  # issue 18's pre-LLM merger ablation (llava.train.shapes_pruner_runs), not a default row
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-benchmark", type=int, default=120, help="questions per benchmark when they are generated")
     parser.add_argument("--tokens", type=int, nargs="+", default=[192, 128, 64])
     parser.add_argument("--methods", nargs="+", default=None,
-                        help="default: every registered method (learned at the budgets the model ships a pruner for)")
+                        help="default: every registered method but learned_merger (learned at the budgets the model ships a pruner for)")
     parser.add_argument("--head-grid", choices=("default", "full"), default="default",
                         help=f"default: strategies {' '.join(DEFAULT_HEAD_STRATEGIES)} at half the heads per layer; "
                         "full: every strategy x every head count")
@@ -253,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overlays", type=int, default=3, help="one-cell questions to draw kept-token overlays for")
     args = parser.parse_args(argv)
     registered = available_methods()
-    methods = args.methods or registered
+    methods = args.methods or [m for m in registered if m not in ABLATION_ONLY]
     unknown = sorted(set(methods) - set(registered))
     if unknown:
         parser.error(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(registered)}")

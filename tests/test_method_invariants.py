@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from llava.model.builder import load_pretrained_model
-from llava.pruning.registry import available_methods, build_method, plan_method
+from llava.pruning.registry import available_methods, build_method, method_class, plan_method
 from tests.conftest import assert_cached_generation_equals_recompute, llava_prompt, pixel_values
-from tests.train.conftest import write_checkpoint
+from tests.train.conftest import write_checkpoint, write_merger_checkpoint
 
 BUDGET = 64
 SHAPES = [(6, 12), (3, 5), (9, 2)]  # (text before the image, text after it) per prompt
@@ -27,9 +27,16 @@ def learned_checkpoint(tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp("pruner") / "pruner.pt", use_attn_residual=True, layers=[6, 12, 18])
 
 
-def method_for(name: str, checkpoint: str, num_layers: int, span: int):
+@pytest.fixture(scope="module")
+def merger_checkpoint(tmp_path_factory):
+    return write_merger_checkpoint(tmp_path_factory.mktemp("merger") / "merger.pt", num_outputs=BUDGET)
+
+
+def method_for(name: str, checkpoint: str, num_layers: int, span: int, merger: str | None = None):
     if name == "learned":
         return build_method("learned", {"pruner_checkpoint": checkpoint})
+    if name == "learned_merger":
+        return plan_method(name, BUDGET, num_layers, span, {"merger_checkpoint": merger})
     return plan_method(name, BUDGET, num_layers, span, EXTRA_PARAMS.get(name))
 
 
@@ -50,8 +57,8 @@ def llava():
 
 @pytest.mark.parametrize("name", available_methods())
 @torch.no_grad()
-def test_llava_batch_equals_single_and_cache_equals_no_cache(llava, name, learned_checkpoint):
-    llava.set_pruning_method(method_for(name, learned_checkpoint, 32, 576))
+def test_llava_batch_equals_single_and_cache_equals_no_cache(llava, name, learned_checkpoint, merger_checkpoint):
+    llava.set_pruning_method(method_for(name, learned_checkpoint, 32, 576, merger_checkpoint))
     try:
         image_id = llava.config.image_token_id
         prompts = [llava_prompt(image_id, p, s, seed=40 + i)[0] for i, (p, s) in enumerate(SHAPES)]
@@ -80,7 +87,7 @@ def test_llava_batch_equals_single_and_cache_equals_no_cache(llava, name, learne
         llava.set_pruning_method(None)
 
 
-IN_LLM = [name for name in available_methods() if name not in ("vispruner", "cdpruner")]
+IN_LLM = [name for name in available_methods() if not method_class(name).pre_llm]
 
 
 @pytest.mark.parametrize("name", [n for n in IN_LLM if n != "learned"])

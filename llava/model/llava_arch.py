@@ -169,7 +169,7 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         if cache is None and state is not None and state.pre_llm_keep is not None and state.continued_by(input_ids, attention_mask):
             new_tokens = torch.ones(input_ids.shape[0], input_ids.shape[1] - state.prompt_length, dtype=torch.bool, device=input_ids.device)
             keep = torch.cat([state.pre_llm_keep, new_tokens], dim=1)
-            features = pre_llm.projected_features(self, pixel_values)
+            features = state.pre_llm_features
         else:
             keep, features, state = pre_llm.choose_prompt_tokens(self, method, input_ids, pixel_values, attention_mask)
         embeddings, mask = pre_llm.compacted_inputs(self, input_ids, features, attention_mask, keep)

@@ -4,7 +4,9 @@ Prefill: one pass of the vision tower gives what the method looks at (``VisualTo
 tokens' embeddings (and attention-mask columns) are gathered and the LLM runs unpruned on the shorter
 prompt. Decode steps drop the same prompt columns from the attention mask ``generate`` grows (the cache
 holds only the kept tokens). A forward without cache over the same prompt plus new tokens keeps the
-same image tokens (``PruningState.pre_llm_keep``), so ``generate(use_cache=False)`` == ``generate()``.
+same image tokens with the same features (``PruningState.pre_llm_keep`` / ``pre_llm_features``), so
+``generate(use_cache=False)`` == ``generate()``. A selection with a ``replacement`` (merged tokens, e.g.
+``learned_merger``) enters the LLM with the replacement's features at those kept tokens.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ def choose_prompt_tokens(
     started = time.perf_counter()
     selection = method.select_visual(tokens)
     selection_ms = (time.perf_counter() - started) * 1000.0
+    if selection.replacement is not None:
+        features = replaced_features(features, selection.indices.to(features.device), *selection.replacement)
     kept = selection.indices.to(input_ids.device) + span[:, :1]  # prompt positions of the kept image tokens
     positions = torch.arange(seq_len, device=input_ids.device)
     keep = ~((positions >= span[:, :1]) & (positions < span[:, 1:]))
@@ -72,8 +76,14 @@ def choose_prompt_tokens(
     record = PruningRecord(method.name, span.cpu(), llava.config.text_config.num_hidden_layers)
     record.stages.append(StageRecord(0, kept.cpu(), selection.scores.detach().cpu(), selection.metadata, selection_ms))
     state = PruningState(record=record, prompt_ids=input_ids.clone(), prompt_mask=attention_mask.bool().clone())
-    state.pre_llm_keep = keep
+    state.pre_llm_keep, state.pre_llm_features = keep, features
     return keep, features, state
+
+
+def replaced_features(features: torch.Tensor, indices: torch.Tensor, columns: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """``features`` ``[B, S, d]`` with ``hidden[b, c]`` at image token ``indices[b, columns[b, c]]`` (differentiable)."""
+    rows = indices.gather(1, columns.to(indices.device))  # [B, C] image token of each replaced column
+    return features.scatter(1, rows[..., None].expand(-1, -1, features.shape[-1]), hidden.to(features.dtype))
 
 
 def compacted_inputs(

@@ -16,6 +16,8 @@ Runs (``--runs``; default all):
     residual_fixed           t64 with the residual weight fixed at its initial 100
     no_adversarial           t64 trained on task + sparsity (+ token count, binarization) only
     no_spectral_norm         t64 with a plain discriminator
+    merger                   no in-LLM pruner: the TokenMerger as a pre-LLM stage, 64 merged tokens replace
+                             the 576 (method learned_merger; task loss only; no soft / hard gap)
 
     python -m llava.train.shapes_pruner_runs --steps 300            # then: make demo (the table with learned rows)
 
@@ -36,6 +38,8 @@ from llava.eval.summarize import markdown
 from llava.pruning.learned.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from llava.train.eval_pruner import run_evaluation
 from llava.train.pruner.config import load_train_config
+from llava.train.pruner.merger_training import CHECKPOINT as MERGER_CHECKPOINT
+from llava.train.pruner.merger_training import held_out_accuracy, train_merger
 from llava.train.train_pruner import CURVES_NAME, ship_pruner
 from llava.train.train_pruner import main as train_main
 
@@ -48,7 +52,8 @@ ABLATIONS = {
     "no_spectral_norm": ["method_settings.use_spectral_norm=false"],
 }
 ABLATION_BUDGET = 64
-RUNS = (*BUDGET_RUNS, *ABLATIONS)
+MERGER_RUN = "merger"
+RUNS = (*BUDGET_RUNS, *ABLATIONS, MERGER_RUN)
 
 
 def run_overrides(run: str) -> list[str]:
@@ -57,15 +62,24 @@ def run_overrides(run: str) -> list[str]:
     return [f"method_settings.visual_token_num={tokens}", *ABLATIONS.get(run, [])]
 
 
-def trained_steps(folder: Path) -> int:
-    return read_checkpoint(folder / CHECKPOINT_NAME)["step"] if (folder / CHECKPOINT_NAME).is_file() else 0
+def checkpoint_of(run: str, folder: Path) -> Path:
+    return folder / (MERGER_CHECKPOINT if run == MERGER_RUN else CHECKPOINT_NAME)
+
+
+def trained_steps(checkpoint: Path) -> int:
+    return read_checkpoint(checkpoint)["step"] if checkpoint.is_file() else 0
 
 
 def train_run(run: str, folder: Path, steps: int, model_path: Path) -> float:
     """Train (or resume) one run to ``steps``; seconds spent now (0 when it was already done)."""
-    done = trained_steps(folder)
+    done = trained_steps(checkpoint_of(run, folder))
     if done >= steps:
         return 0.0
+    if run == MERGER_RUN:
+        config = load_train_config(CONFIG, [f"model_path={model_path}", f"training.steps={steps}"])
+        started = time.time()
+        train_merger(config, ABLATION_BUDGET, folder)
+        return time.time() - started
     argv = ["--config", str(CONFIG), "--output-dir", str(folder), "--steps", str(steps),
             "--set", f"model_path={model_path}", *[flag for o in run_overrides(run) for flag in ("--set", o)]]
     started = time.time()
@@ -86,15 +100,32 @@ def mask_gap(run: str, folder: Path, model_path: Path, samples: int) -> dict:
     return results
 
 
+def merger_accuracy(folder: Path, model_path: Path, samples: int) -> dict:
+    """The merger run's held-out first-answer-token accuracy (it has no soft masks)."""
+    config = load_train_config(CONFIG, [f"model_path={model_path}"])
+    result = held_out_accuracy(config, folder / MERGER_CHECKPOINT, samples, 12345)
+    return {"soft": None, "hard": result["answer_accuracy"], "kept_per_layer": [ABLATION_BUDGET],
+            "equivalent_tokens": result["equivalent_tokens"]}
+
+
+def ablation_row(run: str, folder: Path):
+    """The demo configuration that answers the benchmarks with a run's checkpoint."""
+    from llava.demo import Config
+
+    if run == MERGER_RUN:
+        return Config("learned_merger", ABLATION_BUDGET, method_params=(("merger_checkpoint", str(folder / MERGER_CHECKPOINT)),))
+    return Config("learned", ABLATION_BUDGET, variant=run, method_params=(("pruner_checkpoint", str(folder / CHECKPOINT_NAME)),))
+
+
 def answer_ablation(run: str, folder: Path, model_path: Path, eval_dir: Path) -> int:
     """The ablation's rows on the held-out benchmarks, through the demo's loader and scorers."""
-    from llava.demo import Config, run_config
+    from llava.demo import run_config
     from llava.eval.inference import reusing_loaded_models
     from llava.shapes.benchmarks import BENCHMARKS, write_benchmarks
 
     if not all((eval_dir / b).is_dir() for b in BENCHMARKS):
         write_benchmarks(eval_dir, 120)
-    config = Config("learned", ABLATION_BUDGET, variant=run, method_params=(("pruner_checkpoint", str(folder / CHECKPOINT_NAME)),))
+    config = ablation_row(run, folder)
     demo_args = argparse.Namespace(eval_dir=eval_dir, model_path=model_path, batch_size=8)
     with reusing_loaded_models():
         return max(run_config(demo_args, config, benchmark) for benchmark in BENCHMARKS)
@@ -120,9 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder = args.runs_dir / run
         print(f"=== {run}: {' '.join(run_overrides(run))} ===", flush=True)
         seconds = train_run(run, folder, args.steps, args.model_path)
-        entry = summary.get(run, {}) | {"steps": trained_steps(folder), "overrides": run_overrides(run)}
+        entry = summary.get(run, {}) | {"steps": trained_steps(checkpoint_of(run, folder)),
+                                        "overrides": [] if run == MERGER_RUN else run_overrides(run)}
         entry["train_seconds"] = round(entry.get("train_seconds", 0) + seconds, 1)  # over every session that trained it
-        entry |= mask_gap(run, folder, args.model_path, args.gap_samples)
+        if run == MERGER_RUN:
+            entry |= merger_accuracy(folder, args.model_path, args.gap_samples)
+        else:
+            entry |= mask_gap(run, folder, args.model_path, args.gap_samples)
         if run in BUDGET_RUNS:
             entry["shipped"] = str(ship_pruner(folder, args.model_path))
         elif answer_ablation(run, folder, args.model_path, args.eval_dir) != 0:
@@ -130,10 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         summary[run] = entry
         args.results_dir.mkdir(parents=True, exist_ok=True)
-        (args.results_dir / f"{run}_training.png").write_bytes((folder / CURVES_NAME).read_bytes())
+        if run != MERGER_RUN:
+            (args.results_dir / f"{run}_training.png").write_bytes((folder / CURVES_NAME).read_bytes())
         summary_path.write_text(json.dumps(summary, indent=1), encoding="utf-8")
     header = ["run", "steps", "train s", "soft acc", "hard acc", "hard - soft", "kept after each pruning layer"]
-    rows = [[run, e["steps"], e.get("train_seconds"), e["soft"], e["hard"], round(e["hard"] - e["soft"], 4),
+    rows = [[run, e["steps"], e.get("train_seconds"), e["soft"], e["hard"], None if e["soft"] is None else round(e["hard"] - e["soft"], 4),
              " / ".join(map(str, e["kept_per_layer"]))] for run, e in summary.items()]
     table = markdown(header, rows)
     (args.results_dir / "runs.md").write_text(table, encoding="utf-8")

@@ -21,3 +21,13 @@ def write_checkpoint(path, use_attn_residual: bool, layers=LAYERS, seed: int = 0
             head.mlp[-1].bias.zero_()
     save_checkpoint(path, {"pruner_config": pruner_config_dict(pruner), "pruner": pruner.state_dict()})
     return str(path)
+
+
+def write_merger_checkpoint(path, num_outputs: int, d_model: int = 64, seed: int = 0) -> str:
+    """A random ``TokenMerger`` checkpoint (``M = num_outputs``) for a width-``d_model`` model."""
+    from llava.pruning.learned.merger import TokenMerger
+
+    torch.manual_seed(seed)
+    config = {"d_model": d_model, "num_outputs": num_outputs, "num_heads": 4}
+    save_checkpoint(path, {"merger_config": config, "merger": TokenMerger(**config).state_dict()})
+    return str(path)

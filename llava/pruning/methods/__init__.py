@@ -6,6 +6,7 @@ from llava.pruning.methods import (  # noqa: F401
     fastv,
     fastv_fine_head,
     learned,
+    learned_merger,
     pdrop,
     random_keep,
     sparsevlm,
