@@ -62,7 +62,7 @@ def _group_mask(
 ) -> torch.Tensor | None:
     """Boolean mask ``[B|1, H_g|1, q, L]`` for one group, or ``None`` when every retained key is visible."""
     q_len = query_positions.numel()
-    if model_mask is None and q_len == 1 and isinstance(group.policy, FULL_PREFILL):
+    if model_mask is None and q_len == 1:  # a windowed group's ring holds exactly what the new query reads
         return None
     positions = group.positions.index_select(1, group.query_to_local_kv) if group.positions.shape[1] > 1 \
         else group.positions

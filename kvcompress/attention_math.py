@@ -25,15 +25,6 @@ def allowed_keys(query_positions: torch.Tensor, key_positions: torch.Tensor, pol
     return allowed
 
 
-def window_keep(key_positions: torch.Tensor, seen_tokens: int, policy: WindowKV) -> torch.Tensor:
-    """Which cached keys a windowed head still needs once ``seen_tokens`` tokens were processed.
-
-    The next query sits at position ``n = seen_tokens`` and reads ``j < sinks`` or ``j > n - window``;
-    the ``window - 1`` most recent past keys plus the sinks are therefore kept.
-    """
-    return (key_positions < policy.sinks) | (key_positions > seen_tokens - policy.window)
-
-
 def snapkv_keep_indices(
     observation_queries: torch.Tensor,
     keys: torch.Tensor,

@@ -2,8 +2,13 @@
 
 KV heads of one layer that share a policy (see :mod:`kvcompress.layout`) form a :class:`KVGroup` with
 its own key/value tensors ``[B, n_group, L_group, D]`` and the absolute positions of what it keeps.
-Windowed heads therefore really hold ``sinks + window - 1`` tokens between steps while full heads hold
-all of them, and SnapKV heads hold ``budget`` tokens after prefill: the bytes drop.
+Full heads hold every token; SnapKV heads hold ``budget`` tokens after prefill; windowed heads hold a
+ring buffer of ``sinks + window`` slots: the token at position ``p`` lives in slot ``p`` when
+``p < sinks``, else in slot ``sinks + (p - sinks) mod window``. A decode step writes its token over the
+one it no longer needs (position ``p - window``) and attends to the whole buffer as it lies: keys carry
+their RoPE phase, so their order does not matter, and every slot holds a key the new query may read, so
+no mask, no eviction and no copy happen per step. A step of several tokens (prefill, chunks) attends to
+the buffer and its new tokens under the sink + window mask, then writes the new tokens the ring keeps.
 
 ``get_seq_length()`` is the number of tokens seen (absolute position of the next token) and
 ``get_mask_sizes`` describes the mask over *absolute* positions; the ``kvcompress`` attention function
@@ -19,8 +24,10 @@ from torch import nn
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from kvcompress.adapters import adapter_for
-from kvcompress.attention_math import window_keep
 from kvcompress.layout import HeadLayout, KVPolicy, WindowKV, get_layout
+
+
+RING_CHUNK = 64  # a ring not yet at sinks + window slots grows in steps of this many slots
 
 
 @dataclass
@@ -43,9 +50,16 @@ class KVGroup:
     compressed: bool = field(default=False)
     contiguous_runs: bool = False  # query heads read the KV heads in equal contiguous runs (SDPA enable_gqa)
 
+    ring: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # windowed: keys, values, positions
+    ring_filled: int = 0  # windowed: slots holding a token
+    pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # windowed: a step's tokens to write
+
     def append(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
         """Add new tokens (``keys``/``values`` already restricted to the group's KV heads)."""
         positions = positions.view(1, 1, -1)
+        if isinstance(self.policy, WindowKV):
+            self._append_windowed(keys, values, positions)
+            return
         if self.keys is None:
             self.keys, self.values, self.positions = keys, values, positions
             return
@@ -55,13 +69,6 @@ class KVGroup:
         self.values = torch.cat([self.values, values], dim=-2)
         self.positions = torch.cat([self.positions, positions], dim=-1)
 
-    def keep_shared(self, keep: torch.Tensor) -> None:
-        """Keep the tokens selected by a boolean ``[L]`` mask (same tokens for every head)."""
-        index = keep.nonzero().squeeze(-1)
-        self.keys = self.keys.index_select(2, index)
-        self.values = self.values.index_select(2, index)
-        self.positions = self.positions.index_select(2, index)
-
     def keep_per_head(self, index: torch.Tensor) -> None:
         """Keep per-head token indices ``[B, n, K]``."""
         gather = index[..., None].expand(-1, -1, -1, self.keys.shape[-1])
@@ -70,12 +77,68 @@ class KVGroup:
         self.positions = self.positions.expand(*index.shape[:2], -1).gather(2, index)
         self.compressed = True
 
+    def _append_windowed(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
+        """One token: into its ring slot, then the buffer is what attention reads. Several: attention reads
+        the buffer and the new tokens (masked); ``evict`` writes them into the ring after the step."""
+        if keys.shape[2] == 1:
+            self._write_ring(keys, values, positions)
+            self._view_ring()
+            return
+        self.pending = (keys, values, positions)
+        if self.ring is None:
+            self.keys, self.values, self.positions = keys, values, positions
+        else:
+            self._view_ring()
+            self.keys = torch.cat([self.keys, keys], dim=-2)
+            self.values = torch.cat([self.values, values], dim=-2)
+            self.positions = torch.cat([self.positions, positions], dim=-1)
+
+    def _write_ring(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
+        """Write the tokens the ring keeps (sinks, and the ``window`` most recent) into their slots."""
+        sinks, window = self.policy.sinks, self.policy.window
+        flat = positions[0, 0]
+        end = int(flat[-1]) + 1
+        self._grow_ring(min(-(-end // RING_CHUNK) * RING_CHUNK, sinks + window), keys, values, positions)
+        kept = (flat < sinks) | (flat >= end - window)
+        slots = torch.where(flat < sinks, flat, sinks + (flat - sinks) % window)[kept]
+        ring_keys, ring_values, ring_positions = self.ring
+        ring_keys.index_copy_(2, slots, keys[:, :, kept])
+        ring_values.index_copy_(2, slots, values[:, :, kept])
+        ring_positions.index_copy_(2, slots, positions[:, :, kept])
+        self.ring_filled = min(end, sinks + window)
+
+    def _grow_ring(self, slots: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
+        """Make the ring hold at least ``slots`` slots (it grows with the context, ``RING_CHUNK`` slots at a
+        time, up to ``sinks + window``: a short context holds little more than it has seen)."""
+        held = 0 if self.ring is None else self.ring[0].shape[2]
+        if slots <= held:
+            return
+        shape = (*keys.shape[:2], slots, keys.shape[-1])
+        grown = (keys.new_zeros(shape), values.new_zeros(shape), positions.new_zeros(1, 1, slots))
+        if self.ring is not None:  # slots below sinks + window hold positions in order: copy them as they lie
+            grown[0][:, :, :held] = self.ring[0]
+            grown[1][:, :, :held] = self.ring[1]
+            grown[2][..., :held] = self.ring[2]
+        self.ring = grown
+
+    def _view_ring(self) -> None:
+        ring_keys, ring_values, ring_positions = self.ring
+        filled = self.ring_filled
+        self.keys, self.values, self.positions = ring_keys[:, :, :filled], ring_values[:, :, :filled], ring_positions[..., :filled]
+
     def evict(self, seen_tokens: int) -> None:
-        """Apply a windowed policy after a forward step (SnapKV compresses in the attention function)."""
-        if isinstance(self.policy, WindowKV) and self.keys is not None:
-            self.keep_shared(window_keep(self.positions[0, 0], seen_tokens, self.policy))
+        """After a step of several tokens, write the ones a windowed group keeps into its ring (SnapKV
+        compresses in the attention function)."""
+        del seen_tokens  # the ring keeps what the next query reads by construction
+        if self.pending is not None:
+            self._write_ring(*self.pending)
+            self.pending = None
+            self._view_ring()
 
     def nbytes(self) -> int:
+        """Bytes of the tensors the group holds (the whole ring for windowed heads, once it exists)."""
+        if self.ring is not None:
+            return self.ring[0].nbytes + self.ring[1].nbytes
         return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
 
 

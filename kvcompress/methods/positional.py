@@ -2,7 +2,7 @@
 
 The windowed KV heads are stored apart from the full ones in
 :class:`~kvcompress.cache.CompressedKVCache`, so a layer with ``n_w`` of ``n`` KV heads windowed holds
-``(n - n_w)·T + n_w·(sinks + window - 1)`` tokens of KV instead of ``n·T``. In prefill (and without
+``(n - n_w)·T + n_w·(sinks + window)`` tokens of KV (a ring buffer) instead of ``n·T``. In prefill (and without
 cache) the windowed heads attend to ``j < sinks`` or ``i - j < window`` only, so perplexity measures
 exactly what decoding will see. On GQA models a KV group is windowed only if all its query heads are
 positional (``HeadClassification.windowable_kv_groups``).

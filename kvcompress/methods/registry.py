@@ -1,7 +1,7 @@
 """One registry of methods by name (CLI, benchmark, tests); an unknown name lists the valid ones.
 
 Budget-matched baselines: for a context of ``T`` tokens and a KV fraction ``f`` (KV kept / full KV),
-StreamingLLM keeps ``sinks + window - 1 = f·T`` tokens per head between steps and SnapKV keeps
+StreamingLLM holds ``sinks + window = f·T`` tokens per head (its ring buffer) and SnapKV keeps
 ``budget = f·T`` tokens per head.
 """
 
@@ -62,7 +62,7 @@ METHODS: dict[str, Callable[[MethodSettings], CompressionMethod]] = {
     "dead_zero": lambda settings: DeadHeadPruner(settings.require_classification("dead_zero"), mode="zero"),
     "positional": _positional,
     "positional+dead": lambda settings: ComposedMethod([_dead(settings), _positional(settings)]),
-    "streaming_llm": lambda settings: StreamingLLM(settings.sinks, settings.budget_tokens() - settings.sinks + 1),
+    "streaming_llm": lambda settings: StreamingLLM(settings.sinks, settings.budget_tokens() - settings.sinks),
     "snapkv": lambda settings: SnapKV(max(settings.budget_tokens(), settings.snapkv_observation_window),
                                       settings.snapkv_observation_window),
 }
@@ -81,13 +81,13 @@ def kv_fraction(classification: HeadClassification, context_length: int, sinks: 
                 with_dead: bool = True) -> float:
     """KV kept / full KV at ``context_length`` when windowing (and removing) per ``classification``.
 
-    ``f = Σ_groups kept_g / (G·T)`` with ``kept = T`` (full), ``sinks + window - 1`` (windowed) or 0
+    ``f = Σ_groups kept_g / (G·T)`` with ``kept = T`` (full), ``sinks + window`` (windowed: the ring buffer) or 0
     (KV group whose query heads are all dead).
     """
     shape = classification.shape
     groups = shape.num_layers * shape.num_kv_heads
     windowed = len(classification.windowable_kv_groups())
     removed = len(classification.kv_groups_where({"dead"}, {"dead"})) if with_dead else 0
-    retained = min(sinks + window - 1, context_length)
+    retained = min(sinks + window, context_length)
     kept = (groups - windowed - removed) * context_length + windowed * retained
     return kept / (groups * context_length)

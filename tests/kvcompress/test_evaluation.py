@@ -62,9 +62,9 @@ def test_kv_fraction_formula():
     shape = ModelShape(2, 4, 2, 8)  # 4 KV groups
     labels = [["positional", "positional", "gathering", "gathering"], ["dead", "dead", "gathering", "dead"]]
     classification = HeadClassification(shape, labels, "test")
-    # group (0,0) windowed: 4+64-1 = 67 of 1000; group (1,0) removed; 2 full groups
-    assert kv_fraction(classification, 1000, 4, 64) == pytest.approx((2 * 1000 + 67) / 4000)
-    assert kv_fraction(classification, 1000, 4, 64, with_dead=False) == pytest.approx((3 * 1000 + 67) / 4000)
+    # group (0,0) windowed: its ring of 4+64 = 68 of 1000; group (1,0) removed; 2 full groups
+    assert kv_fraction(classification, 1000, 4, 64) == pytest.approx((2 * 1000 + 68) / 4000)
+    assert kv_fraction(classification, 1000, 4, 64, with_dead=False) == pytest.approx((3 * 1000 + 68) / 4000)
 
 
 def test_speed_side_by_side_quality_per_context_and_table(tiny_model):

@@ -50,7 +50,7 @@ def test_small_window_drops_kv_bytes_exactly(tiny_model, input_ids):
             no_cache = tiny_model(input_ids, use_cache=False).logits
     per_token_head = 2 * input_ids.shape[0] * shape.head_dim * 4  # K and V, fp32
     full_heads = shape.num_layers * shape.num_kv_heads
-    expected = per_token_head * ((full_heads - len(GROUPS)) * length + len(GROUPS) * (sinks + window - 1))
+    expected = per_token_head * ((full_heads - len(GROUPS)) * length + len(GROUPS) * (sinks + window))
     assert kv_cache_bytes(full_cache) == per_token_head * full_heads * length
     assert kv_cache_bytes(cache) == expected
     torch.testing.assert_close(logits, no_cache, rtol=0, atol=1e-5)  # evicted tokens were never needed
@@ -74,7 +74,7 @@ def test_streaming_llm_matches_a_reference_mask(tiny_model, input_ids):
     torch.testing.assert_close(stepped, reference, rtol=0, atol=1e-5)
     shape = adapter_for(tiny_model).model_shape(tiny_model)
     assert kv_cache_bytes(cache) == 2 * 2 * shape.head_dim * 4 * shape.num_layers * shape.num_kv_heads * (
-        sinks + window - 1)
+        sinks + window)
 
 
 def test_snapkv_keeps_budget_tokens_and_full_prefill(tiny_model, input_ids):
@@ -123,3 +123,24 @@ def test_padding_mask_is_respected(tiny_model):
 def test_window_policy_validation():
     with pytest.raises(ValueError, match="window"):
         WindowKV(4, 0)
+
+
+@pytest.mark.parametrize(("sinks", "window", "length", "splits"), [
+    (2, 5, 40, [3, 11, 12, 13, 17, 24, 25, 33]),  # wraps many times
+    (4, 70, 160, [40, 63, 64, 65, 66, 90, 120, 121]),  # grows past RING_CHUNK slots before it wraps
+])
+def test_ring_buffer_with_mixed_chunks_matches_the_reference_mask(tiny_model, sinks, window, length, splits):
+    """Chunks of several tokens after the ring wrapped (masked attention over ring + chunk, then the write)
+    and single-token steps (ring as it lies, no mask) both give the reference sink + window attention."""
+    torch.manual_seed(2)
+    input_ids = torch.randint(0, 90, (2, length))
+    mask = streaming_mask(length, sinks, window)[None, None].expand(2, 1, -1, -1)
+    with torch.no_grad():
+        reference = tiny_model(input_ids, attention_mask=mask, use_cache=False).logits
+        with StreamingLLM(sinks, window).apply(tiny_model) as handle:
+            stepped, cache = run_in_steps(tiny_model, handle, input_ids, splits)
+    torch.testing.assert_close(stepped, reference, rtol=0, atol=1e-5)
+    for layer in cache.layers:
+        (group,) = layer.groups
+        assert group.ring[0].shape[2] == sinks + window  # the whole ring, never more
+        assert sorted(group.positions[0, 0].tolist()) == [*range(sinks), *range(length - window, length)]
