@@ -26,7 +26,6 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from kvcompress.adapters import adapter_for
 from kvcompress.layout import HeadLayout, KVPolicy, WindowKV, get_layout
 
-
 RING_CHUNK = 64  # a ring not yet at sinks + window slots grows in steps of this many slots
 
 
