@@ -2,7 +2,9 @@
 
 KV heads of one layer that share a policy (see :mod:`kvcompress.layout`) form a :class:`KVGroup` with
 its own key/value tensors ``[B, n_group, L_group, D]`` and the absolute positions of what it keeps.
-Full heads hold every token; SnapKV heads hold ``budget`` tokens after prefill; windowed heads hold a
+Full heads hold every token in a buffer that grows ``GROWTH_CHUNK`` tokens at a time (a decode step writes
+into it, where a concatenation would copy the whole cache every step); SnapKV heads hold ``budget``
+tokens after prefill (then grow the same way); windowed heads hold a
 ring buffer of ``sinks + window`` slots: the token at position ``p`` lives in slot ``p`` when
 ``p < sinks``, else in slot ``sinks + (p - sinks) mod window``. A decode step writes its token over the
 one it no longer needs (position ``p - window``) and attends to the whole buffer as it lies: keys carry
@@ -26,7 +28,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from kvcompress.adapters import adapter_for
 from kvcompress.layout import HeadLayout, KVPolicy, WindowKV, get_layout
 
-RING_CHUNK = 64  # a ring not yet at sinks + window slots grows in steps of this many slots
+GROWTH_CHUNK = 64  # buffers grow by this many token slots (a ring up to its sinks + window slots)
 
 
 @dataclass
@@ -49,6 +51,8 @@ class KVGroup:
     compressed: bool = field(default=False)
     contiguous_runs: bool = False  # query heads read the KV heads in equal contiguous runs (SDPA enable_gqa)
 
+    store: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # full / SnapKV: buffers (keys, values, positions)
+    stored: int = 0  # full / SnapKV: slots of ``store`` holding a token
     ring: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # windowed: keys, values, positions
     ring_filled: int = 0  # windowed: slots holding a token
     pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # windowed: a step's tokens to write
@@ -59,21 +63,41 @@ class KVGroup:
         if isinstance(self.policy, WindowKV):
             self._append_windowed(keys, values, positions)
             return
-        if self.keys is None:
-            self.keys, self.values, self.positions = keys, values, positions
+        self._append_growing(keys, values, positions)
+
+    def _append_growing(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
+        """Write the new tokens after the stored ones; the first tensors are adopted as they are (a prefill
+        copies nothing), later ones grow the buffers ``GROWTH_CHUNK`` slots at a time when full."""
+        if self.store is None:
+            self.store, self.stored = (keys, values, positions), keys.shape[2]
+            self._view_store()
             return
-        if self.positions.shape[:2] != (1, 1):
-            positions = positions.expand(*self.positions.shape[:2], -1)
-        self.keys = torch.cat([self.keys, keys], dim=-2)
-        self.values = torch.cat([self.values, values], dim=-2)
-        self.positions = torch.cat([self.positions, positions], dim=-1)
+        if self.store[2].shape[:2] != (1, 1):
+            positions = positions.expand(*self.store[2].shape[:2], -1)
+        needed = self.stored + keys.shape[2]
+        if needed > self.store[0].shape[2]:
+            capacity = -(-needed // GROWTH_CHUNK) * GROWTH_CHUNK
+            grown = []
+            for old in self.store:
+                buffer = old.new_zeros(*old.shape[:2], capacity, *old.shape[3:])
+                buffer[:, :, : self.stored] = old[:, :, : self.stored]
+                grown.append(buffer)
+            self.store = tuple(grown)
+        for buffer, new in zip(self.store, (keys, values, positions), strict=True):
+            buffer[:, :, self.stored : needed] = new
+        self.stored = needed
+        self._view_store()
+
+    def _view_store(self) -> None:
+        keys, values, positions = self.store
+        self.keys, self.values, self.positions = keys[:, :, : self.stored], values[:, :, : self.stored], positions[:, :, : self.stored]
 
     def keep_per_head(self, index: torch.Tensor) -> None:
         """Keep per-head token indices ``[B, n, K]``."""
         gather = index[..., None].expand(-1, -1, -1, self.keys.shape[-1])
-        self.keys = self.keys.gather(2, gather)
-        self.values = self.values.gather(2, gather)
-        self.positions = self.positions.expand(*index.shape[:2], -1).gather(2, index)
+        positions = self.positions.expand(*index.shape[:2], -1).gather(2, index)
+        self.store, self.stored = (self.keys.gather(2, gather), self.values.gather(2, gather), positions), index.shape[2]
+        self._view_store()
         self.compressed = True
 
     def _append_windowed(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
@@ -97,7 +121,7 @@ class KVGroup:
         sinks, window = self.policy.sinks, self.policy.window
         flat = positions[0, 0]
         end = int(flat[-1]) + 1
-        self._grow_ring(min(-(-end // RING_CHUNK) * RING_CHUNK, sinks + window), keys, values, positions)
+        self._grow_ring(min(-(-end // GROWTH_CHUNK) * GROWTH_CHUNK, sinks + window), keys, values, positions)
         kept = (flat < sinks) | (flat >= end - window)
         slots = torch.where(flat < sinks, flat, sinks + (flat - sinks) % window)[kept]
         ring_keys, ring_values, ring_positions = self.ring
@@ -107,7 +131,7 @@ class KVGroup:
         self.ring_filled = min(end, sinks + window)
 
     def _grow_ring(self, slots: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
-        """Make the ring hold at least ``slots`` slots (it grows with the context, ``RING_CHUNK`` slots at a
+        """Make the ring hold at least ``slots`` slots (it grows with the context, ``GROWTH_CHUNK`` slots at a
         time, up to ``sinks + window``: a short context holds little more than it has seen)."""
         held = 0 if self.ring is None else self.ring[0].shape[2]
         if slots <= held:
@@ -135,10 +159,9 @@ class KVGroup:
             self._view_ring()
 
     def nbytes(self) -> int:
-        """Bytes of the tensors the group holds (the whole ring for windowed heads, once it exists)."""
-        if self.ring is not None:
-            return self.ring[0].nbytes + self.ring[1].nbytes
-        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+        """Bytes of the key and value tensors the group holds (whole buffers: the ring, or the grown store)."""
+        held = self.ring if self.ring is not None else self.store
+        return 0 if held is None else held[0].nbytes + held[1].nbytes
 
 
 def group_heads(layout: HeadLayout) -> list[KVGroup]:

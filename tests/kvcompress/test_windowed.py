@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kvcompress.adapters import adapter_for
-from kvcompress.cache import kv_cache_bytes
+from kvcompress.cache import GROWTH_CHUNK, kv_cache_bytes
 from kvcompress.layout import WindowKV
 from kvcompress.methods.base import ComposedMethod
 from kvcompress.methods.baselines import SnapKV, StreamingLLM
@@ -50,7 +50,9 @@ def test_small_window_drops_kv_bytes_exactly(tiny_model, input_ids):
             no_cache = tiny_model(input_ids, use_cache=False).logits
     per_token_head = 2 * input_ids.shape[0] * shape.head_dim * 4  # K and V, fp32
     full_heads = shape.num_layers * shape.num_kv_heads
-    expected = per_token_head * ((full_heads - len(GROUPS)) * length + len(GROUPS) * (sinks + window))
+    # full groups: the 25-token prefill buffer grew to a GROWTH_CHUNK multiple for the next 15; windowed: the ring
+    held_full = -(-length // GROWTH_CHUNK) * GROWTH_CHUNK
+    expected = per_token_head * ((full_heads - len(GROUPS)) * held_full + len(GROUPS) * (sinks + window))
     assert kv_cache_bytes(full_cache) == per_token_head * full_heads * length
     assert kv_cache_bytes(cache) == expected
     torch.testing.assert_close(logits, no_cache, rtol=0, atol=1e-5)  # evicted tokens were never needed
@@ -88,7 +90,8 @@ def test_snapkv_keeps_budget_tokens_and_full_prefill(tiny_model, input_ids):
                                          input_ids, [36])
     torch.testing.assert_close(logits[:, :36], full[:, :36], rtol=0, atol=1e-5)  # prefill is full attention
     assert not torch.allclose(logits[:, 36:], full[:, 36:], atol=1e-4)  # decoding sees the compressed cache
-    assert kept == 2 * 2 * shape.head_dim * 4 * shape.num_layers * shape.num_kv_heads * (16 + 4)
+    held = -(-(16 + 4) // GROWTH_CHUNK) * GROWTH_CHUNK  # budget 16 after prefill, + 4 decoded, in a grown buffer
+    assert kept == 2 * 2 * shape.head_dim * 4 * shape.num_layers * shape.num_kv_heads * held
     torch.testing.assert_close(big_budget, full, rtol=0, atol=1e-5)
 
 
