@@ -44,6 +44,18 @@ def test_greedy_equals_brute_force_map_on_small_kernels():
         assert sorted(dpp_greedy_map(kernel, count).tolist()) == sorted(best)
 
 
+def test_a_rank_deficient_kernel_fills_past_its_rank_by_relevance():
+    """Features of width 3 give a kernel of rank 3: the first 3 picks are the DPP's, the rest (no gain left,
+    every further det is 0) go by relevance, all distinct, with no division by a vanishing gain."""
+    features = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    relevance = torch.linspace(0.2, 1.0, 10)
+    kernel = conditional_kernel(features, relevance)
+    chosen = dpp_greedy_map(kernel, 7).tolist()
+    assert chosen[:3] == _naive_greedy(kernel, 3) and len(set(chosen)) == 7
+    rest = [j for j in range(10) if j not in chosen[:3]]
+    assert chosen[3:] == sorted(rest, key=lambda j: -relevance[j].item())[:4]
+
+
 def test_dpp_rejects_bad_counts():
     with pytest.raises(ValueError, match=r"valid range is \[1, 4\]"):
         dpp_greedy_map(torch.eye(4), 5)
