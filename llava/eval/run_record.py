@@ -16,6 +16,7 @@ from toolkit_common.jsonl import InputFileError
 
 RUN_RECORD_SUFFIX = ".run.json"
 CONFIG_KEYS = ("pruning_method", "visual_token_num", "H", "head_strategy", "dynamic_selection")
+TABLE_COLUMN_PARAMS = ("visual_token_num", "heads", "head_strategy", "debug_mode")  # method params shown in their own columns
 
 
 class RunMismatchError(InputFileError):
@@ -90,7 +91,9 @@ def merged_run_record(chunk_files: list[Path]) -> dict[str, Any] | None:
 
 
 def result_config(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The table key fields of a run record (None when the run recorded none)."""
+    """The table key fields of a run record (None when the run recorded none): ``CONFIG_KEYS`` and, as
+    ``other_params``, the method parameters no other key shows (e.g. a ``pruner_checkpoint``), or None."""
     if record is None:
         return None
-    return {key: record.get(key) for key in CONFIG_KEYS}
+    other = {k: v for k, v in (record.get("method_params") or {}).items() if k not in TABLE_COLUMN_PARAMS}
+    return {**{key: record.get(key) for key in CONFIG_KEYS}, "other_params": other or None}

@@ -38,6 +38,7 @@ class RunConfig:
     heads: int | None
     strategy: str | None
     dynamic: bool
+    params: str | None = None  # other method parameters, ``key=value, ...`` (e.g. an ablation's checkpoint)
 
     @classmethod
     def from_result(cls, result: dict[str, Any]) -> RunConfig:
@@ -53,6 +54,7 @@ class RunConfig:
             heads=config.get("H"),
             strategy=config.get("head_strategy"),
             dynamic=bool(config.get("dynamic_selection")),
+            params=", ".join(f"{k}={v}" for k, v in sorted((config.get("other_params") or {}).items())) or None,
         )
 
 
@@ -96,7 +98,7 @@ def build_rows(results: Sequence[dict[str, Any]]) -> list[SummaryRow]:
 
 
 def _sort_key(config: RunConfig) -> tuple:
-    return (config.method, config.tokens or 0, config.heads or 0, config.strategy or "", config.dynamic)
+    return (config.method, config.tokens or 0, config.heads or 0, config.strategy or "", config.dynamic, config.params or "")
 
 
 def relative_score(row: SummaryRow, vanilla: SummaryRow | None) -> float | None:
@@ -114,14 +116,14 @@ def relative_score(row: SummaryRow, vanilla: SummaryRow | None) -> float | None:
 def table(rows: Sequence[SummaryRow]) -> tuple[list[str], list[list[Any]]]:
     """Header and cells of the summary table."""
     benchmarks = sorted({name for row in rows for name in row.scores})
-    header = ["method", "tokens", "heads", "strategy", "dynamic", *benchmarks, "relative_%", "coverage_%",
+    header = ["method", "tokens", "heads", "strategy", "dynamic", "params", *benchmarks, "relative_%", "coverage_%",
               "incomplete", *COST_FIELDS]
     vanilla = next((row for row in rows if row.config.method == VANILLA), None)
     cells = []
     for row in rows:
         config = row.config
         cells.append(
-            [config.method, config.tokens, config.heads, config.strategy, config.dynamic]
+            [config.method, config.tokens, config.heads, config.strategy, config.dynamic, config.params]
             + [row.scores.get(name) for name in benchmarks]
             + [relative_score(row, vanilla), 100 * min(row.coverage.values()), " ".join(incomplete(row)) or None]
             + [row.mean_cost(name) for name in COST_FIELDS]
@@ -173,7 +175,7 @@ def plot_accuracy_vs_tokens(rows: Sequence[SummaryRow], path: Path) -> bool:
         squeeze=False,
     )
     for axis, benchmark in zip(axes.flat, benchmarks, strict=False):
-        by_method: dict[str, list[tuple[int, float]]] = {}
+        by_method: dict[str, list[tuple[int, float]]] = {}  # a line per method (and other params)
         for row in rows:
             score = row.scores.get(benchmark)
             if score is None:
@@ -181,7 +183,8 @@ def plot_accuracy_vs_tokens(rows: Sequence[SummaryRow], path: Path) -> bool:
             if row.config.method == VANILLA:
                 axis.axhline(score, linestyle="--", color="gray", label=VANILLA)
             elif row.config.tokens is not None and row.config.heads is None and not row.config.dynamic:
-                by_method.setdefault(row.config.method, []).append((row.config.tokens, score))
+                label = row.config.method + (f" [{row.config.params}]" if row.config.params else "")
+                by_method.setdefault(label, []).append((row.config.tokens, score))
         for method, points in sorted(by_method.items()):
             points.sort()
             axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)

@@ -12,12 +12,12 @@ from llava.eval import summarize
 
 
 def _record(root: Path, name: str, benchmark: str, score: float, method=None, tokens=None, heads=None,
-            strategy=None, flops=None) -> None:
+            strategy=None, flops=None, other_params=None) -> None:
     record = {
         "benchmark": benchmark,
         "score": score,
         "config": {"pruning_method": method, "visual_token_num": tokens, "H": heads, "head_strategy": strategy,
-                   "dynamic_selection": False},
+                   "dynamic_selection": False, "other_params": other_params},
         "cost": {"equivalent_tokens": tokens or 576, "flops": flops, "prefill_ms": None},
     }
     path = root / name / f"{benchmark}.json"
@@ -49,6 +49,17 @@ def test_table_relative_scores_and_plots(tmp_path: Path) -> None:
     assert (output / "results.md").read_text().startswith("| method | tokens |")
     for image in ("accuracy_vs_tokens.png", "heads_pope.png"):
         assert (output / image).stat().st_size > 1000
+
+
+def test_runs_differing_only_in_other_params_are_rows_of_their_own(tmp_path: Path) -> None:
+    """An ablation's checkpoint (--method-param pruner_checkpoint=...) names its row, as in the learned-pruner runs."""
+    results = tmp_path / "results"
+    _record(results, "learned_t64", "gqa", 70.0, "learned", 64)
+    _record(results, "learned_t64_residual_off", "gqa", 60.0, "learned", 64, other_params={"pruner_checkpoint": "a/b.pt"})
+    assert summarize.main(["--results-dir", str(results), "--output-dir", str(tmp_path / "summary")]) == 0
+    with (tmp_path / "summary" / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["params"], row["gqa"]) for row in rows] == [("", "70.0"), ("pruner_checkpoint=a/b.pt", "60.0")]
 
 
 def test_no_results_is_an_error(tmp_path: Path, capsys) -> None:
