@@ -60,8 +60,8 @@ def test_hard_keep_ratio_is_cumulative_over_stages():
 def test_losses():
     keep = [torch.full((2, 10), 0.5), torch.full((2, 10), 0.2)]
     assert sparsity_loss(keep, [0.5, 0.2]) == pytest.approx(0.0)
-    assert sparsity_loss(keep, [0.25, 0.2]) == pytest.approx(0.5)
-    assert sparsity_loss([torch.zeros(2, 10)], [0.05]) == pytest.approx(1.0)
+    assert sparsity_loss(keep, [0.25, 0.2]) == pytest.approx(math.log(2) ** 2 / 2)
+    assert sparsity_loss([torch.full((2, 10), 0.1)], [0.4]) == pytest.approx(sparsity_loss([torch.full((2, 10), 0.4)], [0.1]))
     assert binarization_loss([torch.tensor([0.0, 1.0])]) == 0
     assert binarization_loss([torch.tensor([0.5])]) == pytest.approx(1.0)
     fooled = torch.tensor([0.999])
@@ -70,7 +70,7 @@ def test_losses():
         torch.tensor([0.5]), torch.tensor([0.5])
     )
     per_sample = [torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])]  # keeps 2 and 4 tokens, target 2
-    assert token_count_loss(per_sample, [2.0]) == pytest.approx((0 + 1.0) / 2)
+    assert token_count_loss(per_sample, [2.0]) == pytest.approx((0 + math.log(2) ** 2) / 2)
     assert sparsity_loss(per_sample, [0.75]) == pytest.approx(0.0)  # the batch mean hides what token count sees
     assert discriminator_accuracy(torch.tensor([0.9, 0.4]), torch.tensor([0.1, 0.2])) == pytest.approx(0.75)
 
