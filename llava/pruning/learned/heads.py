@@ -9,6 +9,10 @@ layer:
 
 where ``a_j`` is the LLM layer's own text->vision attention (mean over heads and question rows,
 ``llava.pruning.learned.text_attention``) and ``w`` is a buffer (fixed) or an ``nn.Parameter`` (learnable).
+The MLP's output layer starts at zero, so an untrained head ranks by ``w a_j``: with a random output layer
+(the first shapes-VLM runs) the MLP's logits outgrew ``w a_j`` during training and the pruner at 64 tokens
+kept 0 % of the asked cell's patches at layer 2 on 8 of 12 one-cell questions, where the attention
+alone keeps 38-100 % (PDrop 25-100 %).
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class VisionPrunerHead(nn.Module):
         self.question_norm = nn.LayerNorm(d_model)
         self.cross_attention = nn.MultiheadAttention(d_model, num_heads, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(2 * d_model, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, 1))
+        nn.init.zeros_(self.mlp[-1].weight)  # a fresh head starts at l_j = w a_j (the attention ranking), or
+        nn.init.zeros_(self.mlp[-1].bias)  # at 0 without the residual; the MLP learns corrections from there
         self.use_attn_residual = use_attn_residual
         if use_attn_residual:
             weight = torch.tensor(float(attn_residual_weight))
