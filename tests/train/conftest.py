@@ -17,6 +17,7 @@ def write_checkpoint(path, use_attn_residual: bool, layers=LAYERS, seed: int = 0
     pruner = LayerSpecificPruner(config)
     with torch.no_grad():  # logits spread widely around 0, so every stage keeps some tokens and drops others
         for head in pruner.heads.values():
+            head.mlp[-1].reset_parameters()  # random, not the zero start of a fresh pruner
             head.mlp[-1].weight.mul_(scale)
             head.mlp[-1].bias.zero_()
     save_checkpoint(path, {"pruner_config": pruner_config_dict(pruner), "pruner": pruner.state_dict()})

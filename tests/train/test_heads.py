@@ -94,3 +94,12 @@ def test_layer_specific_pruner_has_one_head_per_layer_with_its_own_weight():
 def test_bad_pruner_config_is_a_clear_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PrunerConfig(d_model=D_MODEL, **kwargs)
+
+
+def test_a_fresh_head_ranks_by_the_attention_alone_and_its_mlp_still_learns():
+    vision, question, valid, attention = inputs()
+    fresh = head(use_attn_residual=True, attn_residual_weight=2000.0)
+    logits = fresh(vision, question, valid, attention)
+    assert torch.equal(logits, 2000.0 * attention)  # the zero-initialised output layer adds nothing yet
+    logits.sum().backward()
+    assert fresh.mlp[-1].weight.grad.abs().sum() > 0

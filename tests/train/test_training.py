@@ -34,7 +34,7 @@ def small_config(output_dir, steps: int) -> dict:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("straight")
-    return output_dir, run_training(train_config_from_dict(small_config(output_dir, 4)), show_progress=False)
+    return output_dir, run_training(train_config_from_dict(small_config(output_dir, 6)), show_progress=False)
 
 
 def gap_to_target(metrics: dict) -> float:
@@ -43,7 +43,7 @@ def gap_to_target(metrics: dict) -> float:
 
 def test_a_few_steps_reduce_the_loss_and_move_the_keep_ratio_to_the_target(uninterrupted):
     output_dir, history = uninterrupted
-    assert [m["step"] for m in history] == [0, 1, 2, 3]
+    assert [m["step"] for m in history] == [0, 1, 2, 3, 4, 5]
     assert history[-1]["total"] < history[0]["total"]
     assert gap_to_target(history[-1]) < gap_to_target(history[0])
     assert all(set(m["residual_weight"]) == set(m["hard_keep_ratio"]) == {1, 2, 3} for m in history)
@@ -57,10 +57,10 @@ def test_a_few_steps_reduce_the_loss_and_move_the_keep_ratio_to_the_target(unint
 
 def test_checkpoint_then_resume_continues_identically(uninterrupted, tmp_path):
     straight_dir, straight = uninterrupted
-    first = run_training(train_config_from_dict(small_config(tmp_path, 2)), show_progress=False)
-    assert read_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 2
-    second = run_training(train_config_from_dict(small_config(tmp_path, 4)), resume=True, show_progress=False)
-    assert [m["step"] for m in second] == [2, 3]
+    first = run_training(train_config_from_dict(small_config(tmp_path, 3)), show_progress=False)
+    assert read_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 3
+    second = run_training(train_config_from_dict(small_config(tmp_path, 6)), resume=True, show_progress=False)
+    assert [m["step"] for m in second] == [3, 4, 5]
     assert first + second == straight
     resumed, reference = read_checkpoint(tmp_path / CHECKPOINT_NAME), read_checkpoint(straight_dir / CHECKPOINT_NAME)
     for part in ("pruner", "discriminator"):
