@@ -16,8 +16,9 @@ def test_config_names_match_the_shell_scripts():
 
 def test_demo_writes_the_report_and_a_second_run_gives_the_same_table(random_shapes_vlm, tmp_path, capsys):
     argv = ["--model-path", str(random_shapes_vlm), "--eval-dir", str(tmp_path), "--per-benchmark", "6",
-            "--tokens", "192", "--methods", "fastv", "--overlays", "1", "--batch-size", "6"]
+            "--tokens", "192", "--methods", "fastv", "learned", "--overlays", "1", "--batch-size", "6"]
     assert demo.main(argv) == 0
+    assert "learned: no pruner shipped for learned_t192" in capsys.readouterr().out  # the random model ships none
     summary = tmp_path / "summary"
     table = (summary / "results.csv").read_text()
     assert {"vanilla", "fastv", "fastv_fine_head", "ablation_a"} <= {line.split(",")[0] for line in table.splitlines()[1:]}

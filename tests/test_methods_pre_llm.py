@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llava.pruning.diversity import remove_duplicates, vispruner_keep
-from llava.pruning.dpp import conditional_kernel, dpp_greedy_map, instruction_relevance
+from llava.pruning.dpp import RIDGE, conditional_kernel, dpp_greedy_map, instruction_relevance
 
 
 def _naive_greedy(kernel: torch.Tensor, count: int) -> list[int]:
@@ -44,16 +44,16 @@ def test_greedy_equals_brute_force_map_on_small_kernels():
         assert sorted(dpp_greedy_map(kernel, count).tolist()) == sorted(best)
 
 
-def test_a_rank_deficient_kernel_fills_past_its_rank_by_relevance():
-    """Features of width 3 give a kernel of rank 3: the first 3 picks are the DPP's, the rest (no gain left,
-    every further det is 0) go by relevance, all distinct, with no division by a vanishing gain."""
+def test_a_rank_deficient_kernel_is_solved_past_its_rank_with_the_ridge():
+    """Features of width 3 give a kernel of rank 3: the greedy still equals the naive greedy on L + eps I for
+    all 7 picks (distinct, no division by a vanishing gain), and the first 3 are those of L itself."""
     features = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
     relevance = torch.linspace(0.2, 1.0, 10)
-    kernel = conditional_kernel(features, relevance)
+    kernel = conditional_kernel(features, relevance).double()
+    ridged = kernel + RIDGE * kernel.diagonal().max() * torch.eye(10, dtype=torch.float64)
     chosen = dpp_greedy_map(kernel, 7).tolist()
-    assert chosen[:3] == _naive_greedy(kernel, 3) and len(set(chosen)) == 7
-    rest = [j for j in range(10) if j not in chosen[:3]]
-    assert chosen[3:] == sorted(rest, key=lambda j: -relevance[j].item())[:4]
+    assert chosen == _naive_greedy(ridged, 7) and len(set(chosen)) == 7
+    assert chosen[:3] == _naive_greedy(kernel, 3)
 
 
 def test_dpp_rejects_bad_counts():

@@ -103,14 +103,14 @@ def reusing_loaded_models() -> Iterator[None]:
         _reused_bundles = outer
 
 
-def _replanned(bundle: ModelBundle, pruning_method: str | None, params: dict[str, Any]) -> ModelBundle:
+def _replanned(bundle: ModelBundle, model_path: str, pruning_method: str | None, params: dict[str, Any]) -> ModelBundle:
     """``bundle`` with the method planned for its own model (same validation as a fresh load)."""
     params = dict(params)
     visual_token_num = params.pop("visual_token_num", None)
     config = bundle.model.config
     text_config = getattr(config, "text_config", config)
     span = bundle.num_image_tokens if text_config is not config else text_config.fast_v_image_token_length
-    method = planned_method(pruning_method, text_config, span, visual_token_num, params)
+    method = planned_method(pruning_method, text_config, span, visual_token_num, params, model_path)
     pruning_decoder(bundle.model).set_pruning_method(method)
     return bundle
 
@@ -129,7 +129,7 @@ def load_model_bundle(
     key = (model_path, str(resolved_device), str(resolved_dtype), model_base, tuple(sorted(engine.items())))
     reusable = _reused_bundles is not None and model_path not in TINY_MODELS  # tiny models: built per seed
     if reusable and key in _reused_bundles:
-        return _replanned(_reused_bundles[key], pruning_method, params)
+        return _replanned(_reused_bundles[key], model_path, pruning_method, params)
     tokenizer, model, image_processor, _ = load_pretrained_model(
         model_path,
         model_base=model_base,

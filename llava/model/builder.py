@@ -42,8 +42,12 @@ def planned_method(
     span: int | None,
     visual_token_num: float | None,
     params: dict[str, Any],
+    model_path: str | None = None,
 ) -> PruningMethod | None:
-    """The method to run (None without ``pruning_method``), validated against this model."""
+    """The method to run (None without ``pruning_method``), validated against this model; ``learned``
+    without a ``pruner_checkpoint`` takes the one a local ``model_path`` ships for the budget."""
+    if pruning_method == "learned" and "pruner_checkpoint" not in params and model_path and Path(model_path).is_dir():
+        params = {**params, "pruner_checkpoint": str(shipped_pruner_path(model_path, visual_token_num))}
     if pruning_method is None:
         if visual_token_num is not None or params:
             raise ValueError(f"pruning parameters {sorted(params) or ['visual_token_num']} were given without pruning_method")
@@ -102,9 +106,7 @@ def load_pretrained_model(
             )
     text_config = config.text_config if isinstance(config, LlavaConfig) else config
     span = image_features_per_image(config) if isinstance(config, LlavaConfig) else engine.get("fast_v_image_token_length")
-    if pruning_method == "learned" and "pruner_checkpoint" not in params and Path(model_path).is_dir():
-        params["pruner_checkpoint"] = str(shipped_pruner_path(model_path, visual_token_num))  # the model's own
-    method = planned_method(pruning_method, text_config, span, visual_token_num, params)
+    method = planned_method(pruning_method, text_config, span, visual_token_num, params, model_path)
     if original is not None:
         config.text_config = PruningLlamaConfig.from_llama_config(config.text_config, **engine)
         model = PruningLlavaForConditionalGeneration(config)

@@ -35,36 +35,35 @@ def conditional_kernel(image_features: torch.Tensor, relevance: torch.Tensor) ->
     return relevance[:, None] * similarity * relevance[None, :]
 
 
+RIDGE = 1e-3  # L + RIDGE * max_j L_jj * I: every item keeps a gain, so the greedy is defined past L's rank
+
+
 def dpp_greedy_map(kernel: torch.Tensor, count: int) -> torch.Tensor:
     """Indices ``[count]`` chosen greedily to maximise ``det(L_Y)``, in the order they were chosen.
 
     Each step adds the item with the largest marginal gain ``d_j^2 = L_jj - ||c_j||^2`` and updates the
-    Cholesky rows ``c`` incrementally (the kernel is handled in float64). A kernel of rank ``k < count``
-    (features narrower than the count asked for: ``S`` has rank at most their width) leaves no gain after
-    ``k`` picks (``d_j^2 <= 1e-5 max_j L_jj``, the rounding noise of a float32 kernel: every further item is already spanned, ``det(L_Y) = 0``
-    whatever is added); the rest are then taken by ``L_jj = r_j^2``, i.e. by relevance, as Chen et al.'s
-    algorithm stops there rather than divide by a vanishing gain.
+    Cholesky rows ``c`` incrementally (the kernel is handled in float64). The kernel gets a small ridge,
+    ``L + eps I`` with ``eps = 1e-3 max_j L_jj``: ``S`` has rank at most the features' width, so a kernel of
+    features narrower than the count asked for (the shapes VLM's 64-wide ones at T = 128 / 192) leaves no
+    gain after that many picks, and the plain update then divides by a vanishing gain and picks arbitrary
+    tokens (measured: identical answers at 128 and 192). With the ridge, picks past the rank still trade
+    relevance (``eps`` weighs every item alike, the kernel's ``r_j^2`` does not) against what the chosen
+    set already spans; below the rank the order is unchanged but for gains within ``eps`` of each other.
     """
     size = kernel.shape[0]
     if not 0 < count <= size:
         raise ValueError(f"cannot select {count} of {size} items: valid range is [1, {size}]")
     kernel = kernel.double()
+    kernel = kernel + RIDGE * float(kernel.diagonal().max().clamp_min(_EPS)) * torch.eye(size, dtype=kernel.dtype, device=kernel.device)
     cholesky = kernel.new_zeros(count, size)
-    diagonal = kernel.diagonal().clone()
-    gains = diagonal.clone()
-    floor = 1e-5 * float(diagonal.max().clamp_min(_EPS))  # float32 kernels: smaller gains are rounding noise
+    gains = kernel.diagonal().clone()
     chosen: list[int] = []
     for step in range(count):
         best = int(gains.argmax())
-        if gains[best] <= floor:
-            break
         chosen.append(best)
         gain = gains[best].sqrt()
         row = (kernel[best] - cholesky[:step].T @ cholesky[:step, best]) / gain
         cholesky[step] = row
         gains = gains - row.pow(2)
         gains[chosen] = float("-inf")
-    if len(chosen) < count:  # rank exhausted: by relevance among the rest
-        diagonal[chosen] = float("-inf")
-        chosen += diagonal.argsort(descending=True)[: count - len(chosen)].tolist()
     return torch.tensor(chosen, device=kernel.device)
