@@ -38,7 +38,7 @@ from llava.pruning.learned.checkpoint import shipped_pruner_path
 from llava.pruning.registry import available_methods
 from llava.shapes.benchmarks import BENCHMARKS, answer_key, normalise, write_benchmarks
 from llava.shapes.questions import ONE_CELL
-from llava.viz import kept_overlay, last_kept, plot_tokens_per_layer, save_kept_record
+from llava.viz import kept_at_stage, kept_overlay, plot_tokens_per_layer, save_kept_record
 
 DEFAULT_MODEL = Path("playground/models/shapes-llava")
 DEFAULT_EVAL_DIR = Path("playground/data/eval/shapes")
@@ -180,7 +180,7 @@ def draw_overlays(args: argparse.Namespace, configs: Sequence[Config], report: P
                                      question["text"], question["cells"], config.name, record)
             records.append(saved)
             png = f"{question['question_id']}_{config.name}.png"
-            kept_overlay(image, last_kept(saved), question["cells"]).save(report / png)
+            kept_overlay(image, kept_at_stage(saved, 0), question["cells"]).save(report / png)  # the first prune
             pictures[question["question_id"]].append((config.name, png))
     if records:
         per_method = {r["method"]: r for r in records}
@@ -232,7 +232,7 @@ relative_% is the mean over benchmarks of score / vanilla score.</p>
 <h2>Summary</h2>{table_html(header, rows)}
 <h2>Accuracy per question type (%)</h2>{table_html(*per_type)}
 <h2>Plots</h2>{figures}
-<h2>Kept tokens (pruned patches faded; the answer's cells outlined)</h2>{overlay_rows}
+<h2>Kept tokens at each method's first pruning stage (pruned patches faded; the answer's cells outlined)</h2>{overlay_rows}
 </body></html>"""
     index = summary / "index.html"
     index.write_text(page, encoding="utf-8")

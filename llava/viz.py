@@ -80,15 +80,15 @@ def plot_tokens_per_layer(records: Sequence[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def last_kept(record: dict) -> Sequence[int]:
-    """Patches the last stage of a saved record kept (all of them when nothing was pruned)."""
-    return record["stages"][-1]["kept"] if record["stages"] else range(record["span"])
+def kept_at_stage(record: dict, stage: int = -1) -> Sequence[int]:
+    """Patches stage ``stage`` of a saved record kept (default the last; all of them when nothing was pruned)."""
+    return record["stages"][stage]["kept"] if record["stages"] else range(record["span"])
 
 
 def draw_overlay(record: dict, output: Path, image_root: Path | None = None) -> None:
     image_path = Path(record["image"]) if image_root is None else image_root / record["image"]
     with Image.open(image_path) as image:
-        kept_overlay(image, last_kept(record), record["cells"]).save(output)
+        kept_overlay(image, kept_at_stage(record), record["cells"]).save(output)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

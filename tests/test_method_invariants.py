@@ -23,20 +23,20 @@ EXTRA_PARAMS = {"fastv_fine_head": {"heads": 2}}
 
 
 @pytest.fixture(scope="module")
-def learned_checkpoint(tmp_path_factory):
-    return write_checkpoint(tmp_path_factory.mktemp("pruner") / "pruner.pt", use_attn_residual=True, layers=[6, 12, 18])
+def trained_checkpoints(tmp_path_factory) -> dict[str, str]:
+    """Random checkpoints of the methods that need one: ``{method name: path}``."""
+    folder = tmp_path_factory.mktemp("trained")
+    return {
+        "learned": write_checkpoint(folder / "pruner.pt", use_attn_residual=True, layers=[6, 12, 18]),
+        "learned_merger": write_merger_checkpoint(folder / "merger.pt", num_outputs=BUDGET),
+    }
 
 
-@pytest.fixture(scope="module")
-def merger_checkpoint(tmp_path_factory):
-    return write_merger_checkpoint(tmp_path_factory.mktemp("merger") / "merger.pt", num_outputs=BUDGET)
-
-
-def method_for(name: str, checkpoint: str, num_layers: int, span: int, merger: str | None = None):
+def method_for(name: str, checkpoints: dict[str, str] | None, num_layers: int, span: int):
     if name == "learned":
-        return build_method("learned", {"pruner_checkpoint": checkpoint})
+        return build_method("learned", {"pruner_checkpoint": checkpoints["learned"]})
     if name == "learned_merger":
-        return plan_method(name, BUDGET, num_layers, span, {"merger_checkpoint": merger})
+        return plan_method(name, BUDGET, num_layers, span, {"merger_checkpoint": checkpoints["learned_merger"]})
     return plan_method(name, BUDGET, num_layers, span, EXTRA_PARAMS.get(name))
 
 
@@ -57,8 +57,8 @@ def llava():
 
 @pytest.mark.parametrize("name", available_methods())
 @torch.no_grad()
-def test_llava_batch_equals_single_and_cache_equals_no_cache(llava, name, learned_checkpoint, merger_checkpoint):
-    llava.set_pruning_method(method_for(name, learned_checkpoint, 32, 576, merger_checkpoint))
+def test_llava_batch_equals_single_and_cache_equals_no_cache(llava, name, trained_checkpoints):
+    llava.set_pruning_method(method_for(name, trained_checkpoints, 32, 576))
     try:
         image_id = llava.config.image_token_id
         prompts = [llava_prompt(image_id, p, s, seed=40 + i)[0] for i, (p, s) in enumerate(SHAPES)]
@@ -92,9 +92,9 @@ IN_LLM = [name for name in available_methods() if not method_class(name).pre_llm
 
 @pytest.mark.parametrize("name", [n for n in IN_LLM if n != "learned"])
 @torch.no_grad()
-def test_lm_batch_equals_single_and_cache_equals_no_cache(name, learned_checkpoint):
+def test_lm_batch_equals_single_and_cache_equals_no_cache(name, trained_checkpoints):
     model = load_pretrained_model("tiny-random-llama")[1]
-    model.model.set_pruning_method(method_for(name, learned_checkpoint, 32, 576))
+    model.model.set_pruning_method(method_for(name, trained_checkpoints, 32, 576))
     generator = torch.Generator().manual_seed(1)
     prompts = [torch.randint(5, 400, (p + 576 + s,), generator=generator) for p, s in SHAPES]
     ids, mask = left_padded(prompts)
