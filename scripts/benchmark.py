@@ -99,15 +99,23 @@ def main() -> None:
     for _, _, classification in specs:
         if classification is not None:
             classification.check_model(model)
-    text = load_token_stream(args.text, tokenizer, max_tokens=max(
-        args.prompt_len, args.ppl_stride * (args.ppl_windows or 10**6) + args.ppl_max_length) + 1) \
-        if Path(args.text).is_file() and not args.no_perplexity else None
+    perplexity_tokens = 0 if args.no_perplexity else args.ppl_stride * (args.ppl_windows or 10**6) + args.ppl_max_length
+    text = load_token_stream(args.text, tokenizer, max_tokens=max(args.prompt_len, perplexity_tokens) + 1) \
+        if Path(args.text).is_file() else None
     if text is None and not args.no_perplexity:
         print(f"text file {args.text} is absent: perplexity skipped")
     prompts = make_passkey_prompts(tokenizer, args.passkey_len, args.passkey_prompts)
-    if not prompts and text is None:
+    if not prompts and (text is None or args.no_perplexity):
         raise SystemExit("nothing to measure quality on: give --passkey-prompts > 0 or a perplexity text")
-    speed_prompt = prompts[len(prompts) // 2].input_ids if prompts else text[None, : args.prompt_len]
+    # the speed runs read --prompt-len tokens of the text (a passkey prompt only when there is no text)
+    if text is not None and text.shape[-1] >= args.prompt_len:
+        speed_prompt = text[None, : args.prompt_len]
+    elif prompts:
+        print(f"text {args.text} is absent or shorter than --prompt-len {args.prompt_len}: the speed runs use a "
+              f"{prompts[len(prompts) // 2].input_ids.shape[-1]}-token passkey prompt")
+        speed_prompt = prompts[len(prompts) // 2].input_ids
+    else:
+        raise SystemExit(f"--prompt-len {args.prompt_len}: the text {args.text} holds only {text.shape[-1]} tokens")
 
     def baseline_fraction(context: int) -> float:
         if args.kv_fraction is not None:
@@ -139,7 +147,7 @@ def main() -> None:
         key = quality_key(spec, classification, args, budget)
         if key not in known:
             known[key] = measure_quality(model, tokenizer, lambda context, spec=spec: make_method(spec, context),
-                                         settings, text, prompts)
+                                         settings, None if args.no_perplexity else text, prompts)
             with JsonlAppender(quality_log) as appender:
                 appender.write({"key": key, "method": spec, "quality": known[key]})
         result = {"method": spec, **speed[spec], **known[key]}
