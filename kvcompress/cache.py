@@ -31,6 +31,17 @@ from kvcompress.layout import HeadLayout, KVPolicy, WindowKV, get_layout
 GROWTH_CHUNK = 64  # buffers grow by this many token slots (a ring up to its sinks + window slots)
 
 
+def grown_buffers(buffers: tuple[torch.Tensor, ...], capacity: int, held: int) -> tuple[torch.Tensor, ...]:
+    """Zero buffers like ``buffers`` (``[B, n, L, ...]``) with ``capacity`` token slots, their first ``held``
+    slots copied over; ``held = 0`` only takes the shapes (e.g. from a step's new keys)."""
+    grown = []
+    for old in buffers:
+        buffer = old.new_zeros(*old.shape[:2], capacity, *old.shape[3:])
+        buffer[:, :, :held] = old[:, :, :held]
+        grown.append(buffer)
+    return tuple(grown)
+
+
 @dataclass
 class KVGroup:
     """KV heads of one layer sharing a policy, and the query heads that read them.
@@ -76,13 +87,7 @@ class KVGroup:
             positions = positions.expand(*self.store[2].shape[:2], -1)
         needed = self.stored + keys.shape[2]
         if needed > self.store[0].shape[2]:
-            capacity = -(-needed // GROWTH_CHUNK) * GROWTH_CHUNK
-            grown = []
-            for old in self.store:
-                buffer = old.new_zeros(*old.shape[:2], capacity, *old.shape[3:])
-                buffer[:, :, : self.stored] = old[:, :, : self.stored]
-                grown.append(buffer)
-            self.store = tuple(grown)
+            self.store = grown_buffers(self.store, -(-needed // GROWTH_CHUNK) * GROWTH_CHUNK, self.stored)
         for buffer, new in zip(self.store, (keys, values, positions), strict=True):
             buffer[:, :, self.stored : needed] = new
         self.stored = needed
@@ -134,25 +139,17 @@ class KVGroup:
         """Make the ring hold at least ``slots`` slots (it grows with the context, ``GROWTH_CHUNK`` slots at a
         time, up to ``sinks + window``: a short context holds little more than it has seen)."""
         held = 0 if self.ring is None else self.ring[0].shape[2]
-        if slots <= held:
-            return
-        shape = (*keys.shape[:2], slots, keys.shape[-1])
-        grown = (keys.new_zeros(shape), values.new_zeros(shape), positions.new_zeros(1, 1, slots))
-        if self.ring is not None:  # slots below sinks + window hold positions in order: copy them as they lie
-            grown[0][:, :, :held] = self.ring[0]
-            grown[1][:, :, :held] = self.ring[1]
-            grown[2][..., :held] = self.ring[2]
-        self.ring = grown
+        if slots > held:  # slots below sinks + window hold positions in order: copied as they lie
+            self.ring = grown_buffers(self.ring or (keys, values, positions), slots, held)
 
     def _view_ring(self) -> None:
         ring_keys, ring_values, ring_positions = self.ring
         filled = self.ring_filled
         self.keys, self.values, self.positions = ring_keys[:, :, :filled], ring_values[:, :, :filled], ring_positions[..., :filled]
 
-    def evict(self, seen_tokens: int) -> None:
+    def evict(self) -> None:
         """After a step of several tokens, write the ones a windowed group keeps into its ring (SnapKV
         compresses in the attention function)."""
-        del seen_tokens  # the ring keeps what the next query reads by construction
         if self.pending is not None:
             self._write_ring(*self.pending)
             self.pending = None
@@ -223,7 +220,7 @@ class CompressedKVLayer(CacheLayerMixin):
         """Evict what windowed heads no longer need (called after attention)."""
         if self.persistent:
             for group in self.groups:
-                group.evict(self.seen_tokens)
+                group.evict()
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.seen_tokens + query_length, 0
