@@ -98,6 +98,15 @@ def drop_incomplete_tail(path: str | Path) -> int:
     return len(tail)
 
 
+def drop_records_from_step(path: str | Path, step: int) -> None:
+    """Keep only the records of a step log with ``"step" < step`` (a resumed run writes the others again)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] < step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
 class JsonlAppender:
     """Appends records to a JSONL file, one flushed line each, so a killed run loses at most a line."""
 

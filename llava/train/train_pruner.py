@@ -30,9 +30,10 @@ from llava.pruning.learned.checkpoint import (
     shipped_pruner_path,
 )
 from llava.train.pruner.config import TrainConfig, load_train_config
-from llava.train.pruner.curves import plot_pruner_training, read_train_log
+from llava.train.pruner.curves import plot_pruner_training
 from llava.train.pruner.training import build_train_state, train_step
 from toolkit_common.cli import setting_error
+from toolkit_common.jsonl import drop_records_from_step, read_jsonl_strict
 
 LOG_NAME = "train_log.jsonl"
 CURVES_NAME = "training_curves.png"
@@ -69,9 +70,7 @@ def prepare_run_folder(output_dir: Path, resume: bool, overwrite: bool) -> None:
             "it, --overwrite to start again, or another --output-dir"
         )
     if resume and log_path.exists():
-        step = read_checkpoint(checkpoint_path)["step"]
-        kept = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < step]
-        log_path.write_text("".join(line + "\n" for line in kept))
+        drop_records_from_step(log_path, read_checkpoint(checkpoint_path)["step"])
 
 
 def run_training(
@@ -101,7 +100,7 @@ def run_training(
             bar.update(1)
             if state.step % config.training.checkpoint_every == 0 or state.step == steps:
                 save_checkpoint(checkpoint_path, state.checkpoint())
-    plot_pruner_training(read_train_log(output_dir / LOG_NAME), output_dir / CURVES_NAME, state.target_ratios,
+    plot_pruner_training(read_jsonl_strict(output_dir / LOG_NAME), output_dir / CURVES_NAME, state.target_ratios,
                          run_title(config))
     return history
 

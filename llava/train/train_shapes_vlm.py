@@ -45,6 +45,7 @@ from llava.shapes.scene import COLOURS, GRID, SHAPES
 from llava.shapes.training_data import NUM_CLASSES, DialogueBatch, DialogueSettings, dialogue_batch, tower_batch
 from llava.train.lookup_init import init_lookup_circuit
 from toolkit_common.cli import setting_error
+from toolkit_common.jsonl import drop_records_from_step
 
 STAGES = ("tower", "vlm")
 TRAINING_RECORD = "training_record.json"
@@ -131,14 +132,6 @@ def append_log(path: Path, row: dict) -> None:
         handle.write(json.dumps(row) + "\n")
 
 
-def truncate_log(path: Path, step: int) -> None:
-    """Drop log rows at or after ``step`` (a resumed run rewrites them)."""
-    if not path.exists():
-        return
-    rows = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < step]
-    path.write_text("".join(row + "\n" for row in rows))
-
-
 def build_model(processor) -> LlavaForConditionalGeneration:
     tokenizer = processor.tokenizer
     config = shapes_llava_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
@@ -152,7 +145,7 @@ def train_tower(args, model: LlavaForConditionalGeneration, out: Path) -> None:
     optimizer = torch.optim.AdamW(params, lr=args.tower_lr, weight_decay=0.01)
     start = resume(out / "tower.pt", {"tower": tower, "heads": heads}, optimizer)
     log = out / "tower_log.jsonl"
-    truncate_log(log, start)
+    drop_records_from_step(log, start)
     tower.train()
     bar = tqdm(range(start, args.tower_steps), desc="tower", initial=start, total=args.tower_steps)
     for step in bar:
@@ -248,7 +241,7 @@ def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) 
     if start == 0 and args.lookup_init and not args.continue_from:
         write_lookup_circuit(model, tower_state["heads"], processor.tokenizer, args.seed)
     log = out / "vlm_log.jsonl"
-    truncate_log(log, offset + start)
+    drop_records_from_step(log, offset + start)
     model.train()
     model.model.vision_tower.eval()
     tokenizer = processor.tokenizer

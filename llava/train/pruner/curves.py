@@ -7,13 +7,8 @@ against its target; Gumbel temperature; loss weights. Losses and accuracy are mo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-
-
-def read_train_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def moving_mean(values: Sequence[float | None], window: int = 25) -> list[float | None]:

@@ -32,6 +32,7 @@ from llava.train.pruner.data import SAMPLE_SOURCES, collate, training_batch
 from llava.train.pruner.losses import task_loss
 from llava.train.pruner.training import load_frozen_model
 from toolkit_common.cli import setting_error
+from toolkit_common.jsonl import drop_records_from_step
 
 CHECKPOINT = "merger.pt"
 LOG = "merger_log.jsonl"
@@ -54,8 +55,7 @@ def train_merger(config: TrainConfig, tokens: int, output_dir: Path, show_progre
         step = state["step"]
     output_dir.mkdir(parents=True, exist_ok=True)
     log_path = output_dir / LOG
-    kept = [line for line in (log_path.read_text().splitlines() if log_path.exists() else []) if json.loads(line)["step"] < step]
-    log_path.write_text("".join(line + "\n" for line in kept))
+    drop_records_from_step(log_path, step)
     llava.set_pruning_method(LearnedMerger.from_merger(merger))
     span = image_features_per_image(llava.config)
     history = []
