@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from llava.train.pruner.training import load_frozen_model, multimodal_embeddings
 from toolkit_common.transformers_compat import output_cache
 
 MODES = ("origin", "soft", "hard")
+HELD_OUT_SEED = 12345  # the samples evaluation draws (training draws the config's seed)
 
 
 def hard_method(config: TrainConfig, llava, checkpoint: str | Path) -> LearnedPruning:
@@ -88,6 +90,15 @@ def evaluate_soft(llava, batch: PrunerBatch, method: LearnedPruning) -> dict[str
     return answer_metrics(outputs.logits, batch.labels)
 
 
+def held_out_samples(config: TrainConfig, tokenizer, llava, num_samples: int, seed: int) -> Iterator[tuple[PrunerBatch, torch.Tensor]]:
+    """``(batch of one sample, its prompt ids [1, P])`` for samples ``0..num_samples-1`` of the config's data
+    source under ``seed``."""
+    span = image_features_per_image(llava.config)
+    for index in range(num_samples):
+        sample = SAMPLE_SOURCES[config.data](index, seed, tokenizer, llava.config.image_token_id, span)
+        yield collate([sample], tokenizer.pad_token_id, llava.config.image_token_id), torch.tensor([sample.prompt_ids])
+
+
 def summarise(mode: str, samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Means over samples, plus the per-sample rows."""
     mean = lambda key: sum(s[key] for s in samples) / len(samples)
@@ -117,20 +128,16 @@ def run_evaluation(
     config = load_train_config(config_path, overrides)
     checkpoint = checkpoint or Path(config.output_dir) / CHECKPOINT_NAME
     tokenizer, llava = load_frozen_model(config)
-    span = image_features_per_image(llava.config)
     soft = None
     if mode == "hard":
         llava.set_pruning_method(hard_method(config, llava, checkpoint))
     elif mode == "soft":
         soft = LearnedPruning.from_pruner(load_pruner(checkpoint), config.temperature.end, torch.Generator().manual_seed(seed))
-    rows = []
-    for index in range(num_samples):
-        sample = SAMPLE_SOURCES[config.data](index, seed, tokenizer, llava.config.image_token_id, span)
-        batch = collate([sample], tokenizer.pad_token_id, llava.config.image_token_id)
-        if soft is not None:
-            rows.append(evaluate_soft(llava, batch, soft))
-        else:
-            rows.append(evaluate_hard_or_origin(llava, tokenizer, batch, torch.tensor([sample.prompt_ids]), max_new_tokens))
+    rows = [
+        evaluate_soft(llava, batch, soft) if soft is not None
+        else evaluate_hard_or_origin(llava, tokenizer, batch, prompt, max_new_tokens)
+        for batch, prompt in held_out_samples(config, tokenizer, llava, num_samples, seed)
+    ]
     return summarise(mode, rows)
 
 
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=MODES, default="hard")
     parser.add_argument("--checkpoint", help="pruner checkpoint (default: <output_dir>/checkpoint.pt)")
     parser.add_argument("--num-samples", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=12345, help="held-out samples (training uses the config's seed)")
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="held-out samples (training uses the config's seed)")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--output", help="write the JSON summary here")
     args = parser.parse_args(argv)

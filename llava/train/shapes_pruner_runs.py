@@ -34,9 +34,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from llava.demo import Config, run_config
+from llava.eval.inference import reusing_loaded_models
 from llava.eval.summarize import markdown
 from llava.pruning.learned.checkpoint import CHECKPOINT_NAME, read_checkpoint
-from llava.train.eval_pruner import run_evaluation
+from llava.shapes.benchmarks import BENCHMARKS, write_benchmarks
+from llava.train.eval_pruner import HELD_OUT_SEED, run_evaluation
 from llava.train.pruner.config import load_train_config
 from llava.train.pruner.merger_training import CHECKPOINT as MERGER_CHECKPOINT
 from llava.train.pruner.merger_training import held_out_accuracy, train_merger
@@ -92,7 +95,7 @@ def mask_gap(run: str, folder: Path, model_path: Path, samples: int) -> dict:
     overrides = [f"model_path={model_path}", *run_overrides(run)]
     results = {}
     for mode in ("soft", "hard"):
-        summary = run_evaluation(str(CONFIG), mode, str(folder / CHECKPOINT_NAME), samples, 12345, 4, overrides)
+        summary = run_evaluation(str(CONFIG), mode, str(folder / CHECKPOINT_NAME), samples, HELD_OUT_SEED, 4, overrides)
         results[mode] = summary["answer_accuracy"]
         if mode == "hard":
             results["kept_per_layer"] = sorted(set(summary["samples"][0]["kept_per_layer"]), reverse=True)
@@ -103,15 +106,13 @@ def mask_gap(run: str, folder: Path, model_path: Path, samples: int) -> dict:
 def merger_accuracy(folder: Path, model_path: Path, samples: int) -> dict:
     """The merger run's held-out first-answer-token accuracy (it has no soft masks)."""
     config = load_train_config(CONFIG, [f"model_path={model_path}"])
-    result = held_out_accuracy(config, folder / MERGER_CHECKPOINT, samples, 12345)
+    result = held_out_accuracy(config, folder / MERGER_CHECKPOINT, samples, HELD_OUT_SEED)
     return {"soft": None, "hard": result["answer_accuracy"], "kept_per_layer": [ABLATION_BUDGET],
             "equivalent_tokens": result["equivalent_tokens"]}
 
 
 def ablation_row(run: str, folder: Path):
     """The demo configuration that answers the benchmarks with a run's checkpoint."""
-    from llava.demo import Config
-
     if run == MERGER_RUN:
         return Config("learned_merger", ABLATION_BUDGET, method_params=(("merger_checkpoint", str(folder / MERGER_CHECKPOINT)),))
     return Config("learned", ABLATION_BUDGET, variant=run, method_params=(("pruner_checkpoint", str(folder / CHECKPOINT_NAME)),))
@@ -119,10 +120,6 @@ def ablation_row(run: str, folder: Path):
 
 def answer_ablation(run: str, folder: Path, model_path: Path, eval_dir: Path) -> int:
     """The ablation's rows on the held-out benchmarks, through the demo's loader and scorers."""
-    from llava.demo import run_config
-    from llava.eval.inference import reusing_loaded_models
-    from llava.shapes.benchmarks import BENCHMARKS, write_benchmarks
-
     if not all((eval_dir / b).is_dir() for b in BENCHMARKS):
         write_benchmarks(eval_dir, 120)
     config = ablation_row(run, folder)

@@ -7,29 +7,27 @@ input embeddings of the text after the image). Through the pre-LLM path of the L
 the merged features (a ``TokenSelection`` with a ``replacement``), i.e. ``M`` equivalent tokens at every
 layer. The merger is trained by ``llava.train.pruner.merger_training`` (frozen VLM, task loss).
 
-Config: ``pruning_method="learned_merger"``, ``merger_checkpoint=<path>``; ``visual_token_num`` must equal
-the checkpoint's ``M``.
+Config: ``pruning_method="learned_merger"``, ``merger_checkpoint=<path>``; ``visual_token_num`` (planned as
+for every pre-LLM method, ``visual_tokens = round(T)``) must equal the checkpoint's ``M``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from llava.pruning.learned.checkpoint import existing_checkpoint
+from llava.pruning.learned.checkpoint import read_checkpoint
 from llava.pruning.learned.merger import TokenMerger
-from llava.pruning.methods.base import register_method, without_budget_fields
+from llava.pruning.methods.base import register_method
 from llava.pruning.methods.pre_llm import PreLLMMethod, VisualTokens
 from llava.pruning.selection import TokenSelection
 
 
 def merger_from_checkpoint(path: str | Path) -> TokenMerger:
     """The ``TokenMerger`` of a checkpoint written by the merger training, in eval mode."""
-    checkpoint = torch.load(existing_checkpoint(path), map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path)
     merger = TokenMerger(**checkpoint["merger_config"])
     merger.load_state_dict(checkpoint["merger"])
     return merger.eval()
@@ -81,11 +79,3 @@ class LearnedMerger(PreLLMMethod):
         columns = torch.arange(count, device=merged.device).expand(batch, -1)
         scores = torch.zeros(batch, tokens.features.shape[1], device=merged.device)
         return TokenSelection(columns, scores, {"method": self.name, "merged": count}, replacement=(columns, merged))
-
-    @classmethod
-    def for_budget(
-        cls, target_tokens: float, num_layers: int, span: int, params: Mapping[str, Any] | None = None
-    ) -> LearnedMerger:
-        """``M = round(target_tokens)``, which must be the checkpoint's."""
-        params = without_budget_fields(cls, params, ("visual_tokens",))
-        return cls.from_params({**params, "visual_tokens": round(target_tokens)})

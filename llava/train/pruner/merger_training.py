@@ -26,9 +26,9 @@ from llava.model.vision import image_features_per_image
 from llava.pruning.learned.checkpoint import read_checkpoint, save_checkpoint
 from llava.pruning.learned.merger import TokenMerger
 from llava.pruning.methods.learned_merger import LearnedMerger
-from llava.train.eval_pruner import evaluate_hard_or_origin
+from llava.train.eval_pruner import evaluate_hard_or_origin, held_out_samples
 from llava.train.pruner.config import TrainConfig, load_train_config
-from llava.train.pruner.data import SAMPLE_SOURCES, collate, training_batch
+from llava.train.pruner.data import training_batch
 from llava.train.pruner.losses import task_loss
 from llava.train.pruner.training import load_frozen_model
 from toolkit_common.cli import setting_error
@@ -87,12 +87,8 @@ def held_out_accuracy(config: TrainConfig, checkpoint: Path, num_samples: int, s
     """First-answer-token accuracy and equivalent tokens with the trained merger on held-out samples."""
     tokenizer, llava = load_frozen_model(config)
     llava.set_pruning_method(LearnedMerger(merger_checkpoint=str(checkpoint)))
-    span = image_features_per_image(llava.config)
-    rows = []
-    for index in range(num_samples):
-        sample = SAMPLE_SOURCES[config.data](index, seed, tokenizer, llava.config.image_token_id, span)
-        batch = collate([sample], tokenizer.pad_token_id, llava.config.image_token_id)
-        rows.append(evaluate_hard_or_origin(llava, tokenizer, batch, torch.tensor([sample.prompt_ids]), 4))
+    rows = [evaluate_hard_or_origin(llava, tokenizer, batch, prompt, 4)
+            for batch, prompt in held_out_samples(config, tokenizer, llava, num_samples, seed)]
     return {"answer_accuracy": round(sum(r["answer_correct"] for r in rows) / len(rows), 4),
             "equivalent_tokens": rows[0]["equivalent_tokens"]}
 

@@ -5,8 +5,8 @@ Step ``t`` (the frozen VLM never changes; only the pruner and the discriminator 
 1. ``tau_t`` and the loss weights ``w_t`` from their schedules;
 2. real branch: unpruned forward (no gradient); fake branch: soft-pruned forward with Gumbel noise;
 3. generator (pruner) update on
-   ``L_G = w_task CE + w_adv (-log D(fake)) + w_sparsity mean_i ((mean P_i - rho_i) / rho_i)^2
-   + w_count mean_{b,i} ((sum_j P_i(b, j) - K_i) / K_i)^2 + w_bin mean 2 min(q, 1-q)``
+   ``L_G = w_task CE + w_adv (-log D(fake)) + w_sparsity mean_i (log mean P_i - log rho_i)^2
+   + w_count mean_{b,i} (log sum_j P_i(b, j) - log K_i)^2 + w_bin mean 2 min(q, 1-q)``
    with ``K_i = rho_i S`` and ``q = sigmoid(l)`` the noise-free keep probability;
 4. discriminator update on ``L_D = -(log D(real) + log(1 - D(fake))) / 2`` with the fake states detached.
 
