@@ -47,6 +47,7 @@ from kvcompress.analysis.calibration import (
 from kvcompress.attention import GATES_ATTRIBUTE, LayerGates, use_kvcompress_attention
 from kvcompress.classification import HeadClassification
 from kvcompress.layout import WindowKV
+from toolkit_common.training import save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -140,14 +141,6 @@ def _load_checkpoint(path: Path | None, fingerprint: str, config: GateTrainingCo
     return _Checkpoint(AttentionGates(saved["window"], saved["heads"], policy), saved["optimizer"], saved["history"])
 
 
-def _save_checkpoint(path: Path, content: dict) -> None:
-    """Write through a temporary file and rename, so an interruption never leaves a truncated checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(content, temporary)
-    temporary.replace(path)
-
-
 def checkpoint_history(path: str | Path) -> list[dict]:
     """The per-step history stored in a gate checkpoint (``gates_w<W>.pt``)."""
     return torch.load(path, weights_only=True)["history"]
@@ -201,7 +194,7 @@ def train_gates(model: nn.Module, calibration: CalibrationSet, config: GateTrain
                                   "mean_head_gate": gates.heads.mean().item()})
             bar.set_postfix(distillation=f"{distillation.item():.4f}", window=f"{gates.window.mean().item():.3f}")
             if path is not None:
-                _save_checkpoint(path, {"fingerprint": fingerprint, "config": asdict(config),
+                save_checkpoint(path, {"fingerprint": fingerprint, "config": asdict(config),
                                         "window": gates.window.detach(), "heads": gates.heads.detach(),
                                         "optimizer": optimizer.state_dict(), "history": state.history})
     finally:

@@ -26,7 +26,6 @@ from llava.pruning.learned.checkpoint import (
     CHECKPOINT_NAME,
     inference_checkpoint,
     read_checkpoint,
-    save_checkpoint,
     shipped_pruner_path,
 )
 from llava.train.pruner.config import TrainConfig, load_train_config
@@ -34,6 +33,7 @@ from llava.train.pruner.curves import plot_pruner_training
 from llava.train.pruner.training import build_train_state, train_step
 from toolkit_common.cli import setting_error
 from toolkit_common.jsonl import drop_records_from_step, read_jsonl_strict
+from toolkit_common.training import save_checkpoint
 
 LOG_NAME = "train_log.jsonl"
 CURVES_NAME = "training_curves.png"

@@ -2,8 +2,9 @@
 
 import torch
 
-from llava.pruning.learned.checkpoint import pruner_config_dict, save_checkpoint
+from llava.pruning.learned.checkpoint import pruner_config_dict
 from llava.pruning.learned.heads import LayerSpecificPruner, PrunerConfig
+from toolkit_common.training import save_checkpoint
 
 LAYERS, NUM_LAYERS = [2, 4, 6], 8
 

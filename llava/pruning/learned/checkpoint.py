@@ -18,15 +18,6 @@ from llava.pruning.learned.heads import LayerSpecificPruner, PrunerConfig
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically (temporary file, then rename), so an interrupted save keeps the last one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    torch.save(state, temporary)
-    temporary.replace(path)
-
-
 def existing_checkpoint(path: str | Path) -> Path:
     """``path`` resolved; a clear ``FileNotFoundError`` when there is no file."""
     path = Path(path).resolve()

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from llava.model.vision import image_features_per_image
-from llava.pruning.learned.checkpoint import read_checkpoint, save_checkpoint
+from llava.pruning.learned.checkpoint import read_checkpoint
 from llava.pruning.learned.merger import TokenMerger
 from llava.pruning.methods.learned_merger import LearnedMerger
 from llava.train.eval_pruner import evaluate_hard_or_origin, held_out_samples
@@ -33,6 +33,7 @@ from llava.train.pruner.losses import task_loss
 from llava.train.pruner.training import load_frozen_model
 from toolkit_common.cli import setting_error
 from toolkit_common.jsonl import drop_records_from_step
+from toolkit_common.training import save_checkpoint
 
 CHECKPOINT = "merger.pt"
 LOG = "merger_log.jsonl"
