@@ -165,6 +165,13 @@ def patch_objects(scene: Scene, min_coverage: float = 0.2) -> np.ndarray:
     return labels
 
 
+def centre_patch(obj: ShapeObject) -> int:
+    """Raster index of the patch holding the centre of the object's box: one patch per object, which a
+    count can attend to (an object covers 1 to 9 patches, so counting patches would weigh it by its size)."""
+    centre_x, centre_y = obj.left + obj.size // 2, obj.top + obj.size // 2
+    return (centre_y // PATCH) * PATCHES_PER_SIDE + centre_x // PATCH
+
+
 def cell_patches(row: int, col: int) -> list[int]:
     """Raster indices of the 16 patches of cell (row, col)."""
     per_cell = CELL // PATCH

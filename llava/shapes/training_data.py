@@ -32,7 +32,9 @@ from llava.shapes.scene import (
     PATCHES_PER_SIDE,
     SHAPES,
     Scene,
+    ShapeObject,
     cell_patches,
+    centre_patch,
     patch_objects,
     render,
     sample_scene,
@@ -75,6 +77,14 @@ class TowerBatch:
     patch_row: torch.Tensor  # [B, 576] cell row of each patch
     patch_col: torch.Tensor  # [B, 576]
     present: torch.Tensor  # [B, NUM_CLASSES - 1] multi-hot of the objects in the image
+    patch_centre: torch.Tensor  # [B, 576] bool: the patch holds an object's centre (``centre_patch``)
+
+
+def centre_mask(objects: tuple[ShapeObject, ...] | list[ShapeObject]) -> torch.Tensor:
+    """``[576]`` bool: the centre patches of ``objects``."""
+    mask = torch.zeros(PATCHES_PER_SIDE * PATCHES_PER_SIDE, dtype=torch.bool)
+    mask[[centre_patch(obj) for obj in objects]] = True
+    return mask
 
 
 def _patch_cells() -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +96,7 @@ def _patch_cells() -> tuple[torch.Tensor, torch.Tensor]:
 
 def tower_batch(step: int, batch_size: int, seed: int) -> TowerBatch:
     rows, cols = _patch_cells()
-    values, classes, present = [], [], []
+    values, classes, present, centres = [], [], [], []
     for i in range(batch_size):
         sample_seed = TRAIN_SEED_OFFSET + (seed * 1_000_003 + step) * batch_size + i
         rng = random.Random(sample_seed)
@@ -99,10 +109,30 @@ def tower_batch(step: int, batch_size: int, seed: int) -> TowerBatch:
         for obj in scene.objects:
             hot[object_class(obj.colour, obj.shape) - 1] = 1
         present.append(hot)
+        centres.append(centre_mask(scene.objects))
     batch = len(values)
     return TowerBatch(
-        torch.stack(values), torch.stack(classes), rows.expand(batch, -1), cols.expand(batch, -1), torch.stack(present)
+        torch.stack(values), torch.stack(classes), rows.expand(batch, -1), cols.expand(batch, -1), torch.stack(present),
+        torch.stack(centres),
     )
+
+
+HOPS = ("key_words", "first_image", "second_image", "objects", "option", "letters")
+
+
+@dataclass
+class HopTargets:
+    """Where some queries' attention should go: query ``k`` of sample ``b`` sits at ``query[b, k]`` (-1: no
+    query) and should attend to the positions where ``weights[b, k]`` is positive (a distribution over them
+    where the loss asks for one)."""
+
+    query: torch.Tensor  # [B, K] positions
+    weights: torch.Tensor  # [B, K, T] float, >= 0
+
+    @property
+    def used(self) -> torch.Tensor:
+        """``[B, K]`` bool: a query with at least one target."""
+        return (self.query >= 0) & (self.weights > 0).any(-1)
 
 
 @dataclass
@@ -114,9 +144,13 @@ class DialogueBatch:
     labels: torch.Tensor
     pixel_values: torch.Tensor
     answer_index: torch.Tensor  # [B, Q] position of each turn's first answer token, -1 for no turn
-    # [B, Q, 3, T] bool: what each turn's answer reads, as sequence positions: hop 0 the question's key
-    # words (cell, colour, shape; ``key_word_positions``), hops 1 and 2 the image patches (``hop_cells``)
-    hop_targets: torch.Tensor
+    # what each answer reads (queries: the positions predicting the turns' first answer tokens), by hop:
+    # ``key_words`` the question's key words (cell, colour, shape; ``key_word_positions``), ``first_image`` /
+    # ``second_image`` the image patches of the cells the answer reads (``hop_cells``), ``objects`` (count,
+    # most-common: the centre patch of each object counted, and BOS, as a uniform distribution: the share
+    # of BOS tells how many), ``option`` the word of the right option; and ``letters`` (queries: every
+    # option word) the option's own letter, two tokens back
+    hops: dict[str, HopTargets]
     image_start: torch.Tensor  # [B] position of the first image token
     kinds: list[list[str]]  # question type of each turn ("options" for the option form)
 
@@ -174,9 +208,14 @@ def dialogue(scene: Scene, rng: random.Random, settings: DialogueSettings) -> li
     return [(*question_text(fallback, rng, 0.0), "colour_at", fallback.cells)]
 
 
+KEY_WORDS_OF_MOST_COMMON = ("most", "common")
+
+
 def key_word_ids(tokenizer) -> set[int]:
-    """Ids of the words that say what a question asks about: cell names, colours, shapes, plurals."""
-    words = [cell_name(r, c) for r in range(GRID) for c in range(GRID)] + list(COLOURS) + list(SHAPES) + list(PLURALS.values())
+    """Ids of the words that say what a question asks about: cell names, colours, shapes, plurals, and
+    ``most common``."""
+    words = [cell_name(r, c) for r in range(GRID) for c in range(GRID)] + list(COLOURS) + list(SHAPES) + \
+        list(PLURALS.values()) + list(KEY_WORDS_OF_MOST_COMMON)
     return set(tokenizer.convert_tokens_to_ids(words))
 
 
@@ -210,11 +249,23 @@ def encode_dialogue(
     return ids, labels, answer_starts
 
 
+def option_positions(ids: list[int], start: int, end: int, letter_ids: dict[int, str], dot: int) -> dict[str, tuple[int, int]]:
+    """``{letter: (letter position, option word position)}`` of the option lines (``A . red``) in ``ids[start:end]``."""
+    return {letter_ids[ids[i]]: (i, i + 2) for i in range(start, end - 2) if ids[i] in letter_ids and ids[i + 1] == dot}
+
+
+def object_centres(scene: Scene, cells: tuple[tuple[int, int], ...]) -> list[int]:
+    """Raster indices of the centre patches of the objects in ``cells``."""
+    return [centre_patch(obj) for row, col in cells if (obj := scene.at(row, col)) is not None]
+
+
 def dialogue_batch(
     step: int, batch_size: int, seed: int, tokenizer, image_token_id: int, settings: DialogueSettings
 ) -> DialogueBatch:
-    rows, values, kinds, hops = [], [], [], []
+    rows, values, kinds, scenes, turn_lists = [], [], [], [], []
     key_ids, question_mark = key_word_ids(tokenizer), tokenizer.convert_tokens_to_ids("?")
+    letter_ids = {tokenizer.convert_tokens_to_ids(letter): letter for letter in OPTION_LETTERS}
+    dot = tokenizer.convert_tokens_to_ids(".")
     for i in range(batch_size):
         sample_seed = TRAIN_SEED_OFFSET + (seed * 1_000_003 + step) * batch_size + i
         rng = random.Random(sample_seed + 1)
@@ -222,25 +273,45 @@ def dialogue_batch(
         turns = dialogue(scene, rng, settings)
         rows.append(encode_dialogue(turns, tokenizer, image_token_id, 576, rng.choice(settings.conv_modes)))
         kinds.append(["options" if reply in OPTION_LETTERS else kind for _, reply, kind, _ in turns])  # what the log tallies
-        hops.append([torch.stack([patch_mask(c) for c in hop_cells(kind, cells)]) for _, _, kind, cells in turns])
+        scenes.append(scene)
+        turn_lists.append(turns)
         values.append(scene_pixels(scene, rng))
     width = max(len(ids) for ids, _, _ in rows)
     most_turns = max(len(starts) for _, _, starts in rows)
+    most_options = len(OPTION_LETTERS) * most_turns
     input_ids = torch.full((batch_size, width), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     mask = torch.zeros_like(input_ids)
     answer_index = torch.full((batch_size, most_turns), -1, dtype=torch.long)
-    hop_targets = torch.zeros(batch_size, most_turns, 3, width, dtype=torch.bool)
+    answer_weights = {name: torch.zeros(batch_size, most_turns, width) for name in HOPS if name != "letters"}
+    letter_query = torch.full((batch_size, most_options), -1, dtype=torch.long)
+    letter_weights = torch.zeros(batch_size, most_options, width)
+    image_patches = PATCHES_PER_SIDE**2
     for row, (ids, lab, starts) in enumerate(rows):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         labels[row, : len(ids)] = torch.tensor(lab)
         mask[row, : len(ids)] = 1
         answer_index[row, : len(starts)] = torch.tensor(starts)
         image = ids.index(image_token_id)
-        question_start = image + PATCHES_PER_SIDE**2
-        for turn, start in enumerate(starts):
-            hop_targets[row, turn, 0, key_word_positions(ids, question_start, start, key_ids, question_mark)] = True
-            hop_targets[row, turn, 1:, image : image + PATCHES_PER_SIDE**2] = hops[row][turn]
+        question_start, option_count = image + image_patches, 0
+        for turn, (start, (_, reply, kind, cells)) in enumerate(zip(starts, turn_lists[row], strict=True)):
+            answer_weights["key_words"][row, turn, key_word_positions(ids, question_start, start, key_ids, question_mark)] = 1
+            first, second = hop_cells(kind, cells)
+            answer_weights["first_image"][row, turn, image : image + image_patches] = patch_mask(first).float()
+            answer_weights["second_image"][row, turn, image : image + image_patches] = patch_mask(second).float()
+            if kind in ("count", "most_common"):
+                targets = [0] + [image + p for p in object_centres(scenes[row], cells)]  # BOS + centres
+                answer_weights["objects"][row, turn, targets] = 1 / len(targets)
+            options = option_positions(ids, question_start, start, letter_ids, dot)
+            if reply in options:
+                answer_weights["option"][row, turn, options[reply][1]] = 1
+            for letter_position, word_position in options.values():
+                letter_query[row, option_count] = word_position
+                letter_weights[row, option_count, letter_position] = 1
+                option_count += 1
             question_start = start
     image_start = (input_ids == image_token_id).int().argmax(dim=1)
-    return DialogueBatch(input_ids, mask, labels, torch.stack(values), answer_index, hop_targets, image_start, kinds)
+    turn_query = torch.where(answer_index >= 0, answer_index - 1, -1)
+    hops = {name: HopTargets(turn_query, weights) for name, weights in answer_weights.items()}
+    hops["letters"] = HopTargets(letter_query, letter_weights)
+    return DialogueBatch(input_ids, mask, labels, torch.stack(values), answer_index, hops, image_start, kinds)

@@ -59,14 +59,15 @@ def slow_rope_dims(inv_freq: torch.Tensor, span: int, count: int) -> list[int]:
 
 
 @torch.no_grad()
-def calibrated_readout(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, labels: torch.Tensor):
+def calibrated_readout(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, labels: torch.Tensor,
+                       quantile: float = 0.995):
     """A linear map whose GELU is ~1 for each sample's own class and ~0 for the others.
 
     ``weight`` / ``bias`` are a classifier's (``[C, D]``, ``[C]``) over ``features`` ``[N, D]``; ``labels``
     ``[N]`` the true classes, -1 where no class applies (background: every output should be ~0). The
     logits are centred per sample (``z = l - mean(l)``, a linear map); per class, ``z`` is shifted by the
-    midpoint between its median on the class's samples and its 99.5th percentile on all other samples,
-    and scaled so that the median on the class's samples is 1."""
+    midpoint between its median on the class's samples and its ``quantile`` on all other samples (99.5th
+    percentile by default), and scaled so that the median on the class's samples is 1."""
     centring = torch.eye(weight.shape[0]) - 1.0 / weight.shape[0]
     weight, bias = centring @ weight, centring @ bias
     z = features @ weight.T + bias  # [N, C]
@@ -75,10 +76,11 @@ def calibrated_readout(weight: torch.Tensor, bias: torch.Tensor, features: torch
         own, other = z[labels == c, c], z[labels != c, c]
         if own.numel() == 0:
             raise ValueError(f"class {c} has no sample in the calibration features")
-        if own.median() <= other.quantile(0.995):
+        if own.median() <= other.quantile(quantile):
             raise ValueError(f"the read-out does not separate class {c} (median {float(own.median()):.2f} on its "
-                             f"samples, 99.5th percentile {float(other.quantile(0.995)):.2f} on the others): train the tower longer")
-        threshold = 0.5 * (own.median() + other.quantile(0.995))
+                             f"samples, {quantile:.1%} quantile {float(other.quantile(quantile)):.2f} on the others): "
+                             "train the tower longer")
+        threshold = 0.5 * (own.median() + other.quantile(quantile))
         scales.append(1.0 / (own.median() - threshold))
         shifts.append(threshold)
     scale, shift = torch.stack(scales), torch.stack(shifts)
@@ -138,7 +140,7 @@ def init_lookup_circuit(
     # ``amplitude``, and rms amplitude * sqrt(2 / hidden)); the copies write ~amplitude back
     kappa = math.sqrt(hidden / 2)
     # layer 1 head 0: copy QUERY -> QUERY
-    copy(lm.layers[gather_layer].self_attn, query, query, head_dim, gain=amplitude / kappa)
+    copy_through_head(lm.layers[gather_layer].self_attn, query, query, list(range(CODE_WIDTH)), 0, gain=amplitude / kappa)
     # layer 2 head 0: match QUERY in slow RoPE dims, copy the matched QUERY -> RETRIEVED
     attention = lm.layers[lookup_layer].self_attn
     slow = slow_rope_dims(lm.rotary_emb.inv_freq, span=1024, count=CODE_WIDTH)
@@ -146,7 +148,7 @@ def init_lookup_circuit(
     for projection in (attention.q_proj, attention.k_proj):
         projection.weight[slow] = 0.0
         projection.weight[slow, query] = projection_gain
-    copy(attention, query, retrieved, head_dim, gain=amplitude / kappa)
+    copy_through_head(attention, query, retrieved, list(range(CODE_WIDTH)), 0, gain=amplitude / kappa)
     # LM head: colour / shape words read RETRIEVED
     lm_head = model.lm_head.weight
     for i, colour in enumerate(COLOURS):
@@ -155,13 +157,17 @@ def init_lookup_circuit(
         lm_head[tokenizer.convert_tokens_to_ids(shape), retrieved[SHAPE + i]] = 4.0
 
 
-def copy(attention: nn.Module, source: list[int], target: list[int], head_dim: int, gain: float = 1.0) -> None:
-    """Head 0's value / output projections copy residual dims ``source`` (normalised) into ``target``."""
-    width = len(source)
-    if width > head_dim:
-        raise ValueError(f"cannot copy {width} dims through a {head_dim}-dim head")
-    attention.v_proj.weight[:width] = 0.0
-    attention.v_proj.weight[range(width), source] = 1.0
+def copy_through_head(attention: nn.Module, source: list[int], target: list[int], value_dims: list[int], head: int,
+                      gain: float = 1.0) -> None:
+    """KV head 0's value dimensions ``value_dims`` carry residual dims ``source`` (normalised); query head
+    ``head``'s output writes them into residual dims ``target`` (times ``gain``); no other query head reads
+    those value dims, and nothing else writes ``target`` in this layer."""
+    head_dim, num_heads = attention.head_dim, attention.config.num_attention_heads
+    if len(source) != len(value_dims) or max(value_dims) >= head_dim:
+        raise ValueError(f"cannot copy {len(source)} dims through value dims {value_dims} of a {head_dim}-dim head")
+    attention.v_proj.weight[value_dims] = 0.0
+    attention.v_proj.weight[value_dims, source] = 1.0
+    for other in range(num_heads):
+        attention.o_proj.weight[:, [other * head_dim + d for d in value_dims]] = 0.0
     attention.o_proj.weight[target] = 0.0
-    attention.o_proj.weight[:, :width] = 0.0
-    attention.o_proj.weight[target, range(width)] = gain
+    attention.o_proj.weight[target, [head * head_dim + d for d in value_dims]] = gain

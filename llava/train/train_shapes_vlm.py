@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,15 +43,41 @@ from llava.pruning.scoring import decoder_attention_rows
 from llava.shapes.model import build_processor, shapes_llava_config
 from llava.shapes.scene import COLOURS, GRID, SHAPES
 from llava.shapes.training_data import NUM_CLASSES, DialogueBatch, DialogueSettings, dialogue_batch, tower_batch
+from llava.train.count_init import init_count_circuit
 from llava.train.lookup_init import init_lookup_circuit
+from llava.train.option_init import init_option_circuit
 from toolkit_common.cli import setting_error
 from toolkit_common.jsonl import drop_records_from_step
+from toolkit_common.training import append_log, load_checkpoint, read_log, resume, save_checkpoint, warmup_cosine_lr
 
 STAGES = ("tower", "vlm")
 TRAINING_RECORD = "training_record.json"
 RUNS = "runs.jsonl"  # in --output-dir: the settings of every training invocation
 BASE_RECORD = "continued_from.json"  # in --output-dir: the training record of the export a run continues
 LOGS = ("tower_log.jsonl", "vlm_log.jsonl")
+CENTRE_WEIGHT = 20.0  # positive weight of the tower's centre-patch objective
+
+
+@dataclass(frozen=True)
+class HopHead:
+    """The attention head a hop supervises, and its loss: ``-log`` of the mass on the targets, or (a
+    ``distribution`` hop) the cross-entropy ``-sum_t w_t log a_t`` to the targets' weights ``w``."""
+
+    layer: int
+    head: int
+    distribution: bool = False
+
+
+# key words, then the image twice (the lookup circuit's heads); the objects hop after the lookup; the
+# option lines' letters in the other head of layer 1; the right option once the answer is read (layer 5)
+HOP_HEADS = {
+    "key_words": HopHead(1, 0),
+    "first_image": HopHead(2, 0),
+    "second_image": HopHead(4, 0),
+    "objects": HopHead(3, 0, distribution=True),
+    "option": HopHead(5, 0),
+    "letters": HopHead(1, 1),
+}
 
 
 class TowerHeads(nn.Module):
@@ -64,6 +90,7 @@ class TowerHeads(nn.Module):
         self.row = nn.Linear(width, GRID)
         self.col = nn.Linear(width, GRID)
         self.present = nn.Linear(width, NUM_CLASSES - 1)
+        self.centre = nn.Linear(width, 1)
 
 
 def colour_and_shape(patch_class: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,6 +107,7 @@ def tower_losses(tower: CLIPVisionModel, heads: TowerHeads, batch) -> dict[str, 
     objects = batch.patch_class > 0
     colour, shape = colour_and_shape(batch.patch_class)
     colour_logits, shape_logits = heads.colour(features), heads.shape(features)
+    centre_logits = heads.centre(features).squeeze(-1)
     # background is 93 % of the patches: weight object patches up so colour and shape are learned
     weight = lambda n: torch.tensor([1.0] + [5.0] * n)
     losses = {
@@ -88,6 +116,9 @@ def tower_losses(tower: CLIPVisionModel, heads: TowerHeads, batch) -> dict[str, 
         "row": ce(heads.row(features).flatten(0, 1), batch.patch_row.flatten()),
         "col": ce(heads.col(features).flatten(0, 1), batch.patch_col.flatten()),
         "present": nn.functional.binary_cross_entropy_with_logits(heads.present(out.pooler_output), batch.present),
+        # one centre patch per object among 576: weighted up like the object classes
+        "centre": nn.functional.binary_cross_entropy_with_logits(
+            centre_logits, batch.patch_centre.float(), pos_weight=torch.tensor(CENTRE_WEIGHT)),
     }
     with torch.no_grad():
         colour_hit = colour_logits.argmax(-1) == colour
@@ -96,40 +127,10 @@ def tower_losses(tower: CLIPVisionModel, heads: TowerHeads, batch) -> dict[str, 
         losses["acc_shape"] = shape_hit[objects].float().mean()
         losses["acc_object_patch"] = (colour_hit & shape_hit)[objects].float().mean()
         losses["acc_background"] = (shape_hit & colour_hit)[~objects].float().mean()
+        centre_hit = (centre_logits > 0) == batch.patch_centre
+        losses["acc_centre"] = centre_hit[batch.patch_centre].float().mean()  # recall
+        losses["acc_not_centre"] = centre_hit[objects & ~batch.patch_centre].float().mean()  # other object patches
     return losses
-
-
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def save(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-
-
-def load(path: Path) -> dict | None:
-    return torch.load(path, weights_only=True) if path.exists() else None
-
-
-def resume(path: Path, modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer) -> int:
-    """Load ``modules`` (by their checkpoint keys) and ``optimizer`` from ``path`` if it exists; the step to start at."""
-    state = load(path)
-    if state is None:
-        return 0
-    for key, module in modules.items():
-        module.load_state_dict(state[key])
-    optimizer.load_state_dict(state["optimizer"])
-    return state["step"]
-
-
-def append_log(path: Path, row: dict) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
 
 
 def build_model(processor) -> LlavaForConditionalGeneration:
@@ -144,16 +145,18 @@ def train_tower(args, model: LlavaForConditionalGeneration, out: Path) -> None:
     params = list(tower.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.tower_lr, weight_decay=0.01)
     start = resume(out / "tower.pt", {"tower": tower, "heads": heads}, optimizer)
+    if start == 0 and args.tower_from:
+        tower.load_state_dict(LlavaForConditionalGeneration.from_pretrained(args.tower_from).model.vision_tower.state_dict())
     log = out / "tower_log.jsonl"
     drop_records_from_step(log, start)
     tower.train()
     bar = tqdm(range(start, args.tower_steps), desc="tower", initial=start, total=args.tower_steps)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args.tower_steps, args.tower_lr, 100)
+            group["lr"] = warmup_cosine_lr(step, args.tower_steps, args.tower_lr, 100)
         batch = tower_batch(step, args.tower_batch, args.seed)
         losses = tower_losses(tower, heads, batch)
-        total = losses["colour"] + losses["shape"] + 0.2 * (losses["row"] + losses["col"]) + losses["present"]
+        total = losses["colour"] + losses["shape"] + 0.2 * (losses["row"] + losses["col"]) + losses["present"] + losses["centre"]
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
@@ -162,7 +165,7 @@ def train_tower(args, model: LlavaForConditionalGeneration, out: Path) -> None:
         append_log(log, row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", obj=f"{row['acc_object_patch']:.2f}")
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.tower_steps:
-            save(
+            save_checkpoint(
                 out / "tower.pt",
                 {"step": step + 1, "tower": tower.state_dict(), "heads": heads.state_dict(), "optimizer": optimizer.state_dict()},
             )
@@ -179,27 +182,38 @@ def answer_accuracy(logits: torch.Tensor, batch: DialogueBatch) -> dict[str, lis
     return hits
 
 
-def hop_attention_mass(model: LlavaForConditionalGeneration, hidden_states, batch: DialogueBatch, layers, head: int):
-    """``[hops, B, Q]`` attention mass that ``head`` of ``layers[h]`` gives, from the position predicting
-    each turn's answer, to what hop ``h`` of that turn reads (``batch.hop_targets``), and the
-    ``[hops, B, Q]`` mask of turns that name targets for the hop."""
+def hop_losses(model: LlavaForConditionalGeneration, hidden_states, batch: DialogueBatch,
+               heads: dict[str, HopHead]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per hop: ``(loss, mass)``, the mean over the hop's queries of its loss (``HopHead``) and of the
+    attention mass its head gives to the targets (``batch.hops``); hops without a query in the batch are
+    left out."""
     lm = model.model.language_model
     batch_size, length = batch.input_ids.shape
     position_ids = torch.arange(length).expand(batch_size, -1)  # right padded: what LlamaModel uses
     rope = lm.rotary_emb(hidden_states[0], position_ids)
-    query_index = (batch.answer_index - 1).clamp(min=0)
-    masses, used = [], []
-    for hop, layer in enumerate(layers):
-        probs = decoder_attention_rows(lm.layers[layer], hidden_states[layer], rope, batch.attention_mask.bool(), query_index)
-        target = batch.hop_targets[:, :, hop]  # [B, Q, T]
-        masses.append((probs[:, head] * target).sum(-1))
-        used.append((batch.answer_index >= 0) & target.any(-1))
-    return torch.stack(masses), torch.stack(used)
+    results = {}
+    for name, spec in heads.items():
+        targets = batch.hops[name]
+        used = targets.used
+        if not used.any():
+            continue
+        probs = decoder_attention_rows(lm.layers[spec.layer], hidden_states[spec.layer], rope,
+                                       batch.attention_mask.bool(), targets.query.clamp(min=0))[:, spec.head]
+        probs, weights = probs[used], targets.weights[used]  # [U, T]
+        mass = (probs * (weights > 0)).sum(-1)
+        if spec.distribution:
+            weights = weights / weights.sum(-1, keepdim=True)
+            loss = -(weights * torch.log(probs + 1e-6)).sum(-1)
+        else:
+            loss = -torch.log(mass + 1e-6)
+        results[name] = (loss.mean(), mass.mean())
+    return results
 
 
 @torch.no_grad()
-def write_lookup_circuit(model: LlavaForConditionalGeneration, heads_state: dict, tokenizer, seed: int) -> None:
-    """``init_lookup_circuit`` calibrated on 8 training images' tower features."""
+def write_circuits(model: LlavaForConditionalGeneration, heads_state: dict, tokenizer, seed: int) -> None:
+    """The lookup, option and counting circuits (``llava.train.lookup_init``, ``option_init``,
+    ``count_init``), their read-outs calibrated on 8 training images' tower features."""
     tower = model.model.vision_tower
     heads = TowerHeads(tower.config.hidden_size)
     heads.load_state_dict(heads_state)
@@ -208,17 +222,23 @@ def write_lookup_circuit(model: LlavaForConditionalGeneration, heads_state: dict
     colour, shape = colour_and_shape(batch.patch_class.flatten())
     labels = {"row": batch.patch_row.flatten(), "col": batch.patch_col.flatten(), "colour": colour, "shape": shape}
     init_lookup_circuit(model, heads, features, labels, tokenizer)
+    init_option_circuit(model, tokenizer)
+    init_count_circuit(model, heads.centre, features, batch.patch_centre.flatten(), tokenizer)
 
 
 def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) -> None:
     """Projector + LM on dialogues: answer cross-entropy + ``attention_weight`` x the hop attention loss.
 
-    The hop loss, ``-log`` of the attention mass one head gives, from the position predicting the answer,
-    to what the answer reads (layer ``hop_layers[0]``: the question's key words; ``hop_layers[1]`` and
-    ``[2]``: the image patches of the first and second hop), is a curriculum: it shows the LM where to look
-    (at step 200 without the key-word hop, the image attention was the same for every question about an
-    image: the answer position had not gathered the question), which from the answer loss alone it found too slowly on CPU (answers stayed at the
-    priors for 1100 steps with ideal features). It decays to 0 over the first ``attention_steps``.
+    The hop loss (``hop_losses``, the mean over the supervised hops of ``HOP_HEADS``) shows heads where to
+    look: from the position predicting each answer, the question's key words (layer 1), the patches of
+    the cells the answer reads (layers 2 and 4: for right_of the named object, then the cell right of
+    it), for count / most-common BOS and each counted object's centre patch as a uniform distribution
+    (layer 3: the share BOS keeps says how many), and in the option form the right option's word (layer
+    5); from each option word, its letter (layer 1, head 1). It is a curriculum, decaying to 0 over the
+    first ``attention_steps``: from the answer loss alone a small LM on a CPU found these lookups too
+    slowly (answers at the priors for 1100 steps with ideal features; at step 200 without the key-word hop
+    the image attention was the same for every question about an image; the option form stayed at chance
+    over 1750 steps).
     """
     if args.continue_from:
         model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(args.continue_from).state_dict())
@@ -229,7 +249,7 @@ def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) 
             if not (out / name).exists() and (args.continue_from / "training_logs" / name).exists():
                 (out / name).write_bytes((args.continue_from / "training_logs" / name).read_bytes())
     else:
-        tower_state = load(out / "tower.pt")
+        tower_state = load_checkpoint(out / "tower.pt")
         if tower_state is None:
             raise SystemExit(f"stage vlm needs {out / 'tower.pt'}: run the tower stage first")
         model.model.vision_tower.load_state_dict(tower_state["tower"])
@@ -239,7 +259,7 @@ def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) 
     optimizer = torch.optim.AdamW(params, lr=args.vlm_lr, weight_decay=0.01, betas=(0.9, 0.98))
     start = resume(out / "vlm.pt", {"model": model}, optimizer)
     if start == 0 and args.lookup_init and not args.continue_from:
-        write_lookup_circuit(model, tower_state["heads"], processor.tokenizer, args.seed)
+        write_circuits(model, tower_state["heads"], processor.tokenizer, args.seed)
     log = out / "vlm_log.jsonl"
     drop_records_from_step(log, offset + start)
     model.train()
@@ -250,15 +270,15 @@ def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) 
     bar = tqdm(range(start, args.vlm_steps), desc="vlm", initial=start, total=args.vlm_steps)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args.vlm_steps, args.vlm_lr, 200)
+            group["lr"] = warmup_cosine_lr(step, args.vlm_steps, args.vlm_lr, 200)
         batch = dialogue_batch(offset + step, args.vlm_batch, args.seed, tokenizer, model.config.image_token_id, settings)
         # right-padded batch and no attention mask: SDPA's causal fast path (a padding mask takes a
         # path 2-3 x slower on CPU); the pads sit after every real token and carry no labels
         output = model(
             input_ids=batch.input_ids, pixel_values=batch.pixel_values, labels=batch.labels, output_hidden_states=True
         )
-        mass, used = hop_attention_mass(model, output.hidden_states, batch, args.hop_layers, head=0)
-        hop_loss = -torch.log(mass[used] + 1e-6).mean()
+        hops = hop_losses(model, output.hidden_states, batch, {name: HOP_HEADS[name] for name in args.hops})
+        hop_loss = torch.stack([loss for loss, _ in hops.values()]).mean() if hops else output.loss.new_zeros(())
         weight = args.attention_weight * max(0.0, 1 - step / args.attention_steps)
         loss = output.loss + weight * hop_loss
         optimizer.zero_grad(set_to_none=True)
@@ -272,17 +292,17 @@ def train_vlm(args, model: LlavaForConditionalGeneration, processor, out: Path) 
             "step": offset + step,
             "loss": round(float(output.loss), 4),
             "hop_loss": round(float(hop_loss), 4),
-            "hop_mass": [round(float(m[u].mean()), 4) for m, u in zip(mass, used, strict=True)],
+            "hop_mass": {name: round(float(mass), 4) for name, (_, mass) in hops.items()},
             "attention_weight": weight,
             "lr": optimizer.param_groups[0]["lr"],
             "correct": {kind: [int(h) for h in kind_hits] for kind, kind_hits in hits.items()},
         }
         append_log(log, row)
         bar.set_postfix(
-            loss=f"{row['loss']:.3f}", hop=f"{row['hop_mass'][0]:.2f}/{row['hop_mass'][1]:.2f}", **{k[:6]: f"{sum(v) / len(v):.2f}" for k, v in sorted(recent.items())}
+            loss=f"{row['loss']:.3f}", hop=f"{float(hop_loss):.2f}", **{k[:6]: f"{sum(v) / len(v):.2f}" for k, v in sorted(recent.items())}
         )
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.vlm_steps:
-            save(out / "vlm.pt", {"step": step + 1, "offset": offset, "model": model.state_dict(),
+            save_checkpoint(out / "vlm.pt", {"step": step + 1, "offset": offset, "model": model.state_dict(),
                                   "optimizer": optimizer.state_dict()})
 
 
@@ -307,10 +327,6 @@ def kind_weight(text: str) -> tuple[str, float]:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: the weight must be >= 0")
     return kind, value
-
-
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
 def plot_training_curves(out: Path, target: Path) -> None:
@@ -359,14 +375,14 @@ def run_settings(args) -> dict:
 def export(args, model: LlavaForConditionalGeneration, processor, target: Path) -> None:
     """The llava-hf checkpoint (safetensors, config, tokenizer, processor), the training curves PNG, the
     logs and the training record (steps per stage, the settings of every run that led to the weights)."""
-    state = load(args.output_dir / "vlm.pt")
+    state = load_checkpoint(args.output_dir / "vlm.pt")
     if state is None:
         raise SystemExit(f"--export needs {args.output_dir / 'vlm.pt'}: run the vlm stage first")
     model.load_state_dict(state["model"])
     if (args.output_dir / BASE_RECORD).is_file():  # this output dir continues an export
         record = json.loads((args.output_dir / BASE_RECORD).read_text(encoding="utf-8"))
     else:
-        tower = load(args.output_dir / "tower.pt")
+        tower = load_checkpoint(args.output_dir / "tower.pt")
         record = {"tower_steps": tower["step"] if tower else 0, "vlm_steps": 0, "runs": []}
     record["vlm_steps"] = state.get("offset", 0) + state["step"]
     record["runs"] = [*record["runs"], *read_log(args.output_dir / RUNS)]
@@ -389,15 +405,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tower-steps", type=int, default=600)
     parser.add_argument("--tower-batch", type=int, default=16)
     parser.add_argument("--tower-lr", type=float, default=2e-3)
+    parser.add_argument("--tower-from", type=Path,
+                        help="an exported checkpoint whose vision tower the tower stage starts from (its read-outs start fresh)")
     parser.add_argument("--vlm-steps", type=int, default=3000)
     parser.add_argument("--vlm-batch", type=int, default=8)
     parser.add_argument("--vlm-lr", type=float, default=1.5e-3)
-    parser.add_argument("--hop-layers", type=int, nargs=3, default=(1, 2, 4),
-                        help="layers whose head 0 learns where to look: the question's key words, then the image twice")
+    parser.add_argument("--hops", nargs="*", choices=list(HOP_HEADS), default=list(HOP_HEADS),
+                        help="hops the attention loss supervises (where: "
+                             + ", ".join(f"{name} layer {h.layer} head {h.head}" for name, h in HOP_HEADS.items()) + ")")
     parser.add_argument("--attention-weight", type=float, default=1.0)
     parser.add_argument("--attention-steps", type=int, default=1500, help="the hop loss decays to 0 over these steps")
     parser.add_argument("--lookup-init", action=argparse.BooleanOptionalAction, default=True,
-                        help="start the LM with the cell / object lookup circuit written in (llava.train.lookup_init)")
+                        help="start the LM with the lookup, option and counting circuits written in "
+                             "(llava.train.lookup_init, option_init, count_init)")
     parser.add_argument("--kind-weights", type=kind_weight, nargs="+", metavar="KIND=WEIGHT",
                         help="sampling weights of the question kinds in the training dialogues (the others keep "
                              f"their defaults: {', '.join(f'{k}={w:g}' for k, w in DialogueSettings().kind_weights)})")

@@ -16,7 +16,7 @@ from llava.shapes.training_data import (
     key_word_positions,
     patch_mask,
 )
-from llava.train.train_shapes_vlm import answer_accuracy, hop_attention_mass
+from llava.train.train_shapes_vlm import HOP_HEADS, answer_accuracy, hop_losses
 from llava.train.train_shapes_vlm import main as train_main
 
 
@@ -36,34 +36,52 @@ def test_hop_cells_and_patch_masks():
     assert mask.sum() == 16 and mask[cell_patches(2, 3)].all()
 
 
-def test_hop_attention_mass_is_the_models_own_attention_on_the_answer_patches():
+def test_hop_losses_are_the_models_own_attention_on_each_hops_targets():
     processor = build_processor()
-    model = small_shapes_vlm(processor)
+    model = small_shapes_vlm(processor, layers=6)
     model.set_attn_implementation("eager")
-    batch = dialogue_batch(3, 2, 0, processor.tokenizer, model.config.image_token_id, DialogueSettings())
+    settings = DialogueSettings(multiple_choice_share=0.7, kind_weights=(("count", 2.0), ("right_of", 1.0), ("exists", 1.0)))
+    batch = dialogue_batch(3, 3, 0, processor.tokenizer, model.config.image_token_id, settings)
     with torch.no_grad():
-        out = model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            pixel_values=batch.pixel_values,
-            output_hidden_states=True,
-            output_attentions=True,
-        )
-        mass, used = hop_attention_mass(model, out.hidden_states, batch, (1, 2, 4), head=1)
-    for hop, layer in enumerate((1, 2, 4)):
-        for b in range(2):
-            for q, index in enumerate(batch.answer_index[b].tolist()):
-                if index < 0:
-                    assert not used[hop, b, q]
-                    continue
-                row = out.attentions[layer][b, 1, index - 1]
-                expected = row[batch.hop_targets[b, q, hop]].sum()
-                torch.testing.assert_close(mass[hop, b, q], expected, atol=1e-5, rtol=1e-4)
-    assert used[0].any() and used[1].any()
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values,
+                    output_hidden_states=True, output_attentions=True)
+        results = hop_losses(model, out.hidden_states, batch, HOP_HEADS)
+    assert set(results) == set(HOP_HEADS)  # this batch has every kind of hop
+    for name, spec in HOP_HEADS.items():
+        targets = batch.hops[name]
+        rows = [out.attentions[spec.layer][b, spec.head, targets.query[b, k]] for b, k in targets.used.nonzero().tolist()]
+        weights = targets.weights[targets.used]
+        masses = torch.stack([row[w > 0].sum() for row, w in zip(rows, weights, strict=True)])
+        torch.testing.assert_close(results[name][1], masses.mean(), atol=1e-5, rtol=1e-4)
+        if spec.distribution:
+            expected = torch.stack([-(w / w.sum() * torch.log(row + 1e-6)).sum() for row, w in zip(rows, weights, strict=True)])
+        else:
+            expected = -torch.log(masses + 1e-6)
+        torch.testing.assert_close(results[name][0], expected.mean(), atol=1e-4, rtol=1e-4)
     hits = answer_accuracy(out.logits, batch)
     assert sum(len(v) for v in hits.values()) == int((batch.answer_index >= 0).sum())
+
+
+def test_hop_targets_name_what_each_answer_reads():
+    tokenizer = build_processor().tokenizer
+    settings = DialogueSettings(multiple_choice_share=1.0, kind_weights=(("count", 1.0),), turns=(2, 2))
+    batch = dialogue_batch(0, 2, 0, tokenizer, tokenizer.convert_tokens_to_ids("<image>"), settings)
+    ids = batch.input_ids[0].tolist()
+    words = lambda positions: tokenizer.convert_ids_to_tokens([ids[p] for p in positions])
+    letters = batch.hops["letters"]
+    for k in letters.used[0].nonzero().flatten().tolist():  # option word -> its letter, two tokens back
+        target = int(letters.weights[0, k].nonzero())
+        assert target == int(letters.query[0, k]) - 2 and words([target])[0] in "ABCD"
     start = int(batch.image_start[0])
-    assert batch.hop_targets[0, 0, 1].sum() >= 16 and batch.hop_targets[0, 0, 1, start : start + 576].sum() == batch.hop_targets[0, 0, 1].sum()
+    for turn, index in enumerate(batch.answer_index[0].tolist()):
+        option = batch.hops["option"].weights[0, turn].nonzero().flatten().tolist()
+        assert len(option) == 1 and words([option[0] - 2]) == words([index])  # the right option's word
+        objects = batch.hops["objects"].weights[0, turn]
+        targets = objects.nonzero().flatten().tolist()
+        assert targets[0] == 0 and all(start <= t < start + 576 for t in targets[1:])  # BOS, then centre patches
+        torch.testing.assert_close(objects.sum(), torch.tensor(1.0))
+        counted = int(words(option)[0])
+        assert len(targets) - 1 == counted
 
 
 def test_key_words_are_the_question_words_before_its_question_mark():
