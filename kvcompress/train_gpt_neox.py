@@ -5,7 +5,7 @@
 
 Data: the byte-level BPE of :mod:`kvcompress.models.wikitext_neox` is trained on WikiText-2 *valid*;
 the model trains on random ``--seq-len`` windows of the first 95 % of *valid* (batch ``t`` depends only
-on ``(seed, t)``, so a resumed run continues as an uninterrupted one) and the last 5 % is the held-out
+on ``(seed, t)``, and so do its dropout masks: a resumed run continues as an uninterrupted one) and the last 5 % is the held-out
 monitor (loss every ``--eval-every`` steps; the step with the lowest one is kept as ``best.pt`` and is
 what ``--export`` ships). *Test* is never seen in training: the export measures its strided perplexity
 (1024-token windows, stride 512) and writes it into ``training_record.json``.
@@ -50,6 +50,7 @@ from toolkit_common.training import (
 
 MONITOR_SHARE = 0.05  # last share of the training text held out to pick the best step
 LOG = "train_log.jsonl"
+RUNS = "runs.jsonl"  # in --output-dir: the settings of every training invocation
 RECORD = "training_record.json"
 
 
@@ -91,6 +92,7 @@ def optimizer_for(model: nn.Module, lr: float, weight_decay: float) -> torch.opt
 
 def train(args: argparse.Namespace) -> None:
     out: Path = args.output_dir
+    append_log(out / RUNS, run_settings(args))
     tokenizer_dir = out / "tokenizer"
     if not (tokenizer_dir / "tokenizer.json").is_file():
         train_tokenizer(args.train_text, args.vocab_size).save_pretrained(tokenizer_dir)
@@ -115,6 +117,7 @@ def train(args: argparse.Namespace) -> None:
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine_lr(step, args.steps, args.lr, args.warmup)
         batch = training_batch(train_tokens, step, args.batch_size, args.seq_len, args.seed)
+        torch.manual_seed(args.seed * 1_000_003 + step)  # dropout masks: a function of (seed, step) too
         loss = model(input_ids=batch, labels=batch).loss  # the model shifts the labels
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,8 +175,7 @@ def export(args: argparse.Namespace) -> None:
     model.eval()
     log = read_log(out / LOG)
     record = {"steps_trained": len(log), "best_step": best["step"], "held_out_loss": best["held_out_loss"],
-              "wall_time_s": sum(r["elapsed_s"] for r in _run_ends(log)), "threads": args.threads,
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in sorted(vars(args).items())},
+              "wall_time_s": sum(r["elapsed_s"] for r in _run_ends(log)), "runs": read_log(out / RUNS),
               "parameters": sum(p.numel() for p in model.parameters())}
     if args.test_text.is_file():
         test = token_stream(args.test_text, tokenizer)
@@ -189,6 +191,11 @@ def export(args: argparse.Namespace) -> None:
     plot_curves(log, target / "training_curves.png")
     (target / RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
     print(f"exported step {best['step']} (held-out loss {best['held_out_loss']:.3f}) to {target}")
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """An invocation's command-line settings, as JSON values."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in sorted(vars(args).items())}
 
 
 def _run_ends(log: list[dict]) -> list[dict]:
