@@ -38,20 +38,23 @@ from toolkit_common.jsonl import JsonlAppender, read_jsonl  # noqa: E402
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for row in (row for row in rows if row["method"] == "full"):
-        axes[0].axhline(100 * row["passkey_accuracy"], color="grey", linestyle="--", label="full")
-        axes[1].axhline(row["perplexity"], color="grey", linestyle="--", label="full")
-    for method in sorted({row["method"] for row in rows} - {"full"}):
-        points = sorted((1 - row["kv_fraction"], row) for row in rows if row["method"] == method)
-        reductions = [100 * reduction for reduction, _ in points]
-        axes[0].plot(reductions, [100 * row["passkey_accuracy"] for _, row in points], "o-", label=method)
-        axes[1].plot(reductions, [row["perplexity"] for _, row in points], "o-", label=method)
-    for axis, label in zip(axes, ("passkey accuracy (%)", "WikiText-2 perplexity"), strict=True):
+    """Passkey accuracy (when the run has passkey prompts) and perplexity against the KV reduction."""
+    panels = [(key, label) for key, label in (("passkey_accuracy", "passkey accuracy (%)"),
+                                              ("perplexity", "WikiText-2 perplexity"))
+              if all(key in row for row in rows)]
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for axis, (key, label) in zip(axes[0], panels, strict=True):
+        scale = 100 if key == "passkey_accuracy" else 1
+        for row in (row for row in rows if row["method"] == "full"):
+            axis.axhline(scale * row[key], color="grey", linestyle="--", label="full")
+        for method in sorted({row["method"] for row in rows} - {"full"}):
+            points = sorted((1 - row["kv_fraction"], row) for row in rows if row["method"] == method)
+            axis.plot([100 * reduction for reduction, _ in points], [scale * row[key] for _, row in points], "o-",
+                      label=method)
         axis.set_xlabel("KV cache reduction vs full (%)")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0][0].legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -95,10 +98,11 @@ def main() -> None:
     base.check_model(model)
     text = load_token_stream(args.text, tokenizer, max_tokens=args.ppl_stride * args.ppl_windows + args.ppl_max_length + 1)
     prompts = make_passkey_prompts(tokenizer, args.passkey_len, args.passkey_prompts)
-    context = prompts[0].input_ids.shape[1]
-    settings = BenchmarkSettings(prompts[0].input_ids, ppl_max_length=args.ppl_max_length, ppl_stride=args.ppl_stride,
-                                 ppl_max_windows=args.ppl_windows)
     ppl_context = args.ppl_max_length - args.ppl_stride
+    # the KV fraction of a row is the one at the passkey prompts' length (at the perplexity context without them)
+    context = prompts[0].input_ids.shape[1] if prompts else ppl_context
+    settings = BenchmarkSettings(text[None, :context], ppl_max_length=args.ppl_max_length, ppl_stride=args.ppl_stride,
+                                 ppl_max_windows=args.ppl_windows)
     log = out / "tradeoff.jsonl"
     rows = read_jsonl(log)[0] if log.is_file() else []
     done = {(row["method"], row["groups"]) for row in rows}
@@ -121,8 +125,9 @@ def main() -> None:
         rows.append(row)
         plot(rows, out / "tradeoff.png")
     for row in sorted(rows, key=lambda r: (r["groups"], r["method"])):
+        passkey = f"passkey {100 * row['passkey_accuracy']:.0f}% " if "passkey_accuracy" in row else ""
         print(f"{row['method']:<16} groups={row['groups']:>3} KV -{100 * (1 - row['kv_fraction']):.1f}% "
-              f"passkey {100 * row['passkey_accuracy']:.0f}% PPL {row['perplexity']:.3f}")
+              f"{passkey}PPL {row['perplexity']:.3f}")
 
 
 if __name__ == "__main__":
