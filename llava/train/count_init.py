@@ -7,13 +7,13 @@ object's centre (``llava.shapes.scene.centre_patch``), and the circuit attends t
 * **Projector.** One more calibrated read-out unit (``calibrated_readout``) writes the centre flag into
   ``CENTRE``.
 * **Layer 3, head 0**, from every position: scores, in RoPE's slow dimensions,
-  ``s(BOS) = g_s``, ``s(patch) = g_c [centre] + g_m [code matches the question's colour / shape]`` with
-  ``g_c = g_m = g_s / 2``; a word ``most`` or ``common`` copied to the answer position (``MOST``, by the
-  gather head of layer 1) adds ``g_s / 2`` to every centre patch. So "how many red shapes?" spreads the
-  attention evenly over BOS and the centres of the red objects (a red non-centre patch, or another
-  centre, scores ``g_s / 2``: ``e^{-g_s / 2}`` of the weight), and "which colour is most common?" over
-  BOS and every object's centre.
-* **Values.** BOS's ``SINK`` flag goes to ``COUNT``: ``1 / (n + 1)`` with ``n`` objects counted (the MLPs
+  ``s(BOS) = g_s + ln K``, ``s(patch) = g_c [centre] + g_m [code matches the question's colour / shape]``
+  with ``g_c = g_m = g_s / 2`` and ``K = BOS_COUNT_WEIGHT``; a word ``most`` or ``common`` copied to the answer position (``MOST``, by the
+  gather head of layer 1) adds ``g_s / 2`` to every centre patch. So "how many red shapes?" gives each
+  centre of a red object ``1 / (n + K)`` of the attention and BOS ``K / (n + K)`` (a red non-centre patch,
+  or another centre, scores ``g_s / 2``: ``e^{-g_s / 2}`` of a centre's weight), and "which colour is most
+  common?" the same over every object's centre.
+* **Values.** BOS's ``SINK`` flag goes to ``COUNT``: ``K / (n + K)`` with ``n`` objects counted (the MLPs
   learn to read the digit from it); the centres' colour codes go to ``RETRIEVED``'s colour entries, the
   colour histogram the LM head reads for most-common.
 
@@ -30,7 +30,7 @@ from torch import nn
 from transformers import LlavaForConditionalGeneration
 
 from llava.shapes.scene import COLOURS
-from llava.shapes.training_data import KEY_WORDS_OF_MOST_COMMON
+from llava.shapes.training_data import BOS_COUNT_WEIGHT, KEY_WORDS_OF_MOST_COMMON
 from llava.train.lookup_init import CODE_WIDTH, COLOUR, calibrated_readout, code_dims, copy_through_head, slow_rope_dims
 from llava.train.option_init import OPTION_WIDTH, option_dims, token_id
 
@@ -97,8 +97,9 @@ def init_count_circuit(
     attention.k_proj.weight[centre_slot, dims["centre"]] = key_amplitude(half, 5)
     attention.q_proj.weight[q_rows + most_slot, dims["most"]] = query_amplitude(half)
     attention.k_proj.weight[most_slot, dims["centre"]] = key_amplitude(half, 5)
-    attention.q_proj.weight[q_rows + sink_slot, flags["constant"]] = query_amplitude(sink_gain)
-    attention.k_proj.weight[sink_slot, flags["sink"]] = key_amplitude(sink_gain, 2)
+    bos_score = sink_gain + math.log(BOS_COUNT_WEIGHT)  # BOS weighs as BOS_COUNT_WEIGHT centres
+    attention.q_proj.weight[q_rows + sink_slot, flags["constant"]] = query_amplitude(bos_score)
+    attention.k_proj.weight[sink_slot, flags["sink"]] = key_amplitude(bos_score, 2)
     colour_codes = [query[COLOUR + i] for i in range(len(COLOURS))]
     copy_through_head(attention, flags["sink"] + colour_codes, dims["count"] + [retrieved[COLOUR + i] for i in range(len(COLOURS))],
                       list(range(1 + len(COLOURS))), head, gain=1.0 / kappa(3))

@@ -54,6 +54,7 @@ STAGES = ("tower", "vlm")
 TRAINING_RECORD = "training_record.json"
 RUNS = "runs.jsonl"  # in --output-dir: the settings of every training invocation
 BASE_RECORD = "continued_from.json"  # in --output-dir: the training record of the export a run continues
+TOWER_RECORD = "tower_from.json"  # in --output-dir: the training record of the export the tower stage started from
 LOGS = ("tower_log.jsonl", "vlm_log.jsonl")
 CENTRE_WEIGHT = 20.0  # positive weight of the tower's centre-patch objective
 
@@ -147,6 +148,7 @@ def train_tower(args, model: LlavaForConditionalGeneration, out: Path) -> None:
     start = resume(out / "tower.pt", {"tower": tower, "heads": heads}, optimizer)
     if start == 0 and args.tower_from:
         tower.load_state_dict(LlavaForConditionalGeneration.from_pretrained(args.tower_from).model.vision_tower.state_dict())
+        (out / TOWER_RECORD).write_text(json.dumps(read_training_record(args.tower_from), indent=1), encoding="utf-8")
     log = out / "tower_log.jsonl"
     drop_records_from_step(log, start)
     tower.train()
@@ -384,6 +386,10 @@ def export(args, model: LlavaForConditionalGeneration, processor, target: Path) 
     else:
         tower = load_checkpoint(args.output_dir / "tower.pt")
         record = {"tower_steps": tower["step"] if tower else 0, "vlm_steps": 0, "runs": []}
+        if (args.output_dir / TOWER_RECORD).is_file():  # the tower stage went on from an export's tower
+            origin = json.loads((args.output_dir / TOWER_RECORD).read_text(encoding="utf-8"))
+            record["tower_steps"] += origin["tower_steps"]
+            record["tower_started_from"] = origin
     record["vlm_steps"] = state.get("offset", 0) + state["step"]
     record["runs"] = [*record["runs"], *read_log(args.output_dir / RUNS)]
     target.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from transformers import LlavaForConditionalGeneration
 from llava.shapes.model import build_processor, shapes_llava_config
 from llava.shapes.scene import cell_patches
 from llava.shapes.training_data import (
+    BOS_COUNT_WEIGHT,
     DialogueSettings,
     dialogue_batch,
     hop_cells,
@@ -82,6 +83,7 @@ def test_hop_targets_name_what_each_answer_reads():
         torch.testing.assert_close(objects.sum(), torch.tensor(1.0))
         counted = int(words(option)[0])
         assert len(targets) - 1 == counted
+        torch.testing.assert_close(objects[0], torch.tensor(BOS_COUNT_WEIGHT / (counted + BOS_COUNT_WEIGHT)))
 
 
 def test_key_words_are_the_question_words_before_its_question_mark():
@@ -135,3 +137,16 @@ def test_an_export_trains_further_with_continue_from(tmp_path):
     assert torch.equal(before["vision_tower.embeddings.patch_embedding.weight"],
                        after["vision_tower.embeddings.patch_embedding.weight"])  # frozen
     assert not torch.equal(before["multi_modal_projector.linear_1.weight"], after["multi_modal_projector.linear_1.weight"])
+
+
+def test_a_tower_stage_started_from_an_export_counts_its_steps(tmp_path):
+    import json
+
+    tiny = ["--tower-batch", "2", "--vlm-batch", "2", "--threads", "1", "--no-lookup-init", "--tower-steps", "2",
+            "--vlm-steps", "1"]
+    first, second = tmp_path / "export1", tmp_path / "export2"
+    assert train_main(["--output-dir", str(tmp_path / "a"), *tiny, "--export", str(first)]) == 0
+    assert train_main(["--output-dir", str(tmp_path / "b"), *tiny, "--tower-from", str(first), "--export", str(second)]) == 0
+    record = json.loads((second / "training_record.json").read_text())
+    assert record["tower_steps"] == 4 and record["tower_started_from"]["tower_steps"] == 2
+    assert record["runs"][0]["tower_from"] == str(first)
