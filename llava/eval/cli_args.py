@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llava.conversation import conv_templates
+from llava.eval.run_record import model_fingerprint
 from toolkit_common.cli import setting_error
 
 DEFAULT_MODEL_PATH = "llava-hf/llava-1.5-7b-hf"
@@ -244,6 +245,7 @@ def run_identity(args: argparse.Namespace) -> dict[str, Any]:
     return {
         **run_config_metadata(args),
         "model_path": args.model_path,
+        "model_weights": model_fingerprint(args.model_path),
         "model_base": args.model_base,
         "method_params": pruning_params(args),
         "conv_mode": args.conv_mode,

@@ -8,6 +8,7 @@ the scorers key their result by it (``read_run_record``), never by the first ans
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,28 @@ TABLE_COLUMN_PARAMS = ("visual_token_num", "heads", "head_strategy", "debug_mode
 
 class RunMismatchError(InputFileError):
     """An answers file written with other settings than the ones asked for now."""
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+FINGERPRINT_SAMPLE = 1 << 20  # bytes read from each end of a weight file
+
+
+def model_fingerprint(model_path: str | Path) -> str | None:
+    """A short hash of a local model folder's weight files (the model's and any shipped beside it, such as
+    learned pruners): name, size, and the first and last MiB of each, so answers of a retrained model at
+    the same path are never taken for the old model's. ``None`` for a hub id (no local folder)."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha1()
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(FINGERPRINT_SAMPLE))
+            handle.seek(max(0, size - FINGERPRINT_SAMPLE))
+            digest.update(handle.read(FINGERPRINT_SAMPLE))
+    return digest.hexdigest()[:16]
 
 
 def run_record_path(answers_file: str | Path) -> Path:

@@ -186,3 +186,23 @@ def test_help_lists_methods_strategies_and_parameters(capsys):
     assert all(f"  {name}: " in text for name in available_methods())
     assert all(strategy in text for strategy in HEAD_STRATEGIES)
     assert "token_selection_method='avg_all_heads'" in text and "--fast-v-attention-rank" in text
+
+
+def test_a_retrained_model_at_the_same_path_is_another_run(tmp_path):
+    from llava.eval.run_record import model_fingerprint
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    weights = bytearray(range(256)) * 20_000  # 5 MB: the middle is not sampled, both ends are
+    (folder / "model.safetensors").write_bytes(bytes(weights))
+    (folder / "config.json").write_text("{}")
+    first = model_fingerprint(folder)
+    (folder / "config.json").write_text('{"a": 1}')  # not a weight file
+    assert model_fingerprint(folder) == first
+    weights[-10] ^= 1
+    (folder / "model.safetensors").write_bytes(bytes(weights))
+    retrained = model_fingerprint(folder)
+    assert retrained != first
+    (folder / "learned_pruner_t64.pt").write_bytes(b"pruner")  # a pruner shipped beside the model counts too
+    assert model_fingerprint(folder) not in (first, retrained)
+    assert model_fingerprint("llava-hf/llava-1.5-7b-hf") is None  # a hub id has no local weights
