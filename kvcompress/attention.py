@@ -12,7 +12,13 @@ Both Llama and GPT-NeoX attention modules compute q, k, v (after RoPE), call
 
 Per group ``g`` of KV heads with one policy: ``O_g = softmax(Q_g K_g^T · s + M_g) V_g`` where ``M_g``
 combines the model's mask (padding) picked at the retained keys' positions and the policy mask of
-:func:`~kvcompress.attention_math.allowed_keys`.
+:func:`~kvcompress.attention_math.allowed_keys`. No ``N x N`` mask is built for a prompt: full groups run
+causal SDPA, windowed groups :func:`~kvcompress.attention_math.sink_window_attention` (blocks of query rows
+on sinks + window keys); a decode step needs no mask at all. A layer with one policy (the unmodified layout,
+StreamingLLM, SnapKV) runs one SDPA call; in general each group runs one GQA call per stretch of query heads
+that read consecutive KV heads in runs of equal length (:func:`~kvcompress.cache.attention_calls`), on views
+of q, K and V, writing its heads of the ``[B, q, H, D]`` result directly: no per-group or per-head copies of
+q or of the output, also where structural removal left a KV head fewer query heads than its neighbours.
 """
 
 from __future__ import annotations
@@ -28,15 +34,18 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from kvcompress.attention_math import allowed_keys, gated_window_attention, snapkv_keep_indices
-from kvcompress.cache import CompressedKVLayer, KVGroup
-from kvcompress.layout import LAYOUT_ATTRIBUTE, FullKV, SnapKVPolicy, WindowKV
+from kvcompress.attention_math import (
+    allowed_keys,
+    gated_window_attention,
+    sink_window_attention,
+    snapkv_keep_indices,
+)
+from kvcompress.cache import AttentionCall, CompressedKVLayer, KVGroup
+from kvcompress.layout import LAYOUT_ATTRIBUTE, SnapKVPolicy, WindowKV
 
 IMPLEMENTATION = "kvcompress"
 OBSERVERS_ATTRIBUTE = "kvcompress_observers"
 GATES_ATTRIBUTE = "kvcompress_gates"
-
-FULL_PREFILL = (FullKV, SnapKVPolicy)  # policies whose queries see every retained past key
 
 Observer = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
@@ -57,51 +66,74 @@ class LayerGates:
 
 def _group_mask(
     group: KVGroup,
-    query_positions: torch.Tensor,
+    seen_tokens: int,
+    q_len: int,
     model_mask: torch.Tensor | None,
 ) -> torch.Tensor | None:
-    """Boolean mask ``[B|1, H_g|1, q, L]`` for one group, or ``None`` when every retained key is visible."""
-    q_len = query_positions.numel()
+    """Boolean mask ``[B|1, H_g|1, q, L]`` for the group's queries (the last ``q_len`` of ``seen_tokens``
+    positions), or ``None`` when every retained key is visible."""
     if model_mask is None and q_len == 1:  # a windowed group's ring holds exactly what the new query reads
         return None
+    query_positions = torch.arange(seen_tokens - q_len, seen_tokens, device=group.keys.device)
     positions = group.positions.index_select(1, group.query_to_local_kv) if group.positions.shape[1] > 1 \
         else group.positions
     mask = allowed_keys(query_positions, positions, group.policy)
     if model_mask is not None:
-        if model_mask.dtype != torch.bool:
-            raise TypeError("the kvcompress attention expects a boolean model mask (sdpa_mask)")
         columns = positions[..., None, :].expand(model_mask.shape[0], positions.shape[1], q_len, -1)
         mask = mask & model_mask.expand(-1, positions.shape[1], -1, -1).gather(-1, columns)
     return mask
 
 
-def _attend(group: KVGroup, query: torch.Tensor, mask: torch.Tensor | None, scaling: float,
-            causal: bool) -> torch.Tensor:
-    """SDPA of the group's query heads on their KV heads without copying K/V per query head: one GQA call
-    when query heads read KV heads in contiguous equal runs (the model's own layout), else one GQA call
-    per KV head (after structural removal left runs of unequal length)."""
-    if group.contiguous_runs:
-        return F.scaled_dot_product_attention(query, group.keys, group.values, attn_mask=mask, is_causal=causal,
-                                              scale=scaling, enable_gqa=True)
-    output = torch.empty_like(query)
-    for local_kv in range(group.keys.shape[1]):
-        heads = (group.query_to_local_kv == local_kv).nonzero().squeeze(-1)
-        if heads.numel() == 0:
-            continue
-        head_mask = mask if mask is None or mask.shape[1] == 1 else mask.index_select(1, heads)
-        output[:, heads] = F.scaled_dot_product_attention(
-            query.index_select(1, heads), group.keys[:, local_kv:local_kv + 1],
-            group.values[:, local_kv:local_kv + 1], attn_mask=head_mask, is_causal=causal, scale=scaling,
-            enable_gqa=True)
-    return output
+def _check_boolean(model_mask: torch.Tensor) -> None:
+    if model_mask.dtype != torch.bool:
+        raise TypeError("the kvcompress attention expects a boolean model mask (sdpa_mask)")
+
+
+def _group_attention(
+    group: KVGroup,
+    query: torch.Tensor,
+    seen_tokens: int,
+    model_mask: torch.Tensor | None,
+    scaling: float,
+) -> list[tuple[AttentionCall, torch.Tensor]]:
+    """Attention of the group's query heads on its retained keys: per :class:`~kvcompress.cache.AttentionCall`,
+    its output ``[B, H_call, q, D]``.
+
+    ``query`` is the layer's ``[B, H, q, D]``; each call reads its query heads and KV heads as views. A first
+    step of several tokens (no past keys): full / SnapKV heads run causal SDPA (``is_causal``, or the model's
+    mask), windowed heads :func:`~kvcompress.attention_math.sink_window_attention` (blocks of query rows on
+    sinks + window keys). Later steps: SDPA on the retained keys under :func:`_group_mask` (no mask for one
+    new token).
+    """
+    q_len = query.shape[2]
+    first_step = group.keys.shape[2] == q_len == seen_tokens and not group.compressed
+    windowed = first_step and q_len > 1 and isinstance(group.policy, WindowKV)
+    causal = first_step and q_len > 1 and model_mask is None and not windowed
+    if model_mask is not None:
+        _check_boolean(model_mask)
+    mask = None if windowed or causal else _group_mask(group, seen_tokens, q_len, model_mask)
+    results = []
+    for call in group.calls:
+        keys, values = group.keys[:, call.kv], group.values[:, call.kv]
+        if windowed:
+            result = sink_window_attention(query[:, call.query], keys, values, group.policy, scaling,
+                                           model_mask=model_mask)
+        else:
+            call_mask = mask if mask is None or mask.shape[1] == 1 else mask[:, call.local_query]
+            result = F.scaled_dot_product_attention(query[:, call.query], keys, values, attn_mask=call_mask,
+                                                    is_causal=causal, scale=scaling, enable_gqa=True)
+        results.append((call, result))
+    return results
 
 
 def _compress_snapkv(group: KVGroup, query: torch.Tensor, scaling: float) -> None:
+    """SnapKV selection of a group after a step of at least ``observation_window`` queries (``query``: the
+    layer's ``[B, H, q, D]``)."""
     policy: SnapKVPolicy = group.policy
     length = group.keys.shape[2]
     if group.compressed or length <= policy.budget or query.shape[2] < policy.observation_window:
         return
-    observation = query[:, :, -policy.observation_window:]
+    observation = query[:, :, -policy.observation_window:].index_select(1, group.query_index)
     keys = group.keys.index_select(1, group.query_to_local_kv)
     index = snapkv_keep_indices(observation, keys, group.query_to_local_kv, group.keys.shape[1],
                                 scaling, policy.budget, policy.pool_kernel)
@@ -144,21 +176,19 @@ def kvcompress_attention_forward(
         layer = CompressedKVLayer(layout, persistent=False)
         layer.update(key, value)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    q_len = query.shape[2]
-    query_positions = torch.arange(layer.seen_tokens - q_len, layer.seen_tokens, device=query.device)
-    output = query.new_zeros(query.shape)
+    parts = []
     for group in layer.groups:
-        if group.query_index.numel() == 0:
-            continue
-        group_query = query.index_select(1, group.query_index)
-        no_past = group.keys.shape[2] == q_len and not group.compressed
-        causal = attention_mask is None and no_past and q_len > 1 and isinstance(group.policy, FULL_PREFILL)
-        mask = None if causal else _group_mask(group, query_positions, attention_mask)
-        output[:, group.query_index] = _attend(group, group_query, mask, scaling, causal)
+        parts += _group_attention(group, query, layer.seen_tokens, attention_mask, scaling)
         if isinstance(group.policy, SnapKVPolicy) and layer.persistent:
-            _compress_snapkv(group, group_query, scaling)
+            _compress_snapkv(group, query, scaling)
     layer.finish_step()
-    return output.transpose(1, 2).contiguous(), None
+    if len(parts) == 1:  # one call for every head (the model's own layout): SDPA's output as transformers takes it
+        return parts[0][1].transpose(1, 2).contiguous(), None
+    batch, heads, q_len, _ = query.shape
+    output = query.new_empty(batch, q_len, heads, parts[0][1].shape[-1])  # each query head in one call
+    for call, result in parts:
+        output[:, :, call.query] = result.transpose(1, 2)
+    return output, None
 
 
 def register_kvcompress_attention() -> None:

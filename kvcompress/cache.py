@@ -12,6 +12,11 @@ their RoPE phase, so their order does not matter, and every slot holds a key the
 no mask, no eviction and no copy happen per step. A step of several tokens (prefill, chunks) attends to
 the buffer and its new tokens under the sink + window mask, then writes the new tokens the ring keeps.
 
+A group reads the step's keys / values as a view where its KV heads are a contiguous range (every head, in
+a layer with one policy: the unmodified model, StreamingLLM, SnapKV); a full group's store copies what it
+adopts only when it is a view of a larger tensor (:func:`owned`). A group's ring slots are computed from the
+step's first position, a Python int, so a decode step runs no ``nonzero`` and no mask.
+
 ``get_seq_length()`` is the number of tokens seen (absolute position of the next token) and
 ``get_mask_sizes`` describes the mask over *absolute* positions; the ``kvcompress`` attention function
 picks the columns of the retained keys from it.
@@ -31,15 +36,64 @@ from kvcompress.layout import HeadLayout, KVPolicy, WindowKV, get_layout
 GROWTH_CHUNK = 64  # buffers grow by this many token slots (a ring up to its sinks + window slots)
 
 
+def owned(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` if it is the only user of its storage, else a copy: a cache that adopts a view (e.g. GPT-NeoX's
+    values, a slice of the fused qkv output) would keep the whole storage alive and under-report its bytes."""
+    return tensor if tensor.untyped_storage().nbytes() == tensor.nbytes else tensor.clone()
+
+
+def index_range(index: list[int]) -> slice | None:
+    """``slice(a, b)`` when ``index == [a, a+1, ..., b-1]`` (a view instead of an ``index_select`` copy), else None."""
+    if index and index == list(range(index[0], index[-1] + 1)):
+        return slice(index[0], index[-1] + 1)
+    return None
+
+
 def grown_buffers(buffers: tuple[torch.Tensor, ...], capacity: int, held: int) -> tuple[torch.Tensor, ...]:
-    """Zero buffers like ``buffers`` (``[B, n, L, ...]``) with ``capacity`` token slots, their first ``held``
-    slots copied over; ``held = 0`` only takes the shapes (e.g. from a step's new keys)."""
+    """Buffers like ``buffers`` (``[B, n, L, ...]``) with ``capacity`` token slots, their first ``held`` slots
+    copied over (the others are left uninitialised: no view ever reaches past the slots written); ``held = 0``
+    only takes the shapes (e.g. from a step's new keys)."""
     grown = []
     for old in buffers:
-        buffer = old.new_zeros(*old.shape[:2], capacity, *old.shape[3:])
+        buffer = old.new_empty(*old.shape[:2], capacity, *old.shape[3:])
         buffer[:, :, :held] = old[:, :, :held]
         grown.append(buffer)
     return tuple(grown)
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """One GQA SDPA call of a group: the query heads ``query`` (layer indices; ``local_query``: the same heads
+    as indices into the group's query heads) read the group's KV heads ``kv`` (group-local), each KV head
+    ``run = #query / #kv`` consecutive query heads."""
+
+    query: slice
+    local_query: slice
+    kv: slice
+
+
+def attention_calls(query_index: list[int], query_to_local_kv: list[int]) -> list[AttentionCall]:
+    """Cover a group's query heads with the fewest GQA calls on views: consecutive query heads (layer indices
+    ``query_index``) reading the same KV head form a run; consecutive runs of equal length on consecutive KV
+    heads share a call. The model's own layout is one call; a KV head that lost some of its query heads to
+    structural removal starts a new one (e.g. runs 3, 2, 3 -> three calls, 3, 3, 2 -> two)."""
+    runs: list[list[int]] = []  # [first query position in the group, length, local kv]
+    for position, kv in enumerate(query_to_local_kv):
+        if runs and runs[-1][2] == kv and query_index[position] == query_index[position - 1] + 1:
+            runs[-1][1] += 1
+        else:
+            runs.append([position, 1, kv])
+    calls: list[list[int]] = []  # [first position, first kv, run length, runs]
+    for position, length, kv in runs:
+        last = calls[-1] if calls else None
+        if last and last[2] == length and kv == last[1] + last[3] \
+                and query_index[position] == query_index[position - 1] + 1:
+            last[3] += 1
+        else:
+            calls.append([position, kv, length, 1])
+    return [AttentionCall(slice(query_index[first], query_index[first] + length * count),
+                          slice(first, first + length * count), slice(kv, kv + count))
+            for first, kv, length, count in calls]
 
 
 @dataclass
@@ -49,7 +103,8 @@ class KVGroup:
     ``kv_index``: indices of the group's KV heads in the layer; ``query_index``: indices of the query
     heads reading them; ``query_to_local_kv``: for each of those query heads, its KV head inside the group.
     ``positions`` is ``[1, 1, L]`` (shared by the group) or ``[B, n, L]`` (per head, after SnapKV).
-    ``contiguous_runs``: ``query_to_local_kv == [0]*r + [1]*r + ...``, the layout SDPA's ``enable_gqa`` reads.
+    ``calls``: the group's attention as SDPA calls on views (:func:`attention_calls`); ``kv_slice``:
+    ``kv_index`` as a slice when it is a contiguous range (the step's keys are read as a view).
     """
 
     policy: KVPolicy
@@ -60,27 +115,29 @@ class KVGroup:
     values: torch.Tensor | None = None
     positions: torch.Tensor | None = None
     compressed: bool = field(default=False)
-    contiguous_runs: bool = False  # query heads read the KV heads in equal contiguous runs (SDPA enable_gqa)
+    calls: list[AttentionCall] = field(default_factory=list)
+    kv_slice: slice | None = None
 
     store: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # full / SnapKV: buffers (keys, values, positions)
     stored: int = 0  # full / SnapKV: slots of ``store`` holding a token
     ring: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # windowed: keys, values, positions
     ring_filled: int = 0  # windowed: slots holding a token
-    pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # windowed: a step's tokens to write
+    pending: tuple[torch.Tensor, torch.Tensor, int] | None = None  # windowed: a step's tokens and first position
 
-    def append(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
-        """Add new tokens (``keys``/``values`` already restricted to the group's KV heads)."""
-        positions = positions.view(1, 1, -1)
+    def append(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, start: int) -> None:
+        """Add new tokens (``keys``/``values`` already restricted to the group's KV heads) at the consecutive
+        absolute ``positions`` ``[1, 1, q]``, the first of which is ``start``."""
         if isinstance(self.policy, WindowKV):
-            self._append_windowed(keys, values, positions)
+            self._append_windowed(keys, values, positions, start)
             return
         self._append_growing(keys, values, positions)
 
     def _append_growing(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
         """Write the new tokens after the stored ones; the first tensors are adopted as they are (a prefill
-        copies nothing), later ones grow the buffers ``GROWTH_CHUNK`` slots at a time when full."""
+        copies nothing unless they are views of a larger tensor: :func:`owned`), later ones grow the buffers
+        ``GROWTH_CHUNK`` slots at a time when full."""
         if self.store is None:
-            self.store, self.stored = (keys, values, positions), keys.shape[2]
+            self.store, self.stored = (owned(keys), owned(values), positions), keys.shape[2]
             self._view_store()
             return
         if self.store[2].shape[:2] != (1, 1):
@@ -105,14 +162,15 @@ class KVGroup:
         self._view_store()
         self.compressed = True
 
-    def _append_windowed(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
+    def _append_windowed(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
+                         start: int) -> None:
         """One token: into its ring slot, then the buffer is what attention reads. Several: attention reads
         the buffer and the new tokens (masked); ``evict`` writes them into the ring after the step."""
         if keys.shape[2] == 1:
-            self._write_ring(keys, values, positions)
+            self._write_ring(keys, values, start)
             self._view_ring()
             return
-        self.pending = (keys, values, positions)
+        self.pending = (keys, values, start)
         if self.ring is None:
             self.keys, self.values, self.positions = keys, values, positions
         else:
@@ -121,26 +179,42 @@ class KVGroup:
             self.values = torch.cat([self.values, values], dim=-2)
             self.positions = torch.cat([self.positions, positions], dim=-1)
 
-    def _write_ring(self, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
-        """Write the tokens the ring keeps (sinks, and the ``window`` most recent) into their slots."""
+    def _write_ring(self, keys: torch.Tensor, values: torch.Tensor, start: int) -> None:
+        """Write the tokens at positions ``start, start + 1, ...`` that the ring keeps (sinks, and the
+        ``window`` most recent) into their slots: position ``p`` goes to slot ``p`` if ``p < sinks``, else to
+        ``sinks + (p - sinks) mod window``."""
         sinks, window = self.policy.sinks, self.policy.window
-        flat = positions[0, 0]
-        end = int(flat[-1]) + 1
-        self._grow_ring(min(-(-end // GROWTH_CHUNK) * GROWTH_CHUNK, sinks + window), keys, values, positions)
-        kept = (flat < sinks) | (flat >= end - window)
-        slots = torch.where(flat < sinks, flat, sinks + (flat - sinks) % window)[kept]
+        count = keys.shape[2]
+        end = start + count
+        self._grow_ring(min(-(-end // GROWTH_CHUNK) * GROWTH_CHUNK, sinks + window), keys, values)
         ring_keys, ring_values, ring_positions = self.ring
-        ring_keys.index_copy_(2, slots, keys[:, :, kept])
-        ring_values.index_copy_(2, slots, values[:, :, kept])
-        ring_positions.index_copy_(2, slots, positions[:, :, kept])
+        if count == 1:  # a decode step: one slot, found in Python
+            slot = start if start < sinks else sinks + (start - sinks) % window
+            ring_keys[:, :, slot] = keys[:, :, 0]
+            ring_values[:, :, slot] = values[:, :, 0]
+            ring_positions[:, :, slot] = start
+        else:
+            if start < sinks:
+                sink_end = min(end, sinks)
+                ring_keys[:, :, start:sink_end] = keys[:, :, : sink_end - start]
+                ring_values[:, :, start:sink_end] = values[:, :, : sink_end - start]
+                ring_positions[0, 0, start:sink_end] = torch.arange(start, sink_end, device=ring_positions.device)
+            low = max(start, sinks, end - window)
+            if low < end:
+                positions = torch.arange(low, end, device=ring_positions.device)
+                slots = sinks + (positions - sinks) % window
+                ring_keys.index_copy_(2, slots, keys[:, :, low - start:])
+                ring_values.index_copy_(2, slots, values[:, :, low - start:])
+                ring_positions.index_copy_(2, slots, positions.view(1, 1, -1))
         self.ring_filled = min(end, sinks + window)
 
-    def _grow_ring(self, slots: int, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor) -> None:
+    def _grow_ring(self, slots: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Make the ring hold at least ``slots`` slots (it grows with the context, ``GROWTH_CHUNK`` slots at a
         time, up to ``sinks + window``: a short context holds little more than it has seen)."""
         held = 0 if self.ring is None else self.ring[0].shape[2]
         if slots > held:  # slots below sinks + window hold positions in order: copied as they lie
-            self.ring = grown_buffers(self.ring or (keys, values, positions), slots, held)
+            template = (keys, values, torch.zeros(1, 1, 0, dtype=torch.long, device=keys.device))
+            self.ring = grown_buffers(self.ring or template, slots, held)
 
     def _view_ring(self) -> None:
         ring_keys, ring_values, ring_positions = self.ring
@@ -173,13 +247,13 @@ def group_heads(layout: HeadLayout) -> list[KVGroup]:
         local = {k: i for i, k in enumerate(kv)}
         queries = [i for i, k in enumerate(layout.query_to_kv) if k in local]
         query_to_local_kv = [local[layout.query_to_kv[i]] for i in queries]
-        runs = len(queries) // len(kv)
         groups.append(KVGroup(
             policy=policy,
             kv_index=torch.tensor(kv, dtype=torch.long),
             query_index=torch.tensor(queries, dtype=torch.long),
             query_to_local_kv=torch.tensor(query_to_local_kv, dtype=torch.long),
-            contiguous_runs=query_to_local_kv == [j for j in range(len(kv)) for _ in range(runs)],
+            calls=attention_calls(queries, query_to_local_kv),
+            kv_slice=index_range(kv),
         ))
     return groups
 
@@ -209,10 +283,14 @@ class CompressedKVLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         new = key_states.shape[-2]
-        positions = torch.arange(self.seen_tokens, self.seen_tokens + new, device=key_states.device)
+        positions = torch.arange(self.seen_tokens, self.seen_tokens + new, device=key_states.device).view(1, 1, -1)
         for group in self.groups:
-            group.append(key_states.index_select(1, group.kv_index),
-                         value_states.index_select(1, group.kv_index), positions)
+            if group.kv_slice is not None:  # a view; a full group's store copies it (``owned``), a ring reads it
+                group.append(key_states[:, group.kv_slice], value_states[:, group.kv_slice], positions,
+                             self.seen_tokens)
+            else:
+                group.append(key_states.index_select(1, group.kv_index),
+                             value_states.index_select(1, group.kv_index), positions, self.seen_tokens)
         self.seen_tokens += new
         return self, self
 

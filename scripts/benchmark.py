@@ -12,6 +12,18 @@ once, medians): TTFT, TPOT, throughput, peak memory, KV bytes, prefill FLOPs. Th
 perplexity on ``--text`` (default WikiText-2 test) and passkey accuracy; each method's quality row is
 appended to ``quality.jsonl`` as soon as it is measured and reused by a re-run with the same settings.
 ``results.json`` and ``results.md`` are rewritten after every method.
+
+Several ``--prompt-lens`` are timed in this one process, one length after the other (methods interleaved
+within each length; the baselines matched to ``--budget-from`` at that length); ``results.md`` has a section
+per length with the ratios of TTFT, TPOT, peak RSS and KV bytes to ``full`` and to ``full_kvcompress`` (the
+unmodified model on the kvcompress attention and cache). ``--speed-only`` (or ``--passkey-prompts 0
+--no-perplexity``) skips the quality rows. The long-context table of issue 17:
+
+    python scripts/benchmark.py --model smollm2 --threads 2 --window 128 \
+        --classification gates=docs/kvcompress_results/head_classification_gates_w128.json \
+        --methods full full_kvcompress dead@gates positional@gates positional+dead@gates streaming_llm snapkv \
+        --budget-from positional+dead@gates --prompt-lens 2048 4096 8192 --new-tokens 64 \
+        --warmup 1 --repeats 3 --speed-only --out results/long_context_smollm2-135m_gates_w128
 """
 
 from __future__ import annotations
@@ -25,14 +37,9 @@ import torch
 from tqdm.auto import tqdm
 
 from kvcompress.classification import CLASSIFICATION_HINT, HeadClassification
-from kvcompress.evaluation.benchmark import (
-    BenchmarkSettings,
-    markdown_table,
-    measure_quality,
-    measure_speed,
-    save_results,
-)
+from kvcompress.evaluation.benchmark import BenchmarkSettings, measure_quality, measure_speed
 from kvcompress.evaluation.passkey import make_passkey_prompts
+from kvcompress.evaluation.speed_table import report, save_report
 from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream
 from kvcompress.methods.registry import BASELINES, METHODS, MethodSettings, build_method, kv_fraction
 from kvcompress.models.loading import load_model_and_tokenizer, model_problem, model_slug
@@ -57,7 +64,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-perplexity", action="store_true", help="skip perplexity (e.g. a passkey-only run)")
     parser.add_argument("--passkey-len", type=int, default=600)
     parser.add_argument("--passkey-prompts", type=int, default=20)
-    parser.add_argument("--prompt-len", type=int, default=600, help="prompt tokens of the speed runs")
+    parser.add_argument("--prompt-len", "--prompt-lens", dest="prompt_lens", type=int, nargs="+", default=[600],
+                        help="prompt tokens of the speed runs; several lengths run one after the other")
+    parser.add_argument("--speed-only", action="store_true", help="time the methods only: no passkey, no perplexity")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
@@ -99,23 +108,18 @@ def main() -> None:
     for _, _, classification in specs:
         if classification is not None:
             classification.check_model(model)
-    perplexity_tokens = 0 if args.no_perplexity else args.ppl_stride * (args.ppl_windows or 10**6) + args.ppl_max_length
-    text = load_token_stream(args.text, tokenizer, max_tokens=max(args.prompt_len, perplexity_tokens) + 1) \
+    speed_only = args.speed_only or (args.passkey_prompts == 0 and args.no_perplexity)
+    no_perplexity = args.no_perplexity or speed_only
+    perplexity_tokens = 0 if no_perplexity else args.ppl_stride * (args.ppl_windows or 10**6) + args.ppl_max_length
+    text = load_token_stream(args.text, tokenizer, max_tokens=max(*args.prompt_lens, perplexity_tokens) + 1) \
         if Path(args.text).is_file() else None
-    if text is None and not args.no_perplexity:
+    if text is None and not no_perplexity:
         print(f"text file {args.text} is absent: perplexity skipped")
-    prompts = make_passkey_prompts(tokenizer, args.passkey_len, args.passkey_prompts)
-    if not prompts and (text is None or args.no_perplexity):
-        raise SystemExit("nothing to measure quality on: give --passkey-prompts > 0 or a perplexity text")
-    # the speed runs read --prompt-len tokens of the text (a passkey prompt only when there is no text)
-    if text is not None and text.shape[-1] >= args.prompt_len:
-        speed_prompt = text[None, : args.prompt_len]
-    elif prompts:
-        print(f"text {args.text} is absent or shorter than --prompt-len {args.prompt_len}: the speed runs use a "
-              f"{prompts[len(prompts) // 2].input_ids.shape[-1]}-token passkey prompt")
-        speed_prompt = prompts[len(prompts) // 2].input_ids
-    else:
-        raise SystemExit(f"--prompt-len {args.prompt_len}: the text {args.text} holds only {text.shape[-1]} tokens")
+    prompts = [] if speed_only else make_passkey_prompts(tokenizer, args.passkey_len, args.passkey_prompts)
+    if not speed_only and not prompts and (text is None or no_perplexity):
+        raise SystemExit("nothing to measure quality on: give --passkey-prompts > 0 or a perplexity text "
+                         "(or --speed-only)")
+    speed_prompts = {length: speed_prompt(text, prompts, length, args.text) for length in args.prompt_lens}
 
     def baseline_fraction(context: int) -> float:
         if args.kv_fraction is not None:
@@ -126,8 +130,10 @@ def main() -> None:
         _, reference = parse_method(source, classifications)
         return kv_fraction(reference, context, args.sinks, args.window)
 
-    settings = BenchmarkSettings(speed_prompt, args.new_tokens, args.warmup, args.repeats, args.ppl_max_length,
+    def benchmark_settings(prompt: torch.Tensor) -> BenchmarkSettings:
+        return BenchmarkSettings(prompt, args.new_tokens, args.warmup, args.repeats, args.ppl_max_length,
                                  args.ppl_stride, args.ppl_windows or None)
+
     metadata = {key: value for key, value in vars(args).items()}
     metadata.update({"device": str(next(model.parameters()).device), "threads": torch.get_num_threads()})
 
@@ -136,26 +142,50 @@ def main() -> None:
         method_settings = MethodSettings(classification, args.sinks, args.window, context, baseline_fraction(context))
         return build_method(name, method_settings)
 
-    print(f"timing {len(specs)} methods side by side ({args.warmup} warm-up + {args.repeats} rounds)")
-    speed = measure_speed(model, {spec: make_method(spec, speed_prompt.shape[1]) for spec, _, _ in specs}, settings)
+    speed_rows: list[dict] = []
+    for prompt in speed_prompts.values():
+        print(f"timing {len(specs)} methods side by side at {prompt.shape[1]} prompt tokens "
+              f"({args.warmup} warm-up + {args.repeats} rounds)")
+        speed = measure_speed(model, {spec: make_method(spec, prompt.shape[1]) for spec, _, _ in specs},
+                              benchmark_settings(prompt))
+        for spec, name, _ in specs:
+            row = {"method": spec, **speed[spec]}
+            if name in BASELINES:
+                row["kv_fraction_speed"] = baseline_fraction(prompt.shape[1])
+            speed_rows.append(row)
+        save_report(speed_rows, metadata, out)
+    if speed_only:
+        print(report(speed_rows))
+        return
     quality_log = out / "quality.jsonl"
     known = {row["key"]: row["quality"] for row in (read_jsonl(quality_log)[0] if quality_log.is_file() else [])}
-    results = []
+    quality: dict[str, dict] = {}
     for spec, name, classification in tqdm(specs, desc="methods"):
-        budget = baseline_fraction(prompts[0].input_ids.shape[1] if prompts else speed_prompt.shape[1]) \
+        budget = baseline_fraction(prompts[0].input_ids.shape[1] if prompts else args.prompt_lens[0]) \
             if name in BASELINES else None
         key = quality_key(spec, classification, args, budget)
         if key not in known:
             known[key] = measure_quality(model, tokenizer, lambda context, spec=spec: make_method(spec, context),
-                                         settings, None if args.no_perplexity else text, prompts)
+                                         benchmark_settings(next(iter(speed_prompts.values()))),
+                                         None if no_perplexity else text, prompts)
             with JsonlAppender(quality_log) as appender:
                 appender.write({"key": key, "method": spec, "quality": known[key]})
-        result = {"method": spec, **speed[spec], **known[key]}
-        if budget is not None:
-            result["kv_fraction_budget"] = budget
-        results.append(result)
-        save_results(results, metadata, out)
-    print(markdown_table(results))
+        quality[spec] = {**known[key], **({"kv_fraction_budget": budget} if budget is not None else {})}
+        save_report([{**row, **quality.get(row["method"], {})} for row in speed_rows], metadata, out)
+    print(report([{**row, **quality[row["method"]]} for row in speed_rows]))
+
+
+def speed_prompt(text: torch.Tensor | None, prompts: list, length: int, text_path: str) -> torch.Tensor:
+    """The speed runs read ``length`` tokens of the text (a passkey prompt only when there is no text)."""
+    if text is not None and text.shape[-1] >= length:
+        return text[None, :length]
+    if prompts:
+        prompt = prompts[len(prompts) // 2].input_ids
+        print(f"text {text_path} is absent or shorter than --prompt-len {length}: the speed runs use a "
+              f"{prompt.shape[-1]}-token passkey prompt")
+        return prompt
+    raise SystemExit(f"--prompt-len {length}: the text {text_path} holds "
+                     f"{0 if text is None else text.shape[-1]} tokens and there is no passkey prompt")
 
 
 def quality_key(spec: str, classification: HeadClassification | None, args: argparse.Namespace,

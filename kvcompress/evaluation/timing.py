@@ -2,8 +2,13 @@
 
 * TTFT: wall time of the prefill forward plus the first token's argmax.
 * TPOT: mean wall time of one decoding step afterwards; throughput = new tokens / total time.
-* Peak memory: ``torch.cuda.max_memory_allocated`` on GPU; on Linux CPU the process peak RSS
-  (``VmHWM``, reset through ``/proc/self/clear_refs``) - it includes the weights and the runtime.
+* Peak memory: ``torch.cuda.max_memory_allocated`` on GPU; on Linux CPU the process peak RSS (``VmHWM``)
+  since the block began - it includes the weights and the runtime. Writing ``5`` to ``/proc/self/clear_refs``
+  resets ``VmHWM`` to the current RSS (Linux >= 4.0), so several methods are measured apart in one process:
+  checked by allocating and freeing 1 GiB, resetting, and allocating 64 MiB (peak = RSS + 64 MiB, not + 1 GiB;
+  ``tests/kvcompress/test_evaluation.py``). Memory a previous method freed but the C allocator kept would
+  still count, so the block first collects garbage and asks glibc to return free memory (``malloc_trim``);
+  ``start_bytes`` is the RSS the block began at. Where the reset is refused the peak is ``None``.
 * Prefill FLOPs (analytic): ``2·N·Σ_linear (in·out)`` plus ``4·N²·D`` per query head and layer
   (``QK^T`` and ``PV`` as the SDPA math kernel computes them).
 """
@@ -11,6 +16,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,29 +71,47 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
 
 
 class PeakMemory:
-    """Context manager measuring peak memory in bytes (``None`` where it cannot be measured)."""
+    """Context manager measuring peak memory in bytes (``None`` where it cannot be measured); see the module
+    docstring. ``start_bytes``: the RSS when the block began (CPU)."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.peak_bytes: int | None = None
+        self.start_bytes: int | None = None
+        self._reset = False
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        elif Path("/proc/self/clear_refs").exists():
-            with contextlib.suppress(OSError):
-                Path("/proc/self/clear_refs").write_text("5")
+            return self
+        gc.collect()
+        release_free_memory()
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+            self._reset = True
+        self.start_bytes = process_memory().get("VmRSS")
         return self
 
     def __exit__(self, *exc_info) -> None:
         if self.device.type == "cuda":
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
-            return
-        status = Path("/proc/self/status")
-        if status.exists():
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    self.peak_bytes = int(line.split()[1]) * 1024
+        elif self._reset:
+            self.peak_bytes = process_memory().get("VmHWM")
+
+
+def process_memory() -> dict[str, int]:
+    """``VmRSS`` / ``VmHWM`` of this process in bytes, from ``/proc/self/status`` (empty where absent)."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return {}
+    return {line.split(":")[0]: int(line.split()[1]) * 1024 for line in status.read_text().splitlines()
+            if line.startswith(("VmRSS:", "VmHWM:"))}
+
+
+def release_free_memory() -> None:
+    """Ask glibc to give freed heap memory back to the system (``malloc_trim(0)``); a no-op elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def rotated(names: list[str], round_index: int) -> list[str]:

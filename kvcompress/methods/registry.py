@@ -12,10 +12,13 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from kvcompress.adapters import ModelShape
 from kvcompress.classification import HeadClassification
+from kvcompress.layout import FullKV, KVPolicy
 from kvcompress.methods.base import ComposedMethod, CompressionMethod, MethodHandle
 from kvcompress.methods.baselines import SnapKV, StreamingLLM
 from kvcompress.methods.dead_heads import DeadHeadPruner
+from kvcompress.methods.kv_policy import KVPolicyMethod, all_kv_heads
 from kvcompress.methods.positional import PositionalHeadOptimizer
 
 
@@ -26,6 +29,21 @@ class NoCompression(CompressionMethod):
 
     def apply(self, model: nn.Module) -> MethodHandle:
         return MethodHandle(model, [], compressed_cache=False)
+
+
+class FullOnCompressedCache(KVPolicyMethod):
+    """The unmodified model run through the ``kvcompress`` attention and
+    :class:`~kvcompress.cache.CompressedKVCache`, every KV head :class:`~kvcompress.layout.FullKV`.
+
+    Same function as :class:`NoCompression` (same greedy tokens); the control that splits a method's speed-up
+    over stock ``full`` into the cache layout's share (``full`` vs ``full_kvcompress``: growing buffers, our
+    attention function) and head specialization's (``full_kvcompress`` vs the method).
+    """
+
+    name = "full_kvcompress"
+
+    def policies(self, model: nn.Module, shape: ModelShape) -> dict[tuple[int, int], KVPolicy]:
+        return dict.fromkeys(all_kv_heads(shape), FullKV())
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,7 @@ def _positional(settings: MethodSettings) -> CompressionMethod:
 
 METHODS: dict[str, Callable[[MethodSettings], CompressionMethod]] = {
     "full": lambda settings: NoCompression(),
+    "full_kvcompress": lambda settings: FullOnCompressedCache(),
     "dead": _dead,
     "dead_zero": lambda settings: DeadHeadPruner(settings.require_classification("dead_zero"), mode="zero"),
     "positional": _positional,

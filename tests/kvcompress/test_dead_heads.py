@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kvcompress.adapters import adapter_for
-from kvcompress.cache import group_heads, kv_cache_bytes
+from kvcompress.cache import attention_calls, group_heads, kv_cache_bytes
 from kvcompress.layout import get_layout
 from kvcompress.methods.dead_heads import DeadHeadPruner
 from toolkit_common.transformers_compat import cache_kwargs
@@ -55,15 +55,34 @@ def test_structural_with_cache_matches_no_cache(tiny_model, input_ids):
 
 def test_removal_leaves_unequal_gqa_runs_where_a_group_loses_some_heads(tiny_model):
     """Llama: layer 0 keeps 2 + 2 query heads per KV head (one GQA SDPA call), layer 3 keeps 2 + 3 (one call
-    per KV head); GPT-NeoX has one KV head per query head. Logits of both paths are checked above."""
+    per run length); GPT-NeoX has one KV head per query head (one call). Logits of both paths are checked above."""
     adapter = adapter_for(tiny_model)
     shape = adapter.model_shape(tiny_model)
     grouped = shape.num_kv_heads < shape.num_query_heads
     with DeadHeadPruner(HEADS).apply(tiny_model):
         attentions = adapter.attention_modules(tiny_model)
-        runs = {layer: [g.contiguous_runs for g in group_heads(get_layout(attentions[layer], adapter))]
-                for layer in (0, 2, 3)}
-    assert runs == {0: [True], 2: [True], 3: [not grouped]}
+        calls = {layer: [len(g.calls) for g in group_heads(get_layout(attentions[layer], adapter))]
+                 for layer in (0, 2, 3)}
+    assert calls == {0: [1], 2: [1], 3: [2 if grouped else 1]}
+
+
+@pytest.mark.parametrize(("query_index", "query_to_kv", "expected"), [
+    ([0, 1, 2, 3, 4, 5, 6, 7, 8], [0, 0, 0, 1, 1, 1, 2, 2, 2], [(0, 9, 0, 3)]),  # the model's layout: one call
+    ([0, 1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 1, 1, 1, 2, 2], [(0, 6, 0, 2), (6, 8, 2, 3)]),  # runs 3, 3, 2
+    ([0, 1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 1, 1, 2, 2, 2], [(0, 3, 0, 1), (3, 5, 1, 2), (5, 8, 2, 3)]),  # 3, 2, 3
+    ([0, 1, 2, 6, 7, 8], [0, 0, 0, 1, 1, 1], [(0, 3, 0, 1), (6, 9, 1, 2)]),  # a full group around a windowed one
+    ([0, 1, 2, 3], [0, 1, 2, 3], [(0, 4, 0, 4)]),  # multi-head attention
+    ([0, 1, 2, 3], [1, 1, 0, 0], [(0, 2, 1, 2), (2, 4, 0, 1)]),  # not in KV order: still correct calls
+])
+def test_attention_calls_cover_every_query_head_with_equal_runs(query_index, query_to_kv, expected):
+    calls = attention_calls(query_index, query_to_kv)
+    assert [(c.query.start, c.query.stop, c.kv.start, c.kv.stop) for c in calls] == expected
+    covered = [position for c in calls for position in range(c.local_query.start, c.local_query.stop)]
+    assert covered == list(range(len(query_index)))
+    for c in calls:  # enable_gqa: query head h of the call reads KV head kv.start + h // run
+        run = (c.local_query.stop - c.local_query.start) // (c.kv.stop - c.kv.start)
+        assert [query_to_kv[p] for p in range(c.local_query.start, c.local_query.stop)] == \
+            [c.kv.start + h // run for h in range(c.local_query.stop - c.local_query.start)]
 
 
 def test_unknown_mode():

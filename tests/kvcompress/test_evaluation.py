@@ -11,8 +11,9 @@ from kvcompress.adapters import ModelShape
 from kvcompress.classification import HeadClassification
 from kvcompress.evaluation.benchmark import BenchmarkSettings, markdown_table, measure_quality, measure_speed
 from kvcompress.evaluation.perplexity import strided_perplexity
+from kvcompress.evaluation.speed_table import ratio_table, report
 from kvcompress.evaluation.text import split_windows
-from kvcompress.evaluation.timing import greedy_generate, prefill_flops, rotated
+from kvcompress.evaluation.timing import PeakMemory, greedy_generate, prefill_flops, process_memory, rotated
 from kvcompress.methods.dead_heads import DeadHeadPruner
 from kvcompress.methods.registry import METHODS, MethodSettings, build_method, kv_fraction
 
@@ -55,7 +56,7 @@ def test_registry_unknown_name_lists_valid_ones():
         build_method("h2o", MethodSettings())
     with pytest.raises(ValueError, match="needs a head classification"):
         build_method("positional", MethodSettings())
-    assert {"full", "dead", "positional", "positional+dead", "streaming_llm", "snapkv"} <= set(METHODS)
+    assert {"full", "full_kvcompress", "dead", "positional", "positional+dead", "streaming_llm", "snapkv"} <= set(METHODS)
 
 
 def test_kv_fraction_formula():
@@ -122,3 +123,35 @@ def test_benchmark_quality_rows_depend_on_the_budget_only_for_baselines():
     assert script.quality_key("snapkv", None, args, 0.5) != script.quality_key("snapkv", None, args, 0.6)
     assert script.quality_key("full", None, args, None) != script.quality_key("full", None,
                                                                               argparse.Namespace(**{**vars(args), "window": 64}), None)
+
+
+@pytest.mark.skipif(not process_memory(), reason="needs /proc/self/status (Linux)")
+def test_peak_memory_is_reset_between_blocks_of_one_process():
+    """A block that allocates 256 MiB peaks ~256 MiB above where it began; the next block, which allocates
+    16 MiB after that memory was freed, does not inherit the earlier peak (VmHWM reset, not process lifetime)."""
+    cpu = torch.device("cpu")
+    with PeakMemory(cpu) as big:
+        tensor = torch.ones(64 * 2**20)  # 256 MiB, written so that its pages are resident
+        del tensor
+    with PeakMemory(cpu) as small:
+        tensor = torch.ones(4 * 2**20)  # 16 MiB
+        del tensor
+    if big.peak_bytes is None:
+        pytest.skip("/proc/self/clear_refs refused the reset")
+    assert big.peak_bytes - big.start_bytes >= 200 * 2**20
+    assert small.peak_bytes - small.start_bytes < 100 * 2**20
+    assert small.peak_bytes < big.peak_bytes - 150 * 2**20
+
+
+def test_report_has_a_section_per_length_and_ratios_to_both_references():
+    rows = [{"method": name, "prompt_tokens": length, "new_tokens": 64, "ttft_s": ttft * length,
+             "tpot_s": tpot, "kv_bytes": kv * length, "peak_memory_bytes": 2**30}
+            for length in (2048, 4096)
+            for name, ttft, tpot, kv in (("full", 1.0, 0.10, 100), ("full_kvcompress", 1.0, 0.08, 100),
+                                         ("positional+dead@gates", 0.8, 0.06, 50))]
+    table = ratio_table(rows[:3])
+    assert "| TTFT / full | TPOT / full | peak RSS / full | KV / full | TTFT / full_kvcompress |" in table
+    assert "| positional+dead@gates | 0.80x | 0.60x | 1.00x | 0.50x | 0.80x | 0.75x | 1.00x | 0.50x |" in table
+    text = report(rows)
+    assert text.count("## prompt") == 2 and "## prompt 4096 tokens, 64 new tokens" in text
+    assert "full_kvcompress" not in ratio_table([rows[0], rows[2]]).splitlines()[0]  # a missing reference: no columns

@@ -80,3 +80,40 @@ def test_real_model_gates_open_equal_the_model_and_closed_gates_equal_the_window
     assert torch.allclose(opened, full, atol=1e-4)
     assert torch.allclose(closed, windowed, atol=1e-4)
     assert not torch.allclose(closed, full, atol=1e-2)
+
+
+def test_real_model_full_kvcompress_and_blockwise_windowed_prefill(smollm2, monkeypatch):
+    """SmolLM2: ``full_kvcompress`` generates the stock model's tokens; a blockwise windowed prefill (blocks of
+    48 rows, window 32) equals the dense-masked gated attention with those groups' gates closed."""
+    from transformers import DynamicCache
+
+    from kvcompress import attention_math
+    from kvcompress.adapters import adapter_for
+    from kvcompress.analysis.gates import AttentionGates, gated_attention
+    from kvcompress.evaluation.timing import greedy_generate
+    from kvcompress.layout import WindowKV
+    from kvcompress.methods.registry import MethodSettings, build_method
+    from toolkit_common.transformers_compat import cache_kwargs
+
+    model, tokenizer = smollm2
+    ids = tokenizer("The quick brown fox jumps over the lazy dog. " * 30, return_tensors="pt").input_ids
+    groups = [(2, 1), (10, 0), (10, 2), (20, 2), (29, 1)]
+    gates = AttentionGates.open(adapter_for(model).model_shape(model), WindowKV(4, 32))
+    for layer, kv in groups:
+        gates.window[layer, kv] = 0.0
+    monkeypatch.setattr(attention_math, "WINDOW_CHUNK", 48)
+    with torch.no_grad():
+        stock = greedy_generate(model, ids, 6, DynamicCache(config=model.config))
+        full = model(ids, use_cache=False).logits
+        with build_method("full_kvcompress", MethodSettings()).apply(model) as handle:
+            ours = greedy_generate(model, ids, 6, handle.new_cache())
+            ours_logits = model(ids, use_cache=True, **cache_kwargs(handle.new_cache())).logits
+        with gated_attention(model, gates):
+            reference = model(ids, use_cache=False).logits
+        with PositionalHeadOptimizer(groups, 4, 32).apply(model) as handle:
+            windowed = model(ids, use_cache=True, **cache_kwargs(handle.new_cache())).logits
+    assert ids.shape[1] > 4 * 48
+    assert torch.equal(ours.new_tokens, stock.new_tokens)
+    torch.testing.assert_close(ours_logits, full, rtol=0, atol=1e-4)
+    torch.testing.assert_close(windowed, reference, rtol=0, atol=1e-4)
+    assert not torch.allclose(windowed, full, atol=1e-2)
