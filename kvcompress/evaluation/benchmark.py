@@ -6,6 +6,7 @@ import json
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from kvcompress.evaluation.passkey import PasskeyPrompt, passkey_correct
 from kvcompress.evaluation.perplexity import strided_perplexity
+from kvcompress.evaluation.query_agnostic import query_agnostic_generate
 from kvcompress.evaluation.timing import PeakMemory, greedy_generate, prefill_flops, rotated
 from kvcompress.methods.base import CompressionMethod
 
@@ -70,33 +72,64 @@ def measure_speed(model: nn.Module, methods: dict[str, CompressionMethod],
     return results
 
 
-def measure_passkey(model: nn.Module, tokenizer: PreTrainedTokenizerBase, new_cache: Callable,
-                    prompts: list[PasskeyPrompt]) -> dict[str, float]:
-    """Fraction of prompts whose greedy answer contains the key, and the KV bytes at the end of one."""
-    kv_bytes = []
+QUESTION_AWARE = "question_aware"  # the whole prompt in one prefill: a query-aware method sees the question
+QUERY_AGNOSTIC = "query_agnostic"  # context prefilled (and compressed) first, then the question on that cache
+PROTOCOLS = (QUESTION_AWARE, QUERY_AGNOSTIC)
 
-    def generate(input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        run = greedy_generate(model, input_ids, max_new_tokens, new_cache())
+
+def compressed_length(prompt: PasskeyPrompt, protocol: str = QUESTION_AWARE) -> int:
+    """Tokens in the prefill the method compresses: the whole prompt, or the context alone."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid: {PROTOCOLS}")
+    return prompt.input_ids.shape[1] if protocol == QUESTION_AWARE else prompt.context_ids.shape[1]
+
+
+def measure_passkey(model: nn.Module, tokenizer: PreTrainedTokenizerBase, new_cache: Callable,
+                    prompts: list[PasskeyPrompt], protocol: str = QUESTION_AWARE) -> dict[str, float]:
+    """Fraction of prompts whose greedy answer contains the key, and the KV bytes at the end of one.
+
+    ``protocol`` (:data:`PROTOCOLS`): :data:`QUESTION_AWARE` prefills each whole prompt;
+    :data:`QUERY_AGNOSTIC` prefills its context first (see :mod:`kvcompress.evaluation.query_agnostic`) and
+    also reports the KV bytes held right after that prefill (``passkey_context_kv_bytes``).
+    """
+    kv_bytes, context_bytes = [], []
+
+    def generate(prompt: PasskeyPrompt, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        if protocol == QUESTION_AWARE:
+            run = greedy_generate(model, input_ids, max_new_tokens, new_cache())
+        else:
+            split = query_agnostic_generate(model, prompt.context_ids, prompt.question_ids, max_new_tokens,
+                                            new_cache())
+            run = split.generation
+            context_bytes.append(split.context_kv_bytes)
         kv_bytes.append(run.kv_bytes)
         return run.new_tokens
 
-    correct = [passkey_correct(generate, tokenizer, prompt)
-               for prompt in tqdm(prompts, desc="passkey", leave=False)]
-    return {"passkey_accuracy": sum(correct) / len(correct), "passkey_prompts": len(correct),
-            "passkey_tokens": sum(p.input_ids.shape[1] for p in prompts) / len(prompts),
-            "passkey_kv_bytes": sum(kv_bytes) / len(kv_bytes)}
+    lengths = [compressed_length(prompt, protocol) for prompt in prompts]
+    correct = [passkey_correct(partial(generate, prompt), tokenizer, prompt)
+               for prompt in tqdm(prompts, desc=f"passkey ({protocol})", leave=False)]
+    result = {"passkey_accuracy": sum(correct) / len(correct), "passkey_prompts": len(correct),
+              "passkey_tokens": sum(p.input_ids.shape[1] for p in prompts) / len(prompts),
+              "passkey_kv_bytes": sum(kv_bytes) / len(kv_bytes), "passkey_protocol": protocol,
+              "passkey_compressed_tokens": sum(lengths) / len(lengths)}
+    if context_bytes:
+        result["passkey_context_kv_bytes"] = sum(context_bytes) / len(context_bytes)
+    return result
 
 
 def measure_quality(model: nn.Module, tokenizer: PreTrainedTokenizerBase,
                     make_method: Callable[[int], CompressionMethod], settings: BenchmarkSettings,
-                    text_tokens: torch.Tensor | None, passkey_prompts: list[PasskeyPrompt]) -> dict:
+                    text_tokens: torch.Tensor | None, passkey_prompts: list[PasskeyPrompt],
+                    protocol: str = QUESTION_AWARE) -> dict:
     """Passkey accuracy and strided perplexity of one method; ``make_method(context_length)`` builds it for
-    each task's context (passkey prompts, perplexity context), so budgets are matched per context."""
+    each task's context (passkey prompts, perplexity context), so budgets are matched per context: the
+    tokens of the prefill the method compresses (the whole prompt or, query-agnostic, its context).
+    Perplexity is query-agnostic by construction (its context is compressed before the targets come)."""
     result: dict = {}
     if passkey_prompts:
-        context = round(sum(p.input_ids.shape[1] for p in passkey_prompts) / len(passkey_prompts))
-        with make_method(context).apply(model) as handle:
-            result.update(measure_passkey(model, tokenizer, handle.new_cache, passkey_prompts))
+        lengths = [compressed_length(prompt, protocol) for prompt in passkey_prompts]
+        with make_method(round(sum(lengths) / len(lengths))).apply(model) as handle:
+            result.update(measure_passkey(model, tokenizer, handle.new_cache, passkey_prompts, protocol))
     if text_tokens is not None:
         with make_method(settings.ppl_max_length - settings.ppl_stride).apply(model) as handle:
             ppl = strided_perplexity(model, text_tokens, handle.new_cache, settings.ppl_max_length,

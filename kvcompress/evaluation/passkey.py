@@ -3,6 +3,14 @@
 Prompt = task sentence + filler (with ``The pass key is K. Remember it. K is the pass key.`` inserted
 at ``depth`` of it) + ``What is the pass key? The pass key is``; the answer is `` K``. Accuracy is
 the fraction of prompts whose greedy continuation contains ``K``.
+
+Two protocols feed a prompt to a compressed cache (same token ids in both: one tokenization of the whole
+prompt, cut at ``question_start``):
+
+* question-aware: the whole prompt in one prefill, so a query-aware method (SnapKV) selects what to keep
+  with the question in its observation window;
+* query-agnostic (multi-turn chat, prefix caching; kvpress's protocol): the context (everything before
+  ``QUESTION``) is prefilled and compressed first, then the question tokens are fed on that cache.
 """
 
 from __future__ import annotations
@@ -27,6 +35,22 @@ class PasskeyPrompt:
     passkey: str
     depth: float
     key_positions: tuple[tuple[int, ...], ...] = ()  # per occurrence of the key in the prompt: its digit tokens
+    question_start: int | None = None  # first token of QUESTION (None: the prompt has no question part)
+
+    @property
+    def context_ids(self) -> torch.Tensor:
+        """``[1, question_start]``: what the query-agnostic protocol prefills (and compresses) first."""
+        return self.input_ids[:, : self._split()]
+
+    @property
+    def question_ids(self) -> torch.Tensor:
+        """``[1, N - question_start]``: the question, fed on the compressed context's cache."""
+        return self.input_ids[:, self._split():]
+
+    def _split(self) -> int:
+        if self.question_start is None:
+            raise ValueError("this prompt has no question_start: make it with make_passkey_prompt")
+        return self.question_start
 
 
 def make_passkey_prompt(tokenizer: PreTrainedTokenizerBase, length: int, depth: float, passkey: str) -> PasskeyPrompt:
@@ -42,7 +66,16 @@ def make_passkey_prompt(tokenizer: PreTrainedTokenizerBase, length: int, depth: 
     text = TASK + FILLER * before + needle + FILLER * (repeats - before) + QUESTION
     ids = torch.tensor([encode(text)])
     return PasskeyPrompt(ids, torch.tensor([encode(" " + passkey)]), passkey, depth,
-                         key_token_positions(tokenizer, text, passkey))
+                         key_token_positions(tokenizer, text, passkey),
+                         question_token_index(tokenizer, text, len(text) - len(QUESTION)))
+
+
+def question_token_index(tokenizer: PreTrainedTokenizerBase, text: str, question_char: int) -> int:
+    """Index of the first token of ``text``'s tokenization that holds a character at or after
+    ``question_char`` (a token spanning the boundary, e.g. `` \n``, belongs to the question), so that
+    ``ids[:i]`` + ``ids[i:]`` are the whole prompt's own ids (needs a fast tokenizer's offsets)."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+    return next((i for i, (_, end) in enumerate(offsets) if end > question_char), len(offsets))
 
 
 def key_token_positions(tokenizer: PreTrainedTokenizerBase, text: str, passkey: str) -> tuple[tuple[int, ...], ...]:
@@ -57,10 +90,13 @@ def key_token_positions(tokenizer: PreTrainedTokenizerBase, text: str, passkey: 
     return tuple(occurrences)
 
 
-def make_passkey_prompts(tokenizer: PreTrainedTokenizerBase, length: int, count: int, seed: int = 0) -> list[PasskeyPrompt]:
-    """``count`` prompts with depths spread evenly over [0, 1] and random keys (seeded)."""
+def make_passkey_prompts(tokenizer: PreTrainedTokenizerBase, length: int, count: int, seed: int = 0,
+                         depth_range: tuple[float, float] = (0.0, 1.0)) -> list[PasskeyPrompt]:
+    """``count`` prompts with depths spread evenly over ``depth_range`` (both ends included) and random
+    keys (seeded)."""
     rng = random.Random(seed)
-    depths = [i / max(count - 1, 1) for i in range(count)]
+    low, high = depth_range
+    depths = [low + (high - low) * i / max(count - 1, 1) for i in range(count)]
     return [make_passkey_prompt(tokenizer, length, depth, str(rng.randint(10000, 99999))) for depth in depths]
 
 
@@ -68,4 +104,9 @@ def passkey_correct(generate: Callable[[torch.Tensor, int], torch.Tensor], token
                     prompt: PasskeyPrompt) -> bool:
     """Run ``generate(input_ids, max_new_tokens) -> new token ids`` and check the key is in the text."""
     new_tokens = generate(prompt.input_ids, prompt.answer_ids.shape[1] + 1)
-    return prompt.passkey in tokenizer.decode(new_tokens[0], skip_special_tokens=True)
+    return answer_has_key(tokenizer, new_tokens[0].tolist(), prompt.passkey)
+
+
+def answer_has_key(tokenizer: PreTrainedTokenizerBase, new_tokens: list[int], passkey: str) -> bool:
+    """Does the decoded greedy answer contain the key? (The check of every passkey row, ours or kvpress's.)"""
+    return passkey in tokenizer.decode(new_tokens, skip_special_tokens=True)
