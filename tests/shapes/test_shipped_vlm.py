@@ -22,9 +22,6 @@ def test_loads_with_stock_transformers():
     assert model.config.text_config.num_key_value_heads < model.config.text_config.num_attention_heads
 
 
-UNMET = "below the 90 % bar (docs/shapes_vlm.md, Quality): GQA-style overall 77.5 %, ScienceQA-style options 21.7 %"
-
-
 def accuracy(benchmark: str, root: Path, kinds: tuple[str, ...] | None = None) -> tuple[int, int]:
     """(right, asked) on a fixed held-out sample of 24 questions (restricted to ``kinds`` when given)."""
     write_benchmarks(root, 24, names=(benchmark,))
@@ -42,8 +39,8 @@ def accuracy(benchmark: str, root: Path, kinds: tuple[str, ...] | None = None) -
     [
         ("pope", None),
         ("gqa", ONE_CELL_LOOKUPS),
-        pytest.param("gqa", None, marks=pytest.mark.xfail(reason=UNMET, strict=True)),
-        pytest.param("scienceqa", None, marks=pytest.mark.xfail(reason=UNMET, strict=True)),
+        ("gqa", None),
+        ("scienceqa", None),
     ],
     ids=["pope", "gqa-one-cell", "gqa-all", "scienceqa"],
 )
