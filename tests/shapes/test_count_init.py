@@ -5,33 +5,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import LlavaForConditionalGeneration
 
-from llava.shapes.model import build_processor, shapes_llava_config
-from llava.shapes.scene import COLOURS, SHAPES
 from llava.train.count_init import count_dims, init_count_circuit
 from llava.train.lookup_init import COLOUR, SHAPE, code_dims
-from llava.train.option_init import init_option_circuit, option_dims
+from llava.train.option_init import option_dims
+from tests.shapes.circuit_models import option_circuit_model
 
 
 def circuit_model():
-    processor = build_processor()
-    tokenizer = processor.tokenizer
-    config = shapes_llava_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
-    config.text_config.num_hidden_layers = 6
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.set_attn_implementation("eager")
-    hidden = config.text_config.hidden_size
-    query, _ = code_dims(hidden)
-    with torch.no_grad():  # word codes as init_lookup_circuit writes them
-        embed = model.model.language_model.embed_tokens.weight
-        embed[:, query] = 0.0
-        for i, colour in enumerate(COLOURS):
-            embed[tokenizer.convert_tokens_to_ids(colour), query[COLOUR + i]] = 1.0
-        for i, shape in enumerate(SHAPES):
-            embed[tokenizer.convert_tokens_to_ids(shape), query[SHAPE + i]] = 1.0
-    init_option_circuit(model, tokenizer)
+    model, tokenizer = option_circuit_model()
     features = torch.randn(400, 96)  # a centre read-out that separates its classes
     head = nn.Linear(96, 1)
     labels = (features @ head.weight[0] + head.bias > 1.0).long()

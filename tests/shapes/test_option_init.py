@@ -4,35 +4,19 @@ whose word is the answer, and the LM head then prefers that option's letter."""
 from __future__ import annotations
 
 import torch
-from transformers import LlavaForConditionalGeneration
 
 from llava.conversation import build_question_prompt
-from llava.shapes.model import build_processor, shapes_llava_config
-from llava.shapes.scene import COLOURS, SHAPES
-from llava.train.lookup_init import COLOUR, SHAPE, code_dims
-from llava.train.option_init import init_option_circuit, option_dims
+from llava.shapes.scene import COLOURS
+from llava.train.lookup_init import COLOUR, code_dims
+from llava.train.option_init import option_dims
+from tests.shapes.circuit_models import option_circuit_model
 
 QUESTION = ("what colour is the shape in cell b4 ?\nA. red\nB. blue\nC. green\nD. yellow\n"
             "Answer with the option's letter from the given choices directly.")
 
 
 def model_with_circuit():
-    processor = build_processor()
-    tokenizer = processor.tokenizer
-    config = shapes_llava_config(len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
-    config.text_config.num_hidden_layers = 6
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.set_attn_implementation("eager")
-    query, _ = code_dims(config.text_config.hidden_size)
-    with torch.no_grad():  # the word codes init_lookup_circuit writes (it needs a trained tower otherwise)
-        embed = model.model.language_model.embed_tokens.weight
-        embed[:, query] = 0.0
-        for i, colour in enumerate(COLOURS):
-            embed[tokenizer.convert_tokens_to_ids(colour), query[COLOUR + i]] = 1.0
-        for i, shape in enumerate(SHAPES):
-            embed[tokenizer.convert_tokens_to_ids(shape), query[SHAPE + i]] = 1.0
-    init_option_circuit(model, tokenizer)
+    model, tokenizer = option_circuit_model()
     prompt = build_question_prompt(QUESTION, "vicuna_v1", False).replace("<image>", "")
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     return model, tokenizer, ids
