@@ -11,7 +11,7 @@ from kvcompress.adapters import ModelShape
 from kvcompress.classification import HeadClassification
 from kvcompress.evaluation.benchmark import BenchmarkSettings, markdown_table, measure_quality, measure_speed
 from kvcompress.evaluation.perplexity import strided_perplexity
-from kvcompress.evaluation.speed_table import ratio_table, report
+from kvcompress.evaluation.speed_table import plot_ratios, ratio_table, ratios_by_length, report
 from kvcompress.evaluation.text import split_windows
 from kvcompress.evaluation.timing import PeakMemory, greedy_generate, prefill_flops, process_memory, rotated
 from kvcompress.methods.dead_heads import DeadHeadPruner
@@ -155,3 +155,16 @@ def test_report_has_a_section_per_length_and_ratios_to_both_references():
     text = report(rows)
     assert text.count("## prompt") == 2 and "## prompt 4096 tokens, 64 new tokens" in text
     assert "full_kvcompress" not in ratio_table([rows[0], rows[2]]).splitlines()[0]  # a missing reference: no columns
+
+
+def test_ratios_by_length_divide_by_the_reference_at_each_length_and_the_plot_is_written(tmp_path):
+    rows = [{"method": name, "prompt_tokens": length, "ttft_s": 1.0, "tpot_s": tpot * length, "kv_bytes": 100,
+             "peak_memory_bytes": None}
+            for length in (2048, 8192) for name, tpot in (("full", 0.1), ("positional+dead", 0.05))]
+    rows.append({"method": "snapkv", "prompt_tokens": 4096, "ttft_s": 1.0, "tpot_s": 1.0, "kv_bytes": 50})  # no full at 4096
+    ratios = ratios_by_length(rows)
+    assert ratios["TPOT"]["positional+dead"] == [(2048, pytest.approx(0.5)), (8192, pytest.approx(0.5))]
+    assert ratios["TPOT"]["full"] == [(2048, 1.0), (8192, 1.0)]
+    assert "snapkv" not in ratios["KV"] and ratios["peak RSS"] == {}
+    plot_ratios(rows, tmp_path / "ratios.png")
+    assert (tmp_path / "ratios.png").stat().st_size > 0
