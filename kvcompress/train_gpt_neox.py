@@ -44,6 +44,7 @@ from toolkit_common.training import (
     load_checkpoint,
     read_log,
     resume,
+    run_settings,
     save_checkpoint,
     warmup_cosine_lr,
 )
@@ -191,11 +192,6 @@ def export(args: argparse.Namespace) -> None:
     plot_curves(log, target / "training_curves.png")
     (target / RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
     print(f"exported step {best['step']} (held-out loss {best['held_out_loss']:.3f}) to {target}")
-
-
-def run_settings(args: argparse.Namespace) -> dict:
-    """An invocation's command-line settings, as JSON values."""
-    return {key: str(value) if isinstance(value, Path) else value for key, value in sorted(vars(args).items())}
 
 
 def _run_ends(log: list[dict]) -> list[dict]:

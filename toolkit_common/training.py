@@ -7,6 +7,7 @@ it is written to a temporary file and renamed, so an interruption never leaves a
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -65,3 +66,9 @@ def read_log(path: str | Path) -> list[dict]:
     """Every record of a step log (empty when the file does not exist)."""
     path = Path(path)
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line] if path.exists() else []
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """A training invocation's command-line settings as JSON values (paths as strings, keys sorted), the row a
+    trainer appends to its ``runs.jsonl``."""
+    return {key: str(value) if isinstance(value, Path) else value for key, value in sorted(vars(args).items())}

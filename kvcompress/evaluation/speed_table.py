@@ -29,6 +29,12 @@ REFERENCES = ("full", "full_kvcompress")
 RATIO_COLUMNS = (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("peak_memory_bytes", "peak RSS"), ("kv_bytes", "KV"))
 
 
+def ratio(row: dict, reference: dict, key: str) -> float | None:
+    """``row[key] / reference[key]``; ``None`` where the row lacks the value or the reference has none (or 0)."""
+    value, base = row.get(key), reference.get(key)
+    return None if value is None or not base else value / base
+
+
 def ratio_table(rows: list[dict], references: Sequence[str] = REFERENCES) -> str:
     """Markdown table ``method | TTFT / ref | TPOT / ref | peak RSS / ref | KV / ref | ...`` (``0.85x``: 85 % of
     the reference), one group of columns per reference row present in ``rows`` (matched on ``method``)."""
@@ -41,8 +47,8 @@ def ratio_table(rows: list[dict], references: Sequence[str] = REFERENCES) -> str
         for name in present:
             reference = by_method[name]
             for key, _ in RATIO_COLUMNS:
-                value, base = row.get(key), reference.get(key)
-                cells.append("-" if value is None or not base else f"{value / base:.2f}x")
+                value = ratio(row, reference, key)
+                cells.append("-" if value is None else f"{value:.2f}x")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -67,8 +73,9 @@ def ratios_by_length(rows: list[dict], reference: str = "full") -> dict[str, dic
     for row in rows:
         base = references.get(row["prompt_tokens"])
         for key, label in RATIO_COLUMNS:
-            if base is not None and row.get(key) is not None and base.get(key):
-                ratios[label].setdefault(row["method"], []).append((row["prompt_tokens"], row[key] / base[key]))
+            value = None if base is None else ratio(row, base, key)
+            if value is not None:
+                ratios[label].setdefault(row["method"], []).append((row["prompt_tokens"], value))
     return ratios
 
 

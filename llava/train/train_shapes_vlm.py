@@ -48,7 +48,15 @@ from llava.train.lookup_init import init_lookup_circuit
 from llava.train.option_init import init_option_circuit
 from toolkit_common.cli import setting_error
 from toolkit_common.jsonl import drop_records_from_step
-from toolkit_common.training import append_log, load_checkpoint, read_log, resume, save_checkpoint, warmup_cosine_lr
+from toolkit_common.training import (
+    append_log,
+    load_checkpoint,
+    read_log,
+    resume,
+    run_settings,
+    save_checkpoint,
+    warmup_cosine_lr,
+)
 
 STAGES = ("tower", "vlm")
 TRAINING_RECORD = "training_record.json"
@@ -367,11 +375,6 @@ def read_training_record(folder: Path) -> dict:
     if not path.is_file():
         raise SystemExit(f"{folder} has no {TRAINING_RECORD}: --continue-from needs a folder written by --export")
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def run_settings(args) -> dict:
-    """This run's command-line settings, as JSON values."""
-    return {key: str(value) if isinstance(value, Path) else value for key, value in sorted(vars(args).items())}
 
 
 def export(args, model: LlavaForConditionalGeneration, processor, target: Path) -> None:
