@@ -1,4 +1,5 @@
-"""docs/adding_a_method.md's worked example is real: its code block, registered, passes the engine invariants.
+"""docs/adding_a_method.md's worked example is real: its code block, registered, passes the engine invariants,
+and its parameter works as the doc says (``from_params``, the unknown-key error, ``--method-param``).
 
 Runs in a fresh interpreter so the example method never enters this process's registry.
 """
@@ -21,8 +22,10 @@ def example_code() -> str:
 
 def test_documented_example_passes_every_engine_invariant():
     script = example_code() + textwrap.dedent(
-        """
+        r"""
+        import pytest
         import torch
+        from llava.eval.cli_args import build_parser, pruning_params
         from llava.model.builder import load_pretrained_model
         from llava.pruning.registry import available_methods, plan_method
         from tests.test_method_invariants import (
@@ -36,9 +39,14 @@ def test_documented_example_passes_every_engine_invariant():
         hidden[0, 4] = torch.tensor([0.0, 2.0])
         scores = hidden_norm_scores(hidden, torch.tensor([[1, 2, 3, 4]]))
         torch.testing.assert_close(scores, torch.tensor([[5.0, 0.0, 1.0, 2.0]]))
+        torch.testing.assert_close(hidden_norm_scores(hidden, torch.tensor([[1]]), p=1.0), torch.tensor([[7.0]]))
         assert "token_norm" in available_methods()
-        method = plan_method("token_norm", 128, 32, 576)
-        assert method.keep == 98, method
+        method = plan_method("token_norm", 128, 32, 576, {"p": 1.0})
+        assert (method.keep, method.p) == (98, 1.0), method
+        with pytest.raises(ValueError, match=r"unknown parameters \['q'\]; valid parameters: agg_layer, keep, p"):
+            TokenNorm.from_params({"q": 1.0})
+        flags = ["--question-file", "q", "--answers-file", "a", "--pruning_method", "token_norm", "--method-param", "p=1.0"]
+        assert pruning_params(build_parser("test").parse_args(flags)) == {"p": 1.0}
         llava = load_pretrained_model("tiny-random-llava", pruning_method="token_norm", visual_token_num=64)[1]
         llava_invariants(llava, "token_norm", None)
         lm_invariants("token_norm", None)

@@ -103,3 +103,66 @@ def test_ablation_drivers_default_listings_run_in_a_fresh_process():
         done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert expected in done.stdout.split()
+
+
+GENERIC_CODE = ("llava/model", "llava/pruning", "llava/eval")
+METHODS_PACKAGE = "llava/pruning/methods"
+COMPARISONS = (ast.Eq, ast.NotEq, ast.In, ast.NotIn)
+
+
+def method_name_comparisons(source: str, method_names: set[str]) -> list[str]:
+    """Comparisons in ``source`` of something that reads a method name against a literal method name."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare) or not all(isinstance(op, COMPARISONS) for op in node.ops):
+            continue
+        operands = [node.left, *node.comparators]
+        literals = {
+            part.value
+            for operand in operands
+            for part in (operand.elts if isinstance(operand, ast.Tuple | ast.List | ast.Set) else [operand])
+            if isinstance(part, ast.Constant) and isinstance(part.value, str)
+        }
+        reads_a_method_name = any(
+            not isinstance(operand, ast.Constant)
+            and ("method" in ast.unparse(operand).lower() or ast.unparse(operand).endswith(".name"))
+            for operand in operands
+        )
+        if literals & method_names and reads_a_method_name:
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_generic_code_compares_no_method_name_with_a_literal():
+    """A method's own cases live in its class (hooks the generic code calls: ``use_fast_v``,
+    ``params_for_model``, ``pre_llm``, ...) or in its drop-in class (``drop_in.py``), never as
+    ``if method.name == "fastv"`` in generic code.
+
+    Scope: the engine, loader and wrappers (``llava/model/``), the algorithms and the registry outside the
+    methods package (``llava/pruning/`` minus ``llava/pruning/methods/``, whose modules are the methods
+    themselves) and the evaluation code (``llava/eval/``). Flagged: a comparison (``==``, ``!=``, ``in``,
+    ``not in``) with a string literal that is a registered method's name (alone or in a tuple, list or set)
+    on one side and, on another, an expression that reads a method name (its source mentions ``method`` or
+    ends in ``.name``). Literals naming other things pass even when they spell a method's name
+    (``convention == "fastv"`` is the FLOPs convention) and so do comparisons with non-method names
+    (``token_selection_method == "max_head"``). Scripts, benches and the demo driver are outside the scope.
+    """
+    from llava.pruning.registry import available_methods
+
+    names = set(available_methods())
+    detector_cases = {
+        'method.name == "fastv"': 1,
+        'pruning_method != "random"': 1,
+        'args.pruning_method not in (None, "fastv")': 1,
+        'convention == "fastv"': 0,
+        'token_selection_method == "max_head"': 0,
+    }
+    assert {case: len(method_name_comparisons(case, names)) for case in detector_cases} == detector_cases
+    offenders = [
+        f"{path.relative_to(ROOT)}:{hit}"
+        for package in GENERIC_CODE
+        for path in python_files(package)
+        if not path.relative_to(ROOT).as_posix().startswith(f"{METHODS_PACKAGE}/")
+        for hit in method_name_comparisons(path.read_text(), names)
+    ]
+    assert offenders == [], offenders

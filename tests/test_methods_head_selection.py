@@ -6,13 +6,14 @@ import torch
 from llava.pruning.head_selection import (
     HEAD_STRATEGIES,
     aggregate_best_heads,
+    choose_heads,
     dynamic_candidates,
     estimate_head_count,
     gini_coefficient,
     head_scores,
-    select_tokens_by_heads,
     select_tokens_dynamic,
 )
+from llava.pruning.selection import top_r_sorted
 
 S = 32
 
@@ -58,11 +59,13 @@ def test_identical_heads_get_equal_scores(strategy):
 @pytest.mark.parametrize("strategy", HEAD_STRATEGIES)
 def test_every_strategy_gives_finite_scores_for_the_selected_heads_and_a_valid_keep_set(strategy):
     attn = torch.rand(2, 8, S, generator=torch.Generator().manual_seed(1)).pow(4).softmax(-1)
-    selection = select_tokens_by_heads(attn, 10, 3, strategy)
-    assert selection.indices.shape == (2, 10)
-    assert (selection.indices.diff(dim=-1) > 0).all()
-    assert torch.isfinite(selection.scores).all()
-    assert torch.allclose(torch.tensor(selection.metadata["head_weights"]).sum(-1), torch.ones(2))
+    choice = choose_heads(attn, 3, strategy)
+    indices = top_r_sorted(choice.token_scores, 10)
+    assert indices.shape == (2, 10)
+    assert (indices.diff(dim=-1) > 0).all()
+    assert torch.isfinite(choice.token_scores).all()
+    assert choice.head_index.shape == (2, 3)
+    assert torch.allclose(choice.head_weights.sum(-1), torch.ones(2, dtype=choice.head_weights.dtype))
 
 
 def test_multi_objective_and_graph_based_rank_a_distinct_head_apart_from_clones():

@@ -8,9 +8,10 @@ from hypothesis import strategies as st
 from llava.pruning.selection import (
     TOKEN_SELECTION_STRATEGIES,
     score_span_tokens,
+    seeded_random_scores,
     select_span_tokens,
-    select_tokens_random,
     top_r_sorted,
+    top_valid_sorted,
 )
 
 
@@ -31,9 +32,9 @@ def test_max_head_uses_only_the_head_with_most_span_mass():
 
 def test_weighted_combination_interpolates_between_max_head_and_the_rest():
     attn = torch.tensor([[[0.6, 0.0, 0.1], [0.0, 0.2, 0.0], [0.0, 0.2, 0.0]]])
-    only_max = score_span_tokens(attn, "weighted_combination", alpha=1.0).scores
-    only_rest = score_span_tokens(attn, "weighted_combination", alpha=0.0).scores
-    half = score_span_tokens(attn, "weighted_combination", alpha=0.5).scores
+    only_max = score_span_tokens(attn, "weighted_combination", alpha=1.0)
+    only_rest = score_span_tokens(attn, "weighted_combination", alpha=0.0)
+    half = score_span_tokens(attn, "weighted_combination", alpha=0.5)
     assert torch.allclose(only_max, attn[:, 0])
     assert torch.allclose(only_rest, attn[:, 1:].mean(dim=1))
     assert torch.allclose(half, 0.5 * attn[:, 0] + 0.5 * attn[:, 1:].mean(dim=1))
@@ -44,11 +45,18 @@ def test_top_r_sorted_returns_original_order():
     assert top_r_sorted(scores, 3).tolist() == [[1, 2, 3]]
 
 
-def test_random_selection_is_seeded():
-    a = select_tokens_random(1, 50, 10, torch.Generator().manual_seed(3))
-    b = select_tokens_random(1, 50, 10, torch.Generator().manual_seed(3))
-    c = select_tokens_random(1, 50, 10, torch.Generator().manual_seed(4))
-    assert torch.equal(a, b) and not torch.equal(a, c)
+def test_top_valid_sorted_chooses_invalid_slots_last_and_equals_top_r_sorted_when_all_are_valid():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [0.4, 0.3, 0.2, 0.1]])
+    valid = torch.tensor([[True, False, True, True], [False, True, True, False]])
+    assert top_valid_sorted(scores, valid, 2).tolist() == [[2, 3], [1, 2]]
+    assert top_valid_sorted(scores, valid, 3).tolist() == [[0, 2, 3], [0, 1, 2]]
+    ties = torch.tensor([[0.5, 0.5, 0.5, 0.2, 0.5]])
+    assert torch.equal(top_valid_sorted(ties, torch.ones_like(ties, dtype=torch.bool), 2), top_r_sorted(ties, 2))
+
+
+def test_random_scores_are_seeded():
+    a, b, c = seeded_random_scores(50, 3), seeded_random_scores(50, 3), seeded_random_scores(50, 4)
+    assert a.shape == (1, 50) and torch.equal(a, b) and not torch.equal(a, c)
 
 
 @settings(max_examples=60, deadline=None)

@@ -152,9 +152,11 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 def pruning_method(args: argparse.Namespace) -> str | None:
     """The registry method to run: the dynamic selector when asked for, FastV for ``--use-fast-v True``,
     else ``--pruning_method``."""
+    from llava.pruning.registry import use_fast_v_method  # the registry imports every method
+
     if args.enable_dynamic_selection:
         return DYNAMIC_SELECTION_METHOD
-    return "fastv" if args.use_fast_v and args.pruning_method is None else args.pruning_method
+    return use_fast_v_method() if args.use_fast_v and args.pruning_method is None else args.pruning_method
 
 
 def pruning_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,6 +199,8 @@ def model_path_problem(model_path: str, tiny_models: Sequence[str] = ("tiny-rand
 
 def setting_problems(args: argparse.Namespace) -> list[str]:
     """Every shared flag that cannot work, as one line each (checked before any model loads)."""
+    from llava.pruning.registry import available_methods, use_fast_v_method  # the registry imports every method
+
     problems = []
     if args.conv_mode not in conv_templates:
         problems.append(f"--conv-mode {args.conv_mode!r} is unknown; valid: {', '.join(sorted(conv_templates))}")
@@ -214,17 +218,14 @@ def setting_problems(args: argparse.Namespace) -> list[str]:
         problems.append(f"--question-file {args.question_file}: no such file")
     if args.image_folder and not Path(args.image_folder).is_dir():
         problems.append(f"--image-folder {args.image_folder}: no such folder")
-    if args.use_fast_v and args.pruning_method not in (None, "fastv"):
+    if args.use_fast_v and args.pruning_method not in (None, use_fast_v_method()):
         problems.append(f"--use-fast-v True runs FastV, but --pruning_method {args.pruning_method!r} was given: pass one of them")
     method = pruning_method(args)
     if method is None and any(getattr(args, field) is not None for field in FASTV_FIELDS):
         given = [f"--{field.replace('_', '-')}" for field in FASTV_FIELDS if getattr(args, field) is not None]
         problems.append(f"{', '.join(given)} given without a method: add --use-fast-v True (or --pruning_method fastv)")
-    if method is not None:
-        from llava.pruning.registry import available_methods  # the registry imports every method
-
-        if method not in available_methods():
-            problems.append(f"--pruning_method {method!r} is unknown; valid: {', '.join(available_methods())}")
+    if method is not None and method not in available_methods():
+        problems.append(f"--pruning_method {method!r} is unknown; valid: {', '.join(available_methods())}")
     model_problem = model_path_problem(args.model_path)
     if model_problem:
         problems.append(model_problem)

@@ -9,7 +9,6 @@ decoder swapped in, running a registry method built once from its name, its para
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,9 +20,8 @@ from llava.model.llava_arch import PruningLlavaForConditionalGeneration
 from llava.model.original_llava import converted_config, load_converted_weights, original_config
 from llava.model.tiny import build_tiny_image_processor, build_tiny_llama, build_tiny_llava, build_tiny_tokenizer
 from llava.model.vision import image_features_per_image
-from llava.pruning.learned.checkpoint import shipped_pruner_path
 from llava.pruning.methods.base import PruningMethod
-from llava.pruning.registry import plan_method
+from llava.pruning.registry import method_class, plan_method
 
 TINY_MODELS = ("tiny-random-llava", "tiny-random-llama")
 ENGINE_FIELDS = ("pruning_scoring", "fast_v_sys_length", "fast_v_image_token_length")
@@ -44,17 +42,22 @@ def planned_method(
     params: dict[str, Any],
     model_path: str | None = None,
 ) -> PruningMethod | None:
-    """The method to run (None without ``pruning_method``), validated against this model; ``learned``
-    without a ``pruner_checkpoint`` takes the one a local ``model_path`` ships for the budget."""
-    if pruning_method == "learned" and "pruner_checkpoint" not in params and model_path and Path(model_path).is_dir():
-        params = {**params, "pruner_checkpoint": str(shipped_pruner_path(model_path, visual_token_num))}
+    """The method to run (None without ``pruning_method``), validated against this model; the method's
+    ``params_for_model`` completes ``params`` from ``model_path`` (``learned``: the pruner it ships)."""
     if pruning_method is None:
         if visual_token_num is not None or params:
             raise ValueError(f"pruning parameters {sorted(params) or ['visual_token_num']} were given without pruning_method")
         return None
+    params = method_class(pruning_method).params_for_model(params, model_path, visual_token_num)
     method = plan_method(pruning_method, visual_token_num, text_config.num_hidden_layers, span, params)
     method.validate(text_config.num_hidden_layers, span, text_config.num_attention_heads)
     return method
+
+
+def method_takes(pruning_method: str | None, parameter: str) -> bool:
+    """Whether method ``pruning_method`` has a parameter named ``parameter`` (a tiny model's ``seed`` keyword
+    seeds its weights unless the method takes a ``seed`` of its own, as ``random`` does)."""
+    return pruning_method is not None and parameter in method_class(pruning_method).parameter_names()
 
 
 def pruning_decoder(model: torch.nn.Module) -> torch.nn.Module:
@@ -91,7 +94,7 @@ def load_pretrained_model(
     engine, params = split_engine_fields(pruning_params)
     original = None
     if model_path in TINY_MODELS:
-        seed = params.pop("seed", 0) if pruning_method != "random" else 0
+        seed = 0 if method_takes(pruning_method, "seed") else params.pop("seed", 0)
         model, image_processor = _build_tiny(model_path, seed, engine)
         tokenizer = build_tiny_tokenizer()
         config = model.config

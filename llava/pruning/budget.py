@@ -105,17 +105,27 @@ def geometric_ratios(decay: float, stages: int) -> tuple[float, ...]:
     return tuple(decay ** (s + 1) for s in range(stages))
 
 
-def stage_keeps(span: int, ratios: Sequence[float]) -> list[int]:
-    """Tokens kept after each stage: ``round(span * ratio)``, at least 1."""
-    return [max(1, round(span * ratio)) for ratio in ratios]
+COUNT_ROUNDINGS = ("round", "floor")
 
 
-def geometric_decay_for_budget(method: str, target_tokens: float, num_layers: int, span: int, layers: Sequence[int]) -> float:
-    """``lambda`` in (0, 1] whose rounded geometric schedule over ``layers`` costs closest to ``target_tokens``."""
+def stage_keeps(span: int, ratios: Sequence[float], rounding: str = "round") -> list[int]:
+    """Tokens kept after each stage: ``round(span * ratio)`` or ``int(span * ratio)`` (``rounding="floor"``,
+    official PDrop), at least 1."""
+    if rounding not in COUNT_ROUNDINGS:
+        raise ValueError(f"unknown count rounding {rounding!r}; valid: {', '.join(COUNT_ROUNDINGS)}")
+    count = round if rounding == "round" else int
+    return [max(1, count(span * ratio)) for ratio in ratios]
+
+
+def geometric_decay_for_budget(
+    method: str, target_tokens: float, num_layers: int, span: int, layers: Sequence[int], rounding: str = "round"
+) -> float:
+    """``lambda`` in (0, 1] whose geometric schedule over ``layers`` (counts by ``rounding``) costs closest to
+    ``target_tokens``."""
     check_budget_reachable(method, target_tokens, num_layers, span, layers[0])
 
     def cost(decay: float) -> float:
-        keeps = stage_keeps(span, geometric_ratios(decay, len(layers)))
+        keeps = stage_keeps(span, geometric_ratios(decay, len(layers)), rounding)
         return equivalent_tokens(span_tokens_per_layer(num_layers, span, list(zip(layers, keeps, strict=True))))
 
     return bisect_for_target(cost, target_tokens, 0.0, 1.0)

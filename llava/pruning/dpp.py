@@ -1,11 +1,31 @@
 """CDPruner's token choice: a conditional DPP over the visual tokens, solved by greedy MAP.
 
 Zhang et al., 2025, "Beyond Attention or Similarity: Maximizing Conditional Diversity for Token Pruning
-in MLLMs" (CDPruner). Similarity ``S = cos(f_i, f_j)`` of the (projected) image features; relevance to
-the instruction ``r_i = minmax(mean_t(-cos(f_i, e_t)))`` over the instruction's embeddings ``e_t``
-(the sign as in DESIGN.md section 4); kernel ``L = diag(r) S diag(r)``. The ``T`` tokens maximising
-``det(L_Y)`` are approximated greedily with the incremental Cholesky update of Chen et al., 2018
-("Fast Greedy MAP Inference for Determinantal Point Process"), O(T^2 N).
+in MLLMs" (CDPruner). Official code: Theia-4869/CDPruner at 9541616c, ``llava/model/llava_arch.py``
+(``encode_images``), step by step:
+
+* similarity ``S = cos(f_i, f_j)`` of the projected image features, normalised in their own dtype, then
+  multiplied in float32 (l.148-153);
+* relevance ``r_i = (m_i - min m + 1e-6) / (max m - min m)`` with ``m_i = mean_t(-cos(f_i, e_t))`` over
+  the instruction's embeddings ``e_t`` (l.156-160; the official ``f``, ``e`` are CLIP image / text
+  embeddings, see ``llava.pruning.methods.cdpruner`` for ours);
+* kernel ``L = diag(r) S diag(r)`` (l.167);
+* greedy MAP in float32, no ridge (l.170-181): each step picks the largest gain ``d_j^2`` (starting at
+  ``L_jj``), appends the Cholesky row ``c = (L_j - C^T C_j) / d_j`` and lowers every gain by ``c^2``
+  (Chen et al., 2018, "Fast Greedy MAP Inference for Determinantal Point Process", O(T^2 N));
+* the kept tokens are sorted (raster order, l.183-185).
+
+Out of gains (``S`` has rank at most the features' width, so narrow features at a larger ``T`` leave
+gains of rounding noise after that many picks): the official code picks on by those noise gains, picks
+the first token whose gain is not positive, and then divides by its square root, which turns every gain
+into NaN; ``argmax`` then returns the lowest NaN index and, the NaN having erased the chosen marks, it
+alternates between tokens 0 and 1, so it keeps fewer than ``T`` distinct tokens. We do the same picks
+with the same float32 arithmetic up to and including that one, then fill the remaining slots with the
+lowest-indexed tokens not yet kept (what that ``argmax`` would return with the marks intact): a keep set
+of ``T`` tokens that contains the official one, equal to it whenever the greedy never runs out of gains.
+
+Our option (off by default): ``ridge`` ``eps`` > 0 solves ``L + eps max_j L_jj I`` instead, so every token
+keeps a gain and picks past the rank still trade relevance against what the chosen set spans.
 """
 
 from __future__ import annotations
@@ -13,6 +33,7 @@ from __future__ import annotations
 import torch
 
 _EPS = 1e-12
+RELEVANCE_SHIFT = 1e-6  # official l.160
 
 
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -23,47 +44,54 @@ def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def instruction_relevance(image_features: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
-    """``[N]`` relevance of each image token: min-max normalised mean over text of ``-cos(image, text)``."""
-    relevance = -cosine_matrix(image_features.float(), text_embeddings.float()).mean(dim=-1)
-    low, high = relevance.min(), relevance.max()
-    return (relevance - low) / (high - low).clamp_min(1e-6)
+    """``[N]`` relevance of each image token: ``(m - min m + 1e-6) / (max m - min m)`` with
+    ``m = mean over text of -cos(image, text)`` (official l.156-160; the range is floored at ``1e-12``,
+    where the official code divides by zero)."""
+    mean_negative = -cosine_matrix(image_features.float(), text_embeddings.float()).mean(dim=-1)
+    low, high = mean_negative.min(), mean_negative.max()
+    return (mean_negative - low + RELEVANCE_SHIFT) / (high - low).clamp_min(_EPS)
 
 
 def conditional_kernel(image_features: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
-    """``L = diag(r) S diag(r)`` with ``S`` the cosine similarity of the image features, ``[N, N]``."""
-    similarity = cosine_matrix(image_features.float(), image_features.float())
-    return relevance[:, None] * similarity * relevance[None, :]
+    """``L = diag(r) S diag(r)`` ``[N, N]`` in float32, ``S`` the cosine similarity of the image features
+    normalised in their own dtype (official l.151-153, 167)."""
+    unit = (image_features / image_features.norm(dim=-1, keepdim=True)).float()
+    return relevance[:, None] * (unit @ unit.T) * relevance[None, :]
 
 
-RIDGE = 1e-3  # L + RIDGE * max_j L_jj * I: every item keeps a gain, so the greedy is defined past L's rank
+def lowest_unchosen(size: int, chosen: list[int], count: int) -> list[int]:
+    """The ``count`` lowest indices in ``range(size)`` not in ``chosen``."""
+    free = torch.ones(size, dtype=torch.bool)
+    free[chosen] = False
+    return free.nonzero()[:count, 0].tolist()
 
 
-def dpp_greedy_map(kernel: torch.Tensor, count: int) -> torch.Tensor:
+def dpp_greedy_map(kernel: torch.Tensor, count: int, ridge: float = 0.0) -> torch.Tensor:
     """Indices ``[count]`` chosen greedily to maximise ``det(L_Y)``, in the order they were chosen.
 
-    Each step adds the item with the largest marginal gain ``d_j^2 = L_jj - ||c_j||^2`` and updates the
-    Cholesky rows ``c`` incrementally (the kernel is handled in float64). The kernel gets a small ridge,
-    ``L + eps I`` with ``eps = 1e-3 max_j L_jj``: ``S`` has rank at most the features' width, so a kernel of
-    features narrower than the count asked for (the shapes VLM's 64-wide ones at T = 128 / 192) leaves no
-    gain after that many picks, and the plain update then divides by a vanishing gain and picks arbitrary
-    tokens (measured: identical answers at 128 and 192). With the ridge, picks past the rank still trade
-    relevance (``eps`` weighs every item alike, the kernel's ``r_j^2`` does not) against what the chosen
-    set already spans; below the rank the order is unchanged but for gains within ``eps`` of each other.
+    Float32, as the official loop (l.170-181), with its update ``c_j = (L_j - C[:, j]^T C) / d_j`` in the same
+    operand order (the same rounding, hence the same picks among noise-level gains). The first pick whose
+    gain is not positive ends the greedy and the lowest-indexed free tokens fill the rest (module
+    docstring). ``ridge`` > 0 (our option) adds ``ridge * max_j L_jj`` to the diagonal first.
     """
     size = kernel.shape[0]
     if not 0 < count <= size:
         raise ValueError(f"cannot select {count} of {size} items: valid range is [1, {size}]")
-    kernel = kernel.double()
-    kernel = kernel + RIDGE * float(kernel.diagonal().max().clamp_min(_EPS)) * torch.eye(size, dtype=kernel.dtype, device=kernel.device)
+    kernel = kernel.float()
+    if ridge > 0:
+        kernel = kernel + ridge * kernel.diagonal().max() * torch.eye(size, dtype=kernel.dtype, device=kernel.device)
     cholesky = kernel.new_zeros(count, size)
     gains = kernel.diagonal().clone()
     chosen: list[int] = []
     for step in range(count):
         best = int(gains.argmax())
         chosen.append(best)
-        gain = gains[best].sqrt()
-        row = (kernel[best] - cholesky[:step].T @ cholesky[:step, best]) / gain
+        gain = gains[best]
+        if not gain > 0:
+            break
+        row = (kernel[best] - cholesky[:step, best] @ cholesky[:step]) / gain.sqrt()
         cholesky[step] = row
-        gains = gains - row.pow(2)
+        gains = gains - row.square()
         gains[chosen] = float("-inf")
+    chosen += lowest_unchosen(size, chosen, count - len(chosen))
     return torch.tensor(chosen, device=kernel.device)

@@ -225,18 +225,9 @@ def aggregate_best_heads(attn: torch.Tensor, scores: torch.Tensor, heads: int) -
     return HeadChoice(order, weights, (weights[:, :, None] * rows).sum(dim=1))
 
 
-def select_tokens_by_heads(attn: torch.Tensor, keep: int, heads: int, strategy: str) -> TokenSelection:
-    """FastV with fine-grained heads: ``keep`` span tokens ranked by the ``heads`` best heads of ``strategy``."""
-    scores = head_scores(attn, strategy, heads)
-    choice = aggregate_best_heads(attn, scores, heads)
-    metadata = {
-        "method": "fastv_fine_head",
-        "head_strategy": strategy,
-        "heads": heads,
-        "selected_heads": choice.head_index.tolist(),
-        "head_weights": choice.head_weights.tolist(),
-    }
-    return TokenSelection(top_r_sorted(choice.token_scores, keep), choice.token_scores, metadata)
+def choose_heads(attn: torch.Tensor, heads: int, strategy: str) -> HeadChoice:
+    """FastV with fine-grained heads: the ``heads`` best heads of ``strategy`` and the token scores they give."""
+    return aggregate_best_heads(attn, head_scores(attn, strategy, heads), heads)
 
 
 # ----- dynamic selection (ablation_a) ---------------------------------------------------------------

@@ -1,109 +1,90 @@
-"""Token recycling (SparseVLM v1.5): pruned tokens merged into a few cluster tokens instead of dropped.
+"""Token recycling (SparseVLM v1.5): the best pruned tokens merged into a few cluster tokens instead of dropped.
 
 Zhang et al., 2024, "SparseVLM: Visual Token Sparsification for Efficient Vision-Language Model Inference",
-section "token recycling": of the tokens a stage prunes, the ``ratio`` (30%) with the highest scores are
-recycled; they are grouped by density-peak clustering into ``recycled // 10 + 1`` clusters and each
-cluster becomes one token, the mean of its members' hidden states.
+as the official code does it: Gumpest/SparseVLMs, branch ``v1.5`` at 734d9003879689713a132b83297dfad060a5c9af,
+``llava/model/language_model/modelling_sparse_llama.py`` (MSL) and ``utils.py``:
 
-Density peaks (Rodriguez & Laio, 2014, with the k-nearest-neighbour density of DPC-KNN, Du et al., 2016),
-on ``dist_ij = ||x_i - x_j|| / sqrt(d)``:
+* counts (MSL l.286-294): of the ``p`` span tokens a stage prunes, the ``int(0.3 p) + 1`` with the highest
+  scores are recycled (``topk`` of their scores, MSL l.289) and grouped into ``int(recycled / 10) + 1``
+  clusters;
+* clustering (``cluster_and_merge``, utils.py l.247-280; density peaks, Rodriguez & Laio 2014, with the
+  k-nearest-neighbour density of DPC-KNN, Du et al. 2016), on ``dist_ij = ||x_i - x_j|| / sqrt(d)``:
+  density ``rho_i = exp(-mean of the k smallest dist_ij^2)`` with ``k`` = the cluster count, the point
+  itself (distance 0) included (l.256-257); separation ``delta_i = min dist_ij`` over the strictly denser
+  ``j``, or the largest distance of the whole matrix for a point that has none (l.263-266); centres: the
+  ``c`` largest ``rho_i * delta_i``, in that (descending) order (l.269-270); every point joins its nearest
+  centre, the earlier centre on a tie (``argmin``), every centre its own cluster (l.273-280);
+* merging (l.284-309): a cluster token is the sum of its members' hidden states divided by
+  ``members + 1e-6``.
 
-* density ``rho_i = exp(-mean_{j in kNN(i)} dist_ij^2)`` (``k = min(neighbours, n - 1)``, self excluded);
-* separation ``delta_i = min_{j denser than i} dist_ij`` (the densest point: ``max_j dist_ij``);
-* centres: the ``c`` largest ``rho_i * delta_i``; every point joins its nearest centre.
-
-Choices where the paper leaves one: equal densities are ordered by index (no random noise, so a batch
-gives the same clusters as a single sample); ``recycled = round(ratio * pruned)``; the stage budget
-counts the cluster tokens, so ``kept + clusters = budget`` (``kept_count_with_recycling``).
+Where the official code is random or loose: it adds uniform noise of at most 1e-6 to the densities (l.259-260)
+so that ties are broken at random; we add none (deterministic, so a batch equals its single samples), so
+tied densities are not denser than each other, as in its comparison. It computes in the model's dtype
+(float16), we in float64. ``topk`` ties (recycled tokens, centres) go to the lower index here (stable sort);
+the official order on ties is unspecified.
 """
 
 from __future__ import annotations
 
 import torch
 
+RECYCLE_RATIO = 0.3
 CLUSTER_DIVISOR = 10
+MERGE_EPS = 1e-6
 
 
-def recycled_and_cluster_counts(pruned: int, ratio: float) -> tuple[int, int]:
-    """``(recycled, clusters)`` for a stage that prunes ``pruned`` tokens: ``round(ratio * pruned)`` and
-    ``recycled // 10 + 1`` (0 and 0 when nothing is recycled)."""
-    recycled = round(ratio * pruned)
-    return (recycled, recycled // CLUSTER_DIVISOR + 1) if recycled > 0 else (0, 0)
+def recycled_and_cluster_counts(pruned: int, ratio: float = RECYCLE_RATIO) -> tuple[int, int]:
+    """``(recycled, clusters)`` for a stage that prunes ``pruned`` tokens: ``int(ratio * pruned) + 1`` and
+    ``int(recycled / 10) + 1`` (MSL l.288, l.292); ``(0, 0)`` when nothing is pruned (MSL l.281)."""
+    if pruned <= 0:
+        return 0, 0
+    recycled = int(pruned * ratio) + 1
+    return recycled, int(recycled / CLUSTER_DIVISOR) + 1
 
 
-def kept_count_with_recycling(span: int, budget: int, ratio: float) -> int:
-    """Tokens to keep by score so that kept + cluster tokens = ``budget`` out of ``span`` live tokens.
+def density_peak_clusters(features: torch.Tensor, clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Density-peak clustering of ``features`` ``[n, d]`` into ``clusters`` groups (utils.py l.247-280).
 
-    ``kept + clusters(span - kept)`` falls by 0 or 1 for each token fewer kept, so the largest ``kept``
-    that fits reaches ``budget`` exactly, and budgets below ``1 + clusters(span - 1)`` cannot be met.
-    """
-    if not 0 < budget <= span:
-        raise ValueError(f"cannot keep {budget} tokens out of a span of {span}: valid range is [1, {span}]")
-    for kept in range(budget, 0, -1):
-        if kept + recycled_and_cluster_counts(span - kept, ratio)[1] <= budget:
-            return kept
-    smallest = 1 + recycled_and_cluster_counts(span - 1, ratio)[1]  # the sum is smallest at kept = 1
-    raise ValueError(f"token recycling cannot fit kept and cluster tokens into a budget of {budget} out of "
-                     f"{span} tokens: the smallest budget that works is {smallest}")
-
-
-def density_peak_clusters(features: torch.Tensor, clusters: int, neighbours: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Density-peak clustering of ``features`` ``[n, d]`` into ``clusters`` groups.
-
-    Returns ``(centres [clusters], assignment [n])``: centre indices into ``features`` (ascending) and,
-    per point, the position in ``centres`` of the cluster it joins (every centre joins its own).
+    Returns ``(centres [clusters], assignment [n])``: centre indices into ``features`` in the official order
+    (descending ``rho * delta``) and, per point, the position in ``centres`` of the cluster it joins.
     """
     n = features.shape[0]
     if not 0 < clusters <= n:
         raise ValueError(f"cannot form {clusters} clusters from {n} points: valid range is [1, {n}]")
     x = features.double()
     dist = torch.cdist(x, x) / x.shape[-1] ** 0.5  # [n, n]
-    k = min(neighbours, n - 1)
-    if k > 0:
-        nearest = dist.topk(k + 1, dim=-1, largest=False).values[:, 1:]  # drop self (distance 0)
-        density = (-(nearest**2).mean(dim=-1)).exp()
-    else:
-        density = torch.ones(n, dtype=x.dtype)
-    order = torch.arange(n)
-    denser = (density[None, :] > density[:, None]) | (
-        (density[None, :] == density[:, None]) & (order[None, :] < order[:, None])
-    )  # denser[i, j]: j is denser than i
-    separation = dist.masked_fill(~denser, float("inf")).min(dim=-1).values
-    separation = torch.where(denser.any(dim=-1), separation, dist.max(dim=-1).values)
-    score = density * separation
-    centres = score.sort(descending=True, stable=True).indices[:clusters].sort().values
-    to_centres = dist[:, centres].clone()
-    to_centres[centres, torch.arange(clusters)] = -1.0  # a centre joins its own cluster, even among duplicates
-    return centres, to_centres.argmin(dim=-1)
+    nearest = dist.topk(clusters, dim=-1, largest=False).values  # k = clusters, the point itself included
+    density = (-(nearest**2).mean(dim=-1)).exp()
+    denser = density[None, :] > density[:, None]  # denser[i, j]: j is strictly denser than i
+    separation = dist.masked_fill(~denser, float("inf")).min(dim=-1).values.clamp_max(dist.max())
+    centres = (density * separation).sort(descending=True, stable=True).indices[:clusters]
+    assignment = dist[centres].argmin(dim=0)  # [n]: the nearest centre, the earlier one on a tie
+    assignment[centres] = torch.arange(clusters, device=x.device)
+    return centres, assignment
 
 
 def merge_clusters(hidden: torch.Tensor, assignment: torch.Tensor, clusters: int) -> torch.Tensor:
-    """``[clusters, d]`` mean hidden state of each cluster's members (``hidden`` ``[n, d]``, ``assignment`` ``[n]``)."""
+    """``[clusters, d]``: each cluster's summed members over ``members + 1e-6`` (utils.py l.298-309)."""
     sums = hidden.new_zeros(clusters, hidden.shape[-1]).index_add_(0, assignment, hidden)
     counts = torch.bincount(assignment, minlength=clusters).to(hidden.dtype)
-    return sums / counts[:, None]
+    return sums / (counts[:, None] + MERGE_EPS)
 
 
 def recycle_pruned_tokens(
-    scores: torch.Tensor, hidden: torch.Tensor, kept: torch.Tensor, ratio: float, neighbours: int = 5
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Recycle one sample's pruned span tokens into cluster tokens placed at their centres' slots.
+    scores: torch.Tensor, hidden: torch.Tensor, kept: torch.Tensor, ratio: float = RECYCLE_RATIO
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster tokens of one sample's best pruned span tokens (MSL l.281-296).
 
     ``scores`` ``[S]`` and ``hidden`` ``[S, d]`` of the live span tokens; ``kept`` ``[R]`` indices kept by
-    score. Returns ``(indices, columns, merged)``: every span token that stays (kept and cluster
-    centres) ascending ``[R + C]``, the columns of ``indices`` that hold cluster tokens ``[C]``, and their
-    hidden states ``[C, d]``.
+    score. Returns ``(centres, merged)``: the span index of each cluster's centre ``[C]`` and the cluster
+    tokens ``[C, d]``, in the official order (descending centre score); both empty when nothing is pruned.
     """
     pruned_mask = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
     pruned_mask[kept] = False
     pruned = pruned_mask.nonzero()[:, 0]
     recycled_count, cluster_count = recycled_and_cluster_counts(pruned.numel(), ratio)
     if cluster_count == 0:
-        empty = kept.new_zeros(0)
-        return kept, empty, hidden.new_zeros(0, hidden.shape[-1])
+        return kept.new_zeros(0), hidden.new_zeros(0, hidden.shape[-1])
     recycled = pruned[scores[pruned].sort(descending=True, stable=True).indices[:recycled_count]]
-    centres, assignment = density_peak_clusters(hidden[recycled], cluster_count, neighbours)
-    merged = merge_clusters(hidden[recycled], assignment.to(hidden.device), cluster_count)
-    indices, order = torch.cat([kept, recycled[centres]]).sort()
-    columns = (order >= kept.numel()).nonzero()[:, 0]
-    return indices, columns, merged[order[columns] - kept.numel()]
+    centres, assignment = density_peak_clusters(hidden[recycled], cluster_count)
+    return recycled[centres.to(recycled.device)], merge_clusters(hidden[recycled], assignment.to(hidden.device), cluster_count)

@@ -36,6 +36,15 @@ def method_class(name: str) -> type[PruningMethod]:
     return REGISTERED_METHODS[name]
 
 
+def use_fast_v_method() -> str:
+    """The method the legacy ``use_fast_v`` switch turns on (config field, ``--use-fast-v``): the one
+    registered method whose class sets ``use_fast_v``."""
+    names = [name for name, cls in REGISTERED_METHODS.items() if cls.use_fast_v]
+    if len(names) != 1:
+        raise RuntimeError(f"exactly one registered method must set use_fast_v, found {sorted(names)}")
+    return names[0]
+
+
 def canonical_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     """``params`` with legacy names (``PARAMETER_ALIASES``) replaced by the method parameter they set."""
     resolved: dict[str, Any] = {}
@@ -69,11 +78,11 @@ def plan_method(
 
 
 def method_from_config(config: Any) -> PruningMethod | None:
-    """The method a ``PruningLlamaConfig`` asks for (``pruning_method``, or ``fastv`` when ``use_fast_v``):
-    ``pruning_params`` plus FastV's config fields that are set; None when pruning is off."""
+    """The method a ``PruningLlamaConfig`` asks for (``pruning_method``, or ``use_fast_v_method()`` (FastV) when
+    ``use_fast_v``): ``pruning_params`` plus FastV's config fields that are set; None when pruning is off."""
     name = getattr(config, "pruning_method", None)
     if name is None and getattr(config, "use_fast_v", False):
-        name = "fastv"
+        name = use_fast_v_method()
     if name is None:
         return None
     legacy = {key: getattr(config, key, None) for key in PARAMETER_ALIASES}

@@ -1,8 +1,9 @@
 """Token selection from attention rows restricted to the prunable span.
 
-All functions are pure: they take the attention probabilities of one query row (the last prompt
-token in FastV) over the span, per head, ``attn`` of shape ``[B, H, S]``, and return sorted indices
-into the span.
+All functions are pure. The strategy functions take the attention probabilities of one query row (the
+last prompt token in FastV) over the span, per head, ``attn`` of shape ``[B, H, S]``, and score the span
+tokens; ``top_r_sorted`` / ``top_valid_sorted`` turn scores ``[B, S]`` into sorted indices into the span
+(the selection of every score method, ``llava.pruning.methods.scorer``).
 
 FastV (Chen et al., 2024, "An Image is Worth 1/2 Tokens After Layer 2") ranks image tokens by the
 attention they receive at layer K-1. The three strategies of FastV-Advanced:
@@ -63,6 +64,13 @@ def top_r_sorted(scores: torch.Tensor, r: int) -> torch.Tensor:
     return scores.topk(r, dim=-1).indices.sort(dim=-1).values
 
 
+def top_valid_sorted(scores: torch.Tensor, valid: torch.Tensor, r: int) -> torch.Tensor:
+    """``top_r_sorted`` where slots with ``valid`` False (``[B, S]`` bool) score ``-inf``: they are chosen only
+    after every valid slot (a valid slot scoring ``-inf`` ties with them). Ties among valid slots break as in
+    ``top_r_sorted``, so with every slot valid the result is ``top_r_sorted(scores, r)``."""
+    return top_r_sorted(scores.masked_fill(~valid, float("-inf")), r)
+
+
 def head_importance(attn: torch.Tensor) -> torch.Tensor:
     """Total span attention of each head, ``[B, H]``: ``sum_j A[h, j]``."""
     return attn.sum(dim=-1)
@@ -78,39 +86,41 @@ def validate_token_selection(strategy: str, alpha: float) -> None:
         raise ValueError(f"weighted_alpha must lie in [0, 1], got {alpha}")
 
 
-def score_span_tokens(attn: torch.Tensor, strategy: str = "avg_all_heads", alpha: float = 0.5) -> TokenSelection:
-    """Score every span token with one of FastV's strategies (no selection yet; ``indices`` is empty).
+def score_span_tokens(attn: torch.Tensor, strategy: str = "avg_all_heads", alpha: float = 0.5) -> torch.Tensor:
+    """``[B, S]`` score of every span token by one of FastV's strategies (higher = keep).
 
     ``attn``: ``[B, H, S]`` attention probabilities of the query row over the span tokens.
     """
     validate_token_selection(strategy, alpha)
-    importance = head_importance(attn)
-    max_head = importance.argmax(dim=-1)  # [B]
-    metadata = {"method": strategy, "max_head_idx": max_head.tolist(), "head_importance": importance.tolist()}
     if strategy == "avg_all_heads":
-        scores = attn.mean(dim=1)
-    else:
-        batch = torch.arange(attn.shape[0], device=attn.device)
-        max_head_row = attn[batch, max_head]  # [B, S]
-        if strategy == "max_head" or attn.shape[1] == 1:
-            scores = max_head_row
-        else:
-            others_mean = (attn.sum(dim=1) - max_head_row) / (attn.shape[1] - 1)
-            scores = alpha * max_head_row + (1.0 - alpha) * others_mean
-            metadata["weighted_alpha"] = alpha
-    return TokenSelection(indices=scores.new_empty(0, dtype=torch.long), scores=scores, metadata=metadata)
+        return attn.mean(dim=1)
+    batch = torch.arange(attn.shape[0], device=attn.device)
+    max_head_row = attn[batch, head_importance(attn).argmax(dim=-1)]  # [B, S]
+    if strategy == "max_head" or attn.shape[1] == 1:
+        return max_head_row
+    others_mean = (attn.sum(dim=1) - max_head_row) / (attn.shape[1] - 1)
+    return alpha * max_head_row + (1.0 - alpha) * others_mean
+
+
+def strategy_metadata(attn: torch.Tensor, strategy: str = "avg_all_heads", alpha: float = 0.5) -> dict:
+    """What FastV-Advanced reports beside the scores: the strategy (``method``), ``max_head_idx`` and
+    ``head_importance`` per sample, and ``weighted_alpha`` where it was used."""
+    importance = head_importance(attn)
+    metadata = {"method": strategy, "max_head_idx": importance.argmax(dim=-1).tolist(), "head_importance": importance.tolist()}
+    if strategy == "weighted_combination" and attn.shape[1] > 1:
+        metadata["weighted_alpha"] = alpha
+    return metadata
 
 
 def select_span_tokens(
     attn: torch.Tensor, r: int, strategy: str = "avg_all_heads", alpha: float = 0.5
 ) -> TokenSelection:
     """Keep the ``r`` best span tokens by ``strategy``; indices ascending, shape ``[B, r]``."""
-    selection = score_span_tokens(attn, strategy, alpha)
-    selection.indices = top_r_sorted(selection.scores, r)
-    return selection
+    scores = score_span_tokens(attn, strategy, alpha)
+    return TokenSelection(top_r_sorted(scores, r), scores, strategy_metadata(attn, strategy, alpha))
 
 
-def select_tokens_random(batch: int, span: int, r: int, generator: torch.Generator) -> torch.Tensor:
-    """Uniformly random keep set of ``r`` of ``span`` tokens per sample, ascending, ``[batch, r]``."""
-    scores = torch.rand(batch, span, generator=generator)
-    return top_r_sorted(scores, r)
+def seeded_random_scores(span: int, seed: int) -> torch.Tensor:
+    """``[1, span]`` uniform scores from a generator seeded with ``seed``: every sample that draws them gets
+    the same keep set whatever its position in the batch (batch size N == batch size 1)."""
+    return torch.rand(1, span, generator=torch.Generator().manual_seed(seed))

@@ -5,6 +5,9 @@ Each is the one pruning decoder with a default method (used when the config name
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 from llava.model.language_model.pruning_llama import PruningLlamaModel
 
 
@@ -15,8 +18,33 @@ class Fastv_LlamaModel(PruningLlamaModel):
 
 
 class FastvAdvanced_LlamaModel(Fastv_LlamaModel):
-    """FastV-Advanced's name: FastV plus run-time ``token_selection_method`` / ``weighted_alpha``
-    switching and ``last_gen_attention_mask`` / ``last_gen_kept_indices`` / ``last_selection_metadata``."""
+    """FastV-Advanced's name: FastV whose ``token_selection_method`` / ``weighted_alpha`` switch at run time
+    (the method is rebuilt once per change and recorded in the config); ``last_gen_attention_mask`` /
+    ``last_gen_kept_indices`` / ``last_selection_metadata`` read what the last pruned prefill did
+    (``llava.model.language_model.readouts``)."""
+
+    def _switch(self, **change: Any) -> None:
+        method = self.method
+        if method is None or not all(hasattr(method, name) for name in change):
+            name = "none" if method is None else method.name
+            raise ValueError(f"{', '.join(change)} can only be switched on a FastV method; this model runs {name}")
+        self.set_pruning_method(replace(method, **change))
+
+    @property
+    def token_selection_method(self) -> str | None:
+        return getattr(self.method, "token_selection_method", None)
+
+    @token_selection_method.setter
+    def token_selection_method(self, value: str) -> None:
+        self._switch(token_selection_method=value)
+
+    @property
+    def weighted_alpha(self) -> float | None:
+        return getattr(self.method, "weighted_alpha", None)
+
+    @weighted_alpha.setter
+    def weighted_alpha(self, value: float) -> None:
+        self._switch(weighted_alpha=value)
 
 
 class FastvFineHead_LlamaModel(PruningLlamaModel):

@@ -3,16 +3,18 @@
 At each boundary of the method's schedule (prefill only) the engine asks the method which live span
 tokens to keep, then applies one of two stage actions (``llava.model.language_model.sequence``):
 
-* hard (inference): keep ``prefix + kept span tokens (original order) + suffix``; hidden states and RoPE
-  (cos, sin) are gathered, so **kept tokens keep their original positions** (as FastV does; the official
-  PDrop / SparseVLM v1.5 code renumbers positions instead); the attention mask is rebuilt for the
-  shorter sequence (left padding included) and sized against that layer's own cache, so layers after a
-  prune cache only the kept tokens;
+* hard (inference): keep ``prefix + kept span tokens (original order) + suffix``; positions follow the
+  method's official code (``PruningMethod.keeps_original_positions``): FastV's kept tokens keep their
+  original RoPE positions (cos, sin gathered), official PDrop / SparseVLM v1.5 renumber the shorter
+  sequence contiguously (each token's position drops by the tokens removed before it; a decode step's
+  position drops by each stage's removed count from that stage's layer on); the attention mask is rebuilt
+  for the shorter sequence (left padding included) and sized against that layer's own cache, so layers
+  after a prune cache only the kept tokens;
 * soft (training): the span keys are weighted by keep probabilities through an additive ``log P`` bias.
 
 Decode steps never re-prune: they rebuild masks from the kept tokens' padding masks the prefill left in
-the model's ``PruningState`` and use the absolute positions of the unpruned sequence (the cache's layer
-0 is never pruned). A forward without cache that continues the last pruned prompt replays its
+the model's ``PruningState`` and start from the absolute positions of the unpruned sequence (the cache's
+layer 0 is never pruned), shifted per stage for renumbering methods. A forward without cache that continues the last pruned prompt replays its
 selections (``generate(use_cache=False)`` == ``generate()``).
 
 Attention scores for the method come from q.k of only the query rows needed
@@ -37,9 +39,9 @@ from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from llava.model.language_model.fastv_advanced import FastVAdvancedMixin
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_state import PruningState
+from llava.model.language_model.readouts import PruningReadouts
 from llava.model.language_model.sequence import DecoderSequence, compact, keyed_causal_bias, soft_keep
 from llava.pruning.methods.base import PruneStep, PruningMethod
 from llava.pruning.record import PruningRecord, StageRecord
@@ -50,7 +52,7 @@ from llava.pruning.span import last_valid_index, span_from_offset, span_from_tok
 from toolkit_common.transformers_compat import cache_kwargs, resolve_cache
 
 
-class PruningLlamaModel(FastVAdvancedMixin, LlamaModel):
+class PruningLlamaModel(PruningReadouts, LlamaModel):
     """``LlamaModel`` whose prefill prunes a span of tokens with its method (``self.method``).
 
     The method is built once from the config (``pruning_method``, ``pruning_params``, FastV's fields) and
@@ -93,7 +95,7 @@ class PruningLlamaModel(FastVAdvancedMixin, LlamaModel):
         for legacy in PARAMETER_ALIASES:
             if hasattr(self.config, legacy):
                 setattr(self.config, legacy, None)
-        self.config.use_fast_v = method is not None and method.name == "fastv"
+        self.config.use_fast_v = method is not None and method.use_fast_v
         self.config.pruning_method = None if method is None else method.name
         self.config.pruning_params = None if method is None else method.params()
 
@@ -229,15 +231,22 @@ class PruningLlamaModel(FastVAdvancedMixin, LlamaModel):
                 position_ids=position_ids,
                 **cache_kwargs(cache),
             )
-        cos, sin = self.rotary_emb(inputs_embeds, position_ids=position_ids)
+        positions = position_ids.expand(batch, -1)
+        cos, sin = self._rope(inputs_embeds, positions)
         return DecoderSequence(
             hidden=inputs_embeds,
-            cos=cos.expand(batch, -1, -1),
-            sin=sin.expand(batch, -1, -1),
+            cos=cos,
+            sin=sin,
             valid=valid,
             original_index=torch.arange(seq_len, device=inputs_embeds.device).expand(batch, -1),
+            positions=positions,
             mask=mask,
         )
+
+    def _rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)``, each ``[B, N, head_dim]``, of the rotary embedding at ``positions`` ``[B, N]``."""
+        cos, sin = self.rotary_emb(hidden, position_ids=positions)
+        return cos.expand(positions.shape[0], -1, -1), sin.expand(positions.shape[0], -1, -1)
 
     def _decode_state(self, cache: Cache | None) -> PruningState | None:
         """The state of the prefill that filled ``cache``, if it pruned; a pruned cache without one is an error."""
@@ -327,7 +336,9 @@ class PruningLlamaModel(FastVAdvancedMixin, LlamaModel):
             state.soft_stages.append((layer, selection, seq.key_weights.gather(1, seq.span_index)))
             return replace(seq, mask=keyed_causal_bias(seq.valid, seq.key_weights, seq.hidden.dtype))
         previous = seq
-        seq = compact(seq, selection)
+        seq = compact(seq, selection, renumber=not method.keeps_original_positions())
+        if seq.position_shift is not None:
+            seq.cos, seq.sin = self._rope(seq.hidden, seq.positions)
         if replay is None:
             metadata = dict(selection.metadata)
             if selection.replacement is not None:
@@ -346,6 +357,9 @@ class PruningLlamaModel(FastVAdvancedMixin, LlamaModel):
             )
             state.selections.append(selection)
             state.stage_valid[layer] = seq.valid
+            if seq.position_shift is not None:
+                before = previous.position_shift if previous.position_shift is not None else 0
+                state.position_shift[layer] = seq.position_shift - before
         seq.mask = create_causal_mask(
             config=self.config,
             inputs_embeds=seq.hidden,
@@ -378,7 +392,12 @@ class PruningLlamaModel(FastVAdvancedMixin, LlamaModel):
             position_ids=None,
             layer_idx=layer,
         )
-        return replace(seq, mask=mask, compacted=True)
+        shift = state.position_shift.get(layer)
+        if shift is None:
+            return replace(seq, mask=mask, compacted=True)
+        positions = seq.positions - shift[:, None].to(seq.positions.device)
+        cos, sin = self._rope(seq.hidden, positions)
+        return replace(seq, mask=mask, compacted=True, positions=positions, cos=cos, sin=sin)
 
 
 class PruningLlamaForCausalLM(LlamaForCausalLM):

@@ -31,7 +31,8 @@ class PruningState:
     came as embeddings only: such prompts are never replayed). ``selections``: the hard selection of
     each stage; ``soft_stages``: ``(layer, selection, cumulative span weights [B, S])`` in soft mode.
     ``stage_valid[layer]``: ``[B, N_layer]`` padding mask of the kept prompt tokens cached from ``layer``
-    to the next stage. ``pre_llm_keep``: ``[B, P]`` prompt tokens a pre-LLM method let into the LLM;
+    to the next stage. ``position_shift[layer]``: ``[B]`` prompt tokens removed at ``layer`` by a stage that
+    renumbers positions (a decode step's position drops by this from that layer on). ``pre_llm_keep``: ``[B, P]`` prompt tokens a pre-LLM method let into the LLM;
     ``pre_llm_features``: ``[B, S, d]`` the image features it gave them (merged tokens in place).
     """
 
@@ -41,6 +42,7 @@ class PruningState:
     selections: list[TokenSelection] = field(default_factory=list)
     soft_stages: list[tuple[int, SoftSelection, torch.Tensor]] = field(default_factory=list)
     stage_valid: dict[int, torch.Tensor] = field(default_factory=dict)
+    position_shift: dict[int, torch.Tensor] = field(default_factory=dict)
     pre_llm_keep: torch.Tensor | None = None
     pre_llm_features: torch.Tensor | None = None
     prefill_ms: float | None = None

@@ -3,7 +3,9 @@
 * ``compact`` (hard, inference): keep ``prefix + kept span tokens (original order) + suffix``; hidden
   states and RoPE tables are gathered, so kept tokens keep their original positions; merged tokens
   (``TokenSelection.replacement``) take their slots; padded keep slots (``TokenSelection.valid``) become
-  invisible padding.
+  invisible padding. With ``renumber=True`` every token's position drops by the number of tokens removed
+  before it (official PDrop / SparseVLM v1.5: the shorter prompt is numbered contiguously); the caller
+  rebuilds the RoPE tables from ``positions``.
 * ``soft_keep`` (soft, training): nothing is removed; the span keys' weights ``P`` (product of the
   stages' keep probabilities) enter every later layer as the additive bias ``log P`` (``keyed_causal_bias``).
 
@@ -38,20 +40,27 @@ class DecoderSequence:
     sin: torch.Tensor  # [B, N, head_dim]
     valid: torch.Tensor  # [B, N] bool, False = padding
     original_index: torch.Tensor  # [B, N] index of each token in the unpruned input
+    positions: torch.Tensor  # [B, N] RoPE position of each token
     mask: Any  # what the attention implementation takes (4D tensor, None, BlockMask, ...)
     span_index: torch.Tensor | None = None  # [B, S]
     span_valid: torch.Tensor | None = None  # [B, S]
     query_index: torch.Tensor | None = None  # [B]
     key_weights: torch.Tensor | None = None  # [B, N]
     compacted: bool = False
+    position_shift: torch.Tensor | None = None  # [B] tokens removed so far by renumbering stages
 
     @property
     def rope(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cos, self.sin
 
 
-def compact(seq: DecoderSequence, selection: TokenSelection) -> DecoderSequence:
-    """The sequence after keeping ``selection.indices`` (columns of ``seq.span_index``); mask left to the caller."""
+def compact(seq: DecoderSequence, selection: TokenSelection, renumber: bool = False) -> DecoderSequence:
+    """The sequence after keeping ``selection.indices`` (columns of ``seq.span_index``); mask left to the caller.
+
+    ``renumber``: positions of the result are ``old position - tokens removed before it`` (a removed token is
+    a valid one that is pruned or becomes an invisible padded slot), and ``position_shift`` accumulates each
+    sample's removed count; the RoPE tables still hold the old positions' values (the caller rebuilds them).
+    """
     kept = selection.indices.to(seq.span_index.device)
     seq_len = seq.hidden.shape[1]
     keep_mask = keep_mask_after_selection(seq_len, seq.span_index, kept)
@@ -68,6 +77,14 @@ def compact(seq: DecoderSequence, selection: TokenSelection) -> DecoderSequence:
     if selection.valid is not None:
         span_valid = span_valid & selection.valid.to(span_valid.device)
     valid = seq.valid.gather(1, index).scatter(1, span_index, span_valid)
+    positions = seq.positions.gather(1, index)
+    position_shift = seq.position_shift
+    if renumber:
+        stays_valid = torch.zeros_like(seq.valid).scatter(1, index, valid)  # on the old sequence
+        removed_before = (seq.valid & ~stays_valid).long().cumsum(dim=1)
+        positions = positions - removed_before.gather(1, index)
+        removed = removed_before[:, -1]
+        position_shift = removed if position_shift is None else position_shift + removed
     return replace(
         seq,
         hidden=hidden,
@@ -75,6 +92,8 @@ def compact(seq: DecoderSequence, selection: TokenSelection) -> DecoderSequence:
         sin=gather_rows(seq.sin, index),
         valid=valid,
         original_index=seq.original_index.gather(1, index),
+        positions=positions,
+        position_shift=position_shift,
         span_index=span_index,
         span_valid=span_valid,
         query_index=new_position.gather(1, seq.query_index[:, None])[:, 0],

@@ -8,6 +8,11 @@ A method is a small dataclass whose fields are its parameters (kvpress's press s
 * ``for_budget(target_tokens, num_layers, span, params)``: a ready instance that costs ``target_tokens``
   equivalent tokens (the one budget API).
 
+Most methods are a score: ``ScorerMethod`` (``llava.pruning.methods.scorer``) prunes once and keeps the
+best-scored tokens, so such a method writes only ``score(step)``. Staged and pre-LLM methods write ``select``.
+A method's own cases stay in its class, as hooks the generic code calls: ``use_fast_v`` (the legacy switch
+that means it), ``params_for_model`` (parameters it takes from the model folder being loaded).
+
 ``from_params`` is the one generic constructor: unknown keys are an error listing the valid ones.
 ``@register_method`` makes a class available by its ``name`` to the registry (``llava.pruning.registry``).
 """
@@ -16,8 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -27,8 +32,11 @@ from llava.pruning.selection import SoftSelection, TokenSelection
 
 AttentionFn = Callable[[int, torch.Tensor], torch.Tensor]
 MethodT = TypeVar("MethodT", bound="PruningMethod")
+ValueT = TypeVar("ValueT")
 
 REGISTERED_METHODS: dict[str, type[PruningMethod]] = {}
+ORIGINAL_POSITIONS, RENUMBERED_POSITIONS = "original", "renumbered"
+POSITIONS = (ORIGINAL_POSITIONS, RENUMBERED_POSITIONS)
 
 
 def register_method(cls: type[MethodT]) -> type[MethodT]:
@@ -74,12 +82,25 @@ class PruneStep:
     original_span: torch.Tensor
     input_embeddings: torch.Tensor
     rope: tuple[torch.Tensor, torch.Tensor]
+    _cache: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def cached(self, key: Hashable, compute: Callable[[], ValueT]) -> ValueT:
+        """``compute()``, run once per step for ``key``: what two hooks of a method share (a score method's
+        ``score`` and ``score_metadata``) is computed once."""
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
 
     def query_attention_over_span(self, layer: int) -> torch.Tensor:
-        """Attention of the selection query over the live span tokens at ``layer``, ``[B, H, S]``."""
-        probs = self.attention(layer, self.query_index[:, None])[:, :, 0]  # [B, H, N]
-        index = self.span_index[:, None, :].expand(-1, probs.shape[1], -1)
-        return probs.gather(-1, index)
+        """Attention of the selection query over the live span tokens at ``layer``, ``[B, H, S]`` (computed
+        once per step and layer)."""
+
+        def compute() -> torch.Tensor:
+            probs = self.attention(layer, self.query_index[:, None])[:, :, 0]  # [B, H, N]
+            index = self.span_index[:, None, :].expand(-1, probs.shape[1], -1)
+            return probs.gather(-1, index)
+
+        return self.cached(("query_attention_over_span", layer), compute)
 
 
 @dataclass
@@ -92,10 +113,19 @@ class PruningMethod(ABC):
 
     name: ClassVar[str]
     pre_llm: ClassVar[bool] = False  # chooses visual tokens before the LLM (``select_visual``)
+    use_fast_v: ClassVar[bool] = False  # what the legacy ``use_fast_v`` switch turns on (one method: FastV)
 
     @classmethod
     def parameter_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls) if f.init)
+
+    @classmethod
+    def params_for_model(
+        cls, params: Mapping[str, Any], model_path: str | None, visual_token_num: float | None
+    ) -> dict[str, Any]:
+        """``params`` completed from the model the loader is reading (``model_path``, for a
+        ``visual_token_num`` budget); by default unchanged (``learned`` takes the pruner the model folder ships)."""
+        return dict(params)
 
     @classmethod
     def from_params(cls: type[MethodT], params: Mapping[str, Any] | None = None) -> MethodT:
@@ -110,6 +140,15 @@ class PruningMethod(ABC):
     def params(self) -> dict[str, Any]:
         """The parameters as JSON-friendly values (tuples as lists), for configs and result records."""
         return {name: _plain(getattr(self, name)) for name in self.parameter_names()}
+
+    def keeps_original_positions(self) -> bool:
+        """True (default, as FastV's code): kept tokens keep their original RoPE positions. False: after each
+        stage the shorter prompt is renumbered contiguously (official PDrop / SparseVLM v1.5); a method with
+        a ``positions`` parameter (``POSITIONS``) says which."""
+        positions = getattr(self, "positions", ORIGINAL_POSITIONS)
+        if positions not in POSITIONS:
+            raise ValueError(f"{self.name}: unknown positions {positions!r}; valid: {', '.join(POSITIONS)}")
+        return positions == ORIGINAL_POSITIONS
 
     @abstractmethod
     def schedule(self, span: int) -> list[tuple[int, int]]:

@@ -8,15 +8,18 @@ softmax of their head scores (``llava.pruning.head_selection``; DESIGN.md sectio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from llava.pruning.head_selection import select_tokens_by_heads, validate_head_selection
-from llava.pruning.methods.base import PruneStep, SinglePruneMethod, register_method
-from llava.pruning.selection import TokenSelection
+import torch
+
+from llava.pruning.head_selection import HeadChoice, choose_heads, validate_head_selection
+from llava.pruning.methods.base import PruneStep, register_method
+from llava.pruning.methods.scorer import ScorerMethod
 
 
 @register_method
 @dataclass
-class FastVFineHead(SinglePruneMethod):
+class FastVFineHead(ScorerMethod):
     """``agg_layer`` = K, ``keep`` = R, ``heads`` = H selected heads, ``head_strategy`` one of ``HEAD_STRATEGIES``."""
 
     heads: int = 16
@@ -31,6 +34,20 @@ class FastVFineHead(SinglePruneMethod):
         validate_head_selection(self.head_strategy, self.heads, num_heads)
         super().validate(num_layers, span, num_heads)
 
-    def select(self, step: PruneStep, keep: int) -> TokenSelection:
+    def head_choice(self, step: PruneStep) -> HeadChoice:
+        """The selected heads and their token scores at this step (computed once per step)."""
         attn = step.query_attention_over_span(step.layer - 1)
-        return select_tokens_by_heads(attn, keep, self.heads, self.head_strategy)
+        return step.cached((self.name, self.heads, self.head_strategy), lambda: choose_heads(attn, self.heads, self.head_strategy))
+
+    def score(self, step: PruneStep) -> torch.Tensor:
+        return self.head_choice(step).token_scores
+
+    def score_metadata(self, step: PruneStep) -> dict[str, Any]:
+        choice = self.head_choice(step)
+        return {
+            "method": self.name,
+            "head_strategy": self.head_strategy,
+            "heads": self.heads,
+            "selected_heads": choice.head_index.tolist(),
+            "head_weights": choice.head_weights.tolist(),
+        }

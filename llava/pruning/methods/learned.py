@@ -37,7 +37,12 @@ from typing import Any
 import torch
 
 from llava.pruning.budget import geometric_keeps_for_budget
-from llava.pruning.learned.checkpoint import existing_checkpoint, pruner_from_checkpoint, read_checkpoint
+from llava.pruning.learned.checkpoint import (
+    existing_checkpoint,
+    pruner_from_checkpoint,
+    read_checkpoint,
+    shipped_pruner_path,
+)
 from llava.pruning.learned.heads import LayerSpecificPruner
 from llava.pruning.learned.masks import gumbel_keep_probs
 from llava.pruning.learned.text_attention import gather_tokens, question_rows, text_to_vision_attention
@@ -102,6 +107,17 @@ class LearnedPruning(PruningMethod):
                 )
             if list(self.keep_tokens) != sorted(self.keep_tokens, reverse=True):
                 raise ValueError(f"learned: keep_tokens are cumulative and cannot grow, got {list(self.keep_tokens)}")
+
+    @classmethod
+    def params_for_model(
+        cls, params: Mapping[str, Any], model_path: str | None, visual_token_num: float | None
+    ) -> dict[str, Any]:
+        """Without a ``pruner_checkpoint``, the pruner a local model folder ships for the budget
+        (``shipped_pruner_path``)."""
+        params = dict(params)
+        if "pruner_checkpoint" not in params and model_path and Path(model_path).is_dir():
+            params["pruner_checkpoint"] = str(shipped_pruner_path(model_path, visual_token_num))
+        return params
 
     @classmethod
     def from_pruner(

@@ -1,28 +1,33 @@
 """Random baseline: a uniformly random, seeded keep set of R span tokens at layer K.
 
-Every sample draws from a generator seeded with ``seed``, so a sample's keep set does not depend on
-its position in the batch (batch size N == batch size 1).
+Every sample scores the span with draws from a generator seeded with ``seed``, so a sample's keep set
+does not depend on its position in the batch (batch size N == batch size 1).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from llava.pruning.methods.base import PruneStep, SinglePruneMethod, register_method
-from llava.pruning.selection import TokenSelection, select_tokens_random
+from llava.pruning.methods.base import PruneStep, register_method
+from llava.pruning.methods.scorer import ScorerMethod
+from llava.pruning.selection import seeded_random_scores
 
 
 @register_method
 @dataclass
-class RandomKeep(SinglePruneMethod):
+class RandomKeep(ScorerMethod):
     seed: int = 0
 
     name = "random"
 
-    def select(self, step: PruneStep, keep: int) -> TokenSelection:
-        span = step.span_index.shape[1]
-        rows = [select_tokens_random(1, span, keep, torch.Generator().manual_seed(self.seed)) for _ in step.span_index]
-        indices = torch.cat(rows).to(step.span_index.device)
-        return TokenSelection(indices=indices, scores=torch.zeros(0), metadata={"method": "random", "seed": self.seed})
+    def score(self, step: PruneStep) -> torch.Tensor:
+        """The same seeded draw for every sample, on the CPU where it is drawn (so is the top-R: the keep set
+        is the same on every device)."""
+        batch, span = step.span_index.shape
+        return seeded_random_scores(span, self.seed).expand(batch, -1)
+
+    def score_metadata(self, step: PruneStep) -> dict[str, Any]:
+        return {"method": self.name, "seed": self.seed}

@@ -1,77 +1,86 @@
-"""SparseVLM (v1.5 budgets): text-guided, staged pruning of the span.
+"""SparseVLM: text-guided, staged pruning of the span, with token recycling.
 
 Zhang et al., 2024, "SparseVLM: Visual Token Sparsification for Efficient Vision-Language Model Inference".
-Text raters are chosen once from the layer-0 embeddings (``llava.pruning.text_guided``); before each layer
-of ``prune_layers`` (default ``[2, 6, 15]``) the span shrinks to the next of ``stage_budgets``, ranked by
-the mean attention (over heads and raters) that the raters pay each live span token.
+The default is what the official v1.5 code does: Gumpest/SparseVLMs, branch ``v1.5`` at
+734d9003879689713a132b83297dfad060a5c9af, ``llava/model/language_model/`` (MSL = ``modelling_sparse_llama.py``,
+every layer runs ``LlamaDynamicvitFlashAttention2``, installed by ``llava/model/builder.py`` l.114-121):
 
-Choices where DESIGN.md leaves one:
+1. raters (MSL l.199-204): text tokens after the span chosen once from the layer-0 embeddings
+   (``llava.pruning.text_guided.text_raters``);
+2. each layer ``l`` of ``prune_layers`` (MSL l.69: 2, 6, 15) runs on the whole current sequence and returns
+   its attention probabilities (MSL l.251-265; ``softmax(q k^T / sqrt(d) + causal)`` of layer ``l``'s q/k,
+   l.564-578); in the engine that is the boundary ``l + 1`` scored with ``step.attention(l)``;
+3. scores (``score.py`` l.21-26): mean over heads, rater rows, span columns, mean over raters; the
+   ``min(budget, live - 1)`` best are kept (``score.py`` l.35, so a stage always prunes at least one token);
+4. token recycling, always on (MSL l.279-296, ``llava.pruning.recycling``): the best pruned tokens of layer
+   ``l``'s *output* are merged into cluster tokens, which the next layer sees right after the kept span
+   tokens (MSL l.298-305). The stage budget does not count them: the span holds ``kept + clusters`` tokens
+   (MSL l.311), e.g. 309 / 204 / 113 for the 192 preset;
+5. positions are renumbered ``0..n-1`` after each stage (MSL l.308), and a decode step takes the length of
+   its layer's cache as position (MSL l.553-554), i.e. the prompt's positions continue contiguously in
+   every layer (``positions="renumbered"``, the engine's renumbering).
 
-* the attention comes from q.k of the layer *before* each boundary (layers 1, 5, 14: the last layer that
-  still saw every live token, as FastV uses layer K - 1), so layers 2, 6, 15 are the first to run shorter;
-* budgets: the published v1.5 stage budgets (192: 300/200/110, 128: 303/110/36, 64: 66/30/17) cost
-  188.2 / 123.9 / 61.7 equivalent tokens under our accounting (mean over the 32 layers); a
-  ``visual_token_num`` budget therefore scales the nearest preset by the factor that costs the target
-  (e.g. 192 -> 307/205/113). Pass ``stage_budgets`` explicitly for the published numbers;
-* ``version="v2"``: the same raters and stages, scored with only the ``v2_heads`` (14) heads of most
-  rater -> span attention and with the attention divided by a RoPE-only positional bias
-  (``llava.pruning.text_guided``);
-* ``recycling=True`` (v1.5 token recycling, ``llava.pruning.recycling``): at every stage the top
-  ``recycle_ratio`` (30%) of the pruned tokens by score are merged into ``recycled // 10 + 1`` cluster
-  tokens (density peaks on the hidden states entering the layer, mean of the members). With our
-  original-position semantics a cluster token takes the slot of its centre (its RoPE position and mask
-  column), so it sits in raster order among the kept tokens rather than after them as in the official
-  code, and the cache / decode masks need nothing new. The stage budget counts the cluster tokens.
+Presets (``score.py`` l.7-15; 96 from the ``v2.0`` branch's ``score.py`` l.13): stage budgets per published
+budget, for LLaVA-1.5's 576 visual tokens. The authors count a budget as the mean over layers of the visual
+tokens *leaving* each layer (MSL l.363, l.371), 192.0 / 128.6 / 64.8 for the 192 / 128 / 64 presets; our
+equivalent tokens count the tokens each layer processes, 206.5 / 145.4 / 82.3 for the same runs.
+``for_budget`` gives the presets unchanged for a published budget on a 576-token span; any other budget or
+span scales the nearest preset so that our equivalent tokens hit the target (ours).
+
+SparseVLM+ (``version="v2"``): branch ``v2.0`` at 9e1f649ef6a78878e2b10d1d6f49ecd7f4d84094 with
+``USE_VERSION=2_0``: the probabilities divided by the raw RoPE-only logit (MSL l.242-251), the 14 heads of
+most corrected rater attention (MSL l.256-257, ``score.py`` l.48-55), no recycling (MSL l.273-274), original
+positions (MSL l.311-312, l.653-659), its own presets (``score.py`` l.11-14). On a model with fewer than 14
+heads every head is used (the official ``topk(14)`` would fail).
+
+Official choices that are options here (off by default): ``score_before_layer=True`` prunes *before* each
+layer of ``prune_layers``, scored with the layer before it (our former default); ``recycling=False``;
+``positions="original"`` (kept tokens keep their RoPE positions; a cluster token then takes the slot and
+position of its centre token). Where the official code assumes batch size 1 (MSL l.311, ``score.py``
+l.36), every sample here gets its own raters, scores, clusters; spans of equal length give equal counts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from llava.pruning.budget import bisect_for_target, check_budget_reachable, equivalent_tokens, span_tokens_per_layer
-from llava.pruning.methods.base import PruneStep, PruningMethod, register_method, validate_stages, without_budget_fields
-from llava.pruning.recycling import kept_count_with_recycling, recycle_pruned_tokens
-from llava.pruning.selection import TokenSelection, top_r_sorted
-from llava.pruning.text_guided import (
-    debiased_span_attention,
-    rater_span_scores,
-    rope_positional_bias,
-    text_raters,
-    top_rater_heads,
+from llava.pruning.methods.base import (
+    ORIGINAL_POSITIONS,
+    RENUMBERED_POSITIONS,
+    PruneStep,
+    PruningMethod,
+    register_method,
+    validate_stages,
+    without_budget_fields,
 )
+from llava.pruning.recycling import RECYCLE_RATIO, recycle_pruned_tokens, recycled_and_cluster_counts
+from llava.pruning.scoring import gather_rows
+from llava.pruning.selection import TokenSelection, top_r_sorted
+from llava.pruning.text_guided import rater_span_scores, rope_logit_bias, text_raters, top_rater_heads
 
-STAGE_BUDGET_PRESETS = {192: (300, 200, 110), 128: (303, 110, 36), 64: (66, 30, 17)}
 PRUNE_LAYERS = (2, 6, 15)
-VERSIONS = ("v1.5", "v2")
-
-
-def scaled_stage_budgets(
-    target_tokens: float, num_layers: int, span: int, layers: Sequence[int], preset: Sequence[int]
-) -> list[int]:
-    """``preset`` scaled by the factor (bisection) whose rounded schedule over ``layers`` costs ``target_tokens``."""
-    check_budget_reachable("sparsevlm", target_tokens, num_layers, span, layers[0])
-
-    def budgets(factor: float) -> list[int]:
-        return [min(span, max(1, round(b * factor))) for b in preset]
-
-    def cost(factor: float) -> float:
-        schedule = list(zip(layers, budgets(factor), strict=True))
-        return equivalent_tokens(span_tokens_per_layer(num_layers, span, schedule))
-
-    return budgets(bisect_for_target(cost, target_tokens, 0.0, span / min(preset)))
-
-
-def _expand(index: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """``[B, K]`` token index -> ``[B, K, d]`` gather index for a ``[B, N, d]`` rotary table."""
-    return index[:, :, None].expand(-1, -1, rope.shape[-1])
+OFFICIAL_SPAN = 576
+STAGE_BUDGET_PRESETS = {
+    "v1.5": {192: (300, 200, 110), 128: (303, 110, 36), 96: (238, 48, 26), 64: (66, 30, 17)},
+    "v2": {192: (300, 200, 118), 128: (238, 108, 60), 96: (246, 54, 28), 64: (66, 34, 20)},
+}
+VERSIONS = tuple(STAGE_BUDGET_PRESETS)
+VERSION_DEFAULTS = {"v1.5": (True, RENUMBERED_POSITIONS), "v2": (False, ORIGINAL_POSITIONS)}  # recycling, positions
+V2_HEADS = 14
 
 
 def rater_rows(step: PruneStep) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, Q]`` current indices of each sample's text raters (padded with the query row) and their weights."""
+    """``[B, Q]`` current indices of each sample's text raters (padded with the query row) and their weights.
+
+    The text is what follows the span up to the selection query (the last prompt token), as the official
+    code's "everything after the image" at prefill.
+    """
     rows, weights = [], []
     for b in range(step.query_index.shape[0]):
         query = int(step.query_index[b])
@@ -91,43 +100,100 @@ def rater_rows(step: PruneStep) -> tuple[torch.Tensor, torch.Tensor]:
     return index, weight.to(step.hidden_states.device)
 
 
+def cluster_layout(
+    kept: torch.Tensor, centres: torch.Tensor, merged: torch.Tensor, hidden: torch.Tensor, at_centres: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where one sample's kept and cluster tokens go: ``(slots, labels, content)``, each of length ``R + C``.
+
+    ``slots``: the span columns that stay, ascending; ``labels``: the span column whose token each slot
+    holds (-1: a cluster token); ``content``: each slot's hidden state. Official (``at_centres=False``, MSL
+    l.298-305): the kept tokens in order, then the clusters in the official order; the slots are the kept
+    columns and the last ``C`` pruned ones, so a kept token moves only when fewer than ``C`` pruned tokens
+    follow the last kept one (with renumbered positions a slot is only a place in the order).
+    ``at_centres=True`` (for original positions): each cluster token takes its centre's slot.
+    """
+    labels = torch.cat([kept, kept.new_full((centres.numel(),), -1)])
+    content = torch.cat([hidden[kept], merged.to(hidden.dtype)])
+    if at_centres:
+        slots, order = torch.cat([kept, centres]).sort()
+        return slots, labels[order], content[order]
+    pruned = torch.ones(hidden.shape[0], dtype=torch.bool, device=kept.device)
+    pruned[kept] = False
+    tail = pruned.nonzero()[:, 0][hidden.shape[0] - kept.numel() - centres.numel() :]
+    return torch.cat([kept, tail]).sort().values, labels, content
+
+
+def replacement_columns(slots: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``[B, M]`` columns whose slot holds another token than its own (``M``: the most of any sample; a
+    sample with fewer is padded with columns that hold their own token, where a replacement changes nothing)."""
+    moved = slots != labels
+    return (~moved).long().argsort(dim=1, stable=True)[:, : int(moved.sum(dim=1).max())]
+
+
 @register_method
 @dataclass
 class SparseVLM(PruningMethod):
-    """``prune_layers``, ``stage_budgets`` (span tokens kept from each layer on), ``version``, ``v2_heads``,
-    ``recycling`` and ``recycle_ratio``."""
+    """``prune_layers`` (official layer numbers), ``stage_budgets`` (tokens kept by score per stage; default:
+    the version's 192 preset), ``version`` ("v1.5" or "v2"), ``recycling`` and ``positions`` (default: the
+    version's official choice), ``score_before_layer``, ``recycle_ratio``, ``v2_heads``."""
 
     prune_layers: tuple[int, ...] = PRUNE_LAYERS
-    stage_budgets: tuple[int, ...] = STAGE_BUDGET_PRESETS[192]
+    stage_budgets: tuple[int, ...] | None = None
     version: str = "v1.5"
-    v2_heads: int = 14
-    recycling: bool = False
-    recycle_ratio: float = 0.3
+    recycling: bool | None = None
+    positions: str | None = None
+    score_before_layer: bool = False
+    recycle_ratio: float = RECYCLE_RATIO
+    v2_heads: int = V2_HEADS
 
     name = "sparsevlm"
 
     def __post_init__(self) -> None:
         if self.version not in VERSIONS:
             raise ValueError(f"sparsevlm: unknown version {self.version!r}; valid: {', '.join(VERSIONS)}")
+        recycling, positions = VERSION_DEFAULTS[self.version]
+        self.recycling = recycling if self.recycling is None else bool(self.recycling)
+        self.positions = positions if self.positions is None else self.positions
+        self.keeps_original_positions()  # rejects an unknown ``positions``
         if self.v2_heads < 1:
             raise ValueError(f"sparsevlm: v2_heads must be >= 1, got {self.v2_heads}")
         if not 0.0 < self.recycle_ratio <= 1.0:
             raise ValueError(f"sparsevlm: recycle_ratio must lie in (0, 1], got {self.recycle_ratio}")
         self.prune_layers = tuple(self.prune_layers)
-        self.stage_budgets = tuple(self.stage_budgets)
+        budgets = STAGE_BUDGET_PRESETS[self.version][192] if self.stage_budgets is None else self.stage_budgets
+        self.stage_budgets = tuple(budgets)
+        if any(b < 1 for b in self.stage_budgets):
+            raise ValueError(f"sparsevlm: stage_budgets must be >= 1, got {list(self.stage_budgets)}")
         validate_stages("sparsevlm", self.prune_layers, self.stage_budgets, ("prune_layers", "stage_budgets"))
 
+    @property
+    def boundaries(self) -> tuple[int, ...]:
+        """The engine's boundaries: after each layer of ``prune_layers`` (official), or before it."""
+        return tuple(layer + (0 if self.score_before_layer else 1) for layer in self.prune_layers)
+
+    def stage_counts(self, span: int) -> list[tuple[int, int]]:
+        """``(kept by score, cluster tokens)`` per stage for a span of ``span`` tokens: ``min(budget, live - 1)``
+        (``score.py`` l.35) and the recycling count (0 without recycling); ``live`` = their sum after it."""
+        counts, live = [], span
+        for budget in self.stage_budgets:
+            kept = min(budget, live - 1)
+            clusters = recycled_and_cluster_counts(live - kept, self.recycle_ratio)[1] if self.recycling else 0
+            counts.append((kept, clusters))
+            live = kept + clusters
+        return counts
+
     def schedule(self, span: int) -> list[tuple[int, int]]:
-        return list(zip(self.prune_layers, self.stage_budgets, strict=True))
+        counts = self.stage_counts(span)
+        return [(layer, kept + clusters) for layer, (kept, clusters) in zip(self.boundaries, counts, strict=True)]
 
     def validate(self, num_layers: int, span: int | None, num_heads: int | None = None) -> None:
-        """The common checks; with recycling also that every stage's budget can hold its cluster tokens."""
+        """The common checks, and that every stage keeps at least one token by score."""
         super().validate(num_layers, span, num_heads)
-        if self.recycling and span is not None:
-            live = span
-            for budget in self.stage_budgets:
-                kept_count_with_recycling(live, budget, self.recycle_ratio)
-                live = budget
+        if span is not None and any(kept < 1 for kept, _ in self.stage_counts(span)):
+            raise ValueError(
+                f"sparsevlm: a span of {span} tokens is too short for {len(self.stage_budgets)} stages: every "
+                "stage keeps min(budget, live - 1) tokens by score, and one would keep none"
+            )
 
     def select(self, step: PruneStep, keep: int) -> TokenSelection:
         rows, weights = rater_rows(step)
@@ -135,41 +201,76 @@ class SparseVLM(PruningMethod):
         index = step.span_index[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1)
         span_attention = probs.gather(-1, index)  # [B, H, Q, S]
         if self.version == "v2":
-            heads = top_rater_heads(span_attention, weights, self.v2_heads)
-            span_attention = span_attention.gather(1, heads[:, :, None, None].expand(-1, -1, *span_attention.shape[2:]))
-            cos, sin = step.rope
-            rows_rope = (cos.gather(1, _expand(rows, cos)), sin.gather(1, _expand(rows, sin)))
-            span_rope = (cos.gather(1, _expand(step.span_index, cos)), sin.gather(1, _expand(step.span_index, sin)))
-            span_attention = debiased_span_attention(span_attention, rope_positional_bias(rows_rope, span_rope))
+            span_attention = self._corrected_top_heads(step, rows, weights, span_attention)
         scores = rater_span_scores(span_attention, weights)
+        kept = top_r_sorted(scores, min(self.stage_budgets[step.stage], scores.shape[1] - 1))  # score.py l.35
         metadata = {
             "method": "sparsevlm",
             "version": self.version,
             "stage": step.stage,
             "scoring_layer": step.layer - 1,
             "raters": (weights > 0).sum(dim=1).tolist(),
+            "kept_by_score": kept.tolist(),
         }
         if not self.recycling:
-            return TokenSelection(top_r_sorted(scores, keep), scores, metadata)
-        return self._recycle(step, scores, keep, metadata)
+            return TokenSelection(kept, scores, metadata)
+        return self._recycle(step, scores, kept, metadata)
 
-    def _recycle(self, step: PruneStep, scores: torch.Tensor, keep: int, metadata: dict) -> TokenSelection:
-        """Keep fewer tokens by score and fill the budget with cluster tokens of the best pruned ones."""
-        kept = top_r_sorted(scores, kept_count_with_recycling(scores.shape[1], keep, self.recycle_ratio))
-        span_hidden = step.hidden_states.gather(1, _expand(step.span_index, step.hidden_states))
-        per_sample = [recycle_pruned_tokens(scores[b], span_hidden[b], kept[b], self.recycle_ratio)
-                      for b in range(scores.shape[0])]
-        indices, columns, merged = (torch.stack(parts) for parts in zip(*per_sample, strict=True))
-        metadata["cluster_tokens"] = columns.shape[1]
-        return TokenSelection(indices, scores, metadata, replacement=(columns, merged) if columns.numel() else None)
+    def _corrected_top_heads(
+        self, step: PruneStep, rows: torch.Tensor, weights: torch.Tensor, span_attention: torch.Tensor
+    ) -> torch.Tensor:
+        """SparseVLM+: the attention divided by the RoPE-only logit, restricted to the ``v2_heads`` heads of most
+        corrected rater attention (v2.0 MSL l.242-257)."""
+        cos, sin = step.rope
+        bias = rope_logit_bias(
+            (gather_rows(cos, rows), gather_rows(sin, rows)),
+            (gather_rows(cos, step.span_index), gather_rows(sin, step.span_index)),
+        )
+        corrected = span_attention / bias[:, None]
+        heads = top_rater_heads(corrected, weights, self.v2_heads)
+        return corrected.gather(1, heads[:, :, None, None].expand(-1, -1, *corrected.shape[2:]))
+
+    def _recycle(self, step: PruneStep, scores: torch.Tensor, kept: torch.Tensor, metadata: dict) -> TokenSelection:
+        """The kept tokens plus the cluster tokens of the best pruned ones, laid out as ``positions`` needs."""
+        span_hidden = gather_rows(step.hidden_states, step.span_index)
+        at_centres = self.keeps_original_positions()
+        per_sample, centres = [], []
+        for b in range(scores.shape[0]):
+            sample_centres, merged = recycle_pruned_tokens(scores[b], span_hidden[b], kept[b], self.recycle_ratio)
+            per_sample.append(cluster_layout(kept[b], sample_centres, merged, span_hidden[b], at_centres))
+            centres.append(sample_centres.tolist())
+        slots, labels, content = (torch.stack(parts) for parts in zip(*per_sample, strict=True))
+        columns = replacement_columns(slots, labels)
+        metadata["cluster_tokens"] = len(centres[0])
+        metadata["cluster_centres"] = centres
+        return TokenSelection(slots, scores, metadata, replacement=(columns, gather_rows(content, columns)))
 
     @classmethod
     def for_budget(
         cls, target_tokens: float, num_layers: int, span: int, params: Mapping[str, Any] | None = None
     ) -> SparseVLM:
-        """The nearest v1.5 preset (192/128/64), scaled so the schedule costs ``target_tokens``."""
-        params = without_budget_fields(cls, params, ("stage_budgets",))
-        layers = tuple(params.pop("prune_layers", cls.prune_layers))
-        preset = STAGE_BUDGET_PRESETS[min(STAGE_BUDGET_PRESETS, key=lambda budget: abs(budget - target_tokens))]
-        budgets = scaled_stage_budgets(target_tokens, num_layers, span, layers, preset)
-        return cls.from_params({**params, "prune_layers": layers, "stage_budgets": budgets})
+        """The version's official preset for a published budget (192 / 128 / 96 / 64) on a 576-token span;
+        otherwise the nearest preset scaled so that our equivalent tokens cost ``target_tokens`` (ours)."""
+        method = cls.from_params(without_budget_fields(cls, params, ("stage_budgets",)))
+        presets = STAGE_BUDGET_PRESETS[method.version]
+        if span == OFFICIAL_SPAN and target_tokens in presets:
+            return dataclasses.replace(method, stage_budgets=presets[target_tokens])
+        nearest = presets[min(presets, key=lambda budget: abs(budget - target_tokens))]
+        return dataclasses.replace(method, stage_budgets=scaled_stage_budgets(method, target_tokens, num_layers, span, nearest))
+
+
+def scaled_stage_budgets(
+    method: SparseVLM, target_tokens: float, num_layers: int, span: int, preset: tuple[int, ...]
+) -> tuple[int, ...]:
+    """``preset`` scaled by the factor (bisection) whose schedule under ``method`` costs ``target_tokens``
+    equivalent tokens (ours: the official code publishes presets for 576 tokens only)."""
+    check_budget_reachable("sparsevlm", target_tokens, num_layers, span, method.boundaries[0])
+
+    def budgets(factor: float) -> tuple[int, ...]:
+        return tuple(min(span, max(1, round(b * factor))) for b in preset)
+
+    def cost(factor: float) -> float:
+        schedule = dataclasses.replace(method, stage_budgets=budgets(factor)).schedule(span)
+        return equivalent_tokens(span_tokens_per_layer(num_layers, span, schedule))
+
+    return budgets(bisect_for_target(cost, target_tokens, 0.0, span / min(preset)))
