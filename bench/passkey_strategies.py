@@ -58,7 +58,8 @@ class Cell:
 
 def strategy_cells() -> list[Cell]:
     """Unpruned, FastV's three strategies, PDrop, SparseVLM, random, ablation_a, every head strategy per H,
-    then SparseVLM with token recycling and SparseVLM v2."""
+    then SparseVLM with our former default (scored before each layer, no recycling, original positions) and
+    SparseVLM+ (v2)."""
     cells = [Cell("unpruned", None)]
     cells += [Cell(f"fastv/{s}", "fastv", {"token_selection_method": s}) for s in TOKEN_SELECTION_STRATEGIES]
     cells += [Cell("pdrop", "pdrop"), Cell("sparsevlm", "sparsevlm"), Cell("random", "random", {"seed": 0})]
@@ -68,7 +69,9 @@ def strategy_cells() -> list[Cell]:
         for h in HEAD_COUNTS
         for s in HEAD_STRATEGIES
     ]
-    cells += [Cell("sparsevlm (recycling)", "sparsevlm", {"recycling": True}),
+    cells.append(Cell("pdrop (former default)", "pdrop", {"positions": "original", "count_rounding": "round"}))
+    cells += [Cell("sparsevlm (former default)", "sparsevlm",
+                   {"score_before_layer": True, "recycling": False, "positions": "original"}),
               Cell("sparsevlm v2", "sparsevlm", {"version": "v2"})]
     return cells
 

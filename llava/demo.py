@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import html
-import json
 import shutil
 import sys
 import time
@@ -26,19 +25,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import AutoConfig, LlavaConfig
+
 from llava.eval import chunking, model_vqa_loader, model_vqa_science, summarize
 from llava.eval.cli_args import DYNAMIC_SELECTION_METHOD, build_parser, pruning_method, pruning_params
 from llava.eval.inference import GenerationSettings, answer_batch, load_model_bundle, reusing_loaded_models
 from llava.eval.jsonl_io import read_jsonl
 from llava.eval.run_loop import open_image
 from llava.eval.scorers import gqa, pope, scienceqa
-from llava.model.builder import pruning_decoder
+from llava.model.builder import planned_method, pruning_decoder, split_engine_fields
+from llava.model.vision import image_features_per_image
 from llava.pruning.head_selection import HEAD_STRATEGIES
 from llava.pruning.learned.checkpoint import shipped_pruner_path
 from llava.pruning.registry import available_methods
-from llava.shapes.benchmarks import BENCHMARKS, answer_key, normalise, write_benchmarks
+from llava.shapes.benchmarks import BENCHMARKS, answer_key, ensure_benchmarks, normalise
 from llava.shapes.questions import ONE_CELL
 from llava.viz import kept_at_stage, kept_overlay, plot_tokens_per_layer, save_kept_record
+from toolkit_common.cli import setting_error
 
 DEFAULT_MODEL = Path("playground/models/shapes-llava")
 DEFAULT_EVAL_DIR = Path("playground/data/eval/shapes")
@@ -239,7 +242,7 @@ relative_% is the mean over benchmarks of score / vanilla score.</p>
     return index
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_demo_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--eval-dir", type=Path, default=DEFAULT_EVAL_DIR, help="benchmarks (written here if missing), answers, results")
@@ -252,40 +255,105 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "full: every strategy x every head count")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--overlays", type=int, default=3, help="one-cell questions to draw kept-token overlays for")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def model_config(model_path: Path) -> tuple[LlavaConfig | None, str | None]:
+    """The LLaVA config of the model folder, or the one-line reason there is none usable."""
+    if not (model_path / "config.json").is_file():
+        return None, (f"no model at {model_path} (config.json missing): pass --model-path, or train the shipped one with "
+                      "python -m llava.train.train_shapes_vlm --export playground/models/shapes-llava")
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+    except (OSError, ValueError) as error:
+        return None, f"--model-path {model_path}: unreadable config.json ({str(error).splitlines()[0]})"
+    if not isinstance(config, LlavaConfig):
+        return None, f"--model-path {model_path}: a {type(config).__name__}, not a LLaVA model (the demo needs images)"
+    return config, None
+
+
+def setting_problems(args: argparse.Namespace, config: LlavaConfig) -> list[str]:
+    """Every demo flag that cannot work with this model, one line each (checked before any work)."""
     registered = available_methods()
-    methods = args.methods or [m for m in registered if m not in ABLATION_ONLY]
-    unknown = sorted(set(methods) - set(registered))
+    problems = []
+    unknown = sorted(set(args.methods) - set(registered))
     if unknown:
-        parser.error(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(registered)}")
-    if not (args.model_path / "config.json").is_file():
-        parser.error(f"no model at {args.model_path} (config.json missing): pass --model-path, or train the shipped one with "
-                     "python -m llava.train.train_shapes_vlm --export playground/models/shapes-llava")
-    if min(args.tokens) < 1 or args.batch_size < 1 or args.per_benchmark < 1:
-        parser.error("--tokens, --batch-size and --per-benchmark must be positive")
-    if not all((args.eval_dir / b).is_dir() for b in BENCHMARKS):
-        print(f"writing the shapes benchmarks ({args.per_benchmark} questions each) under {args.eval_dir}")
-        write_benchmarks(args.eval_dir, args.per_benchmark)
-    heads = json.loads((args.model_path / "config.json").read_text(encoding="utf-8"))["text_config"]["num_attention_heads"]
+        problems.append(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(registered)}")
+    ablation_only = sorted(set(args.methods) & set(ABLATION_ONLY))
+    if ablation_only:
+        problems.append(f"--methods {' '.join(ablation_only)}: needs a trained merger per run; run it with "
+                        "python -m llava.train.shapes_pruner_runs")
+    span = image_features_per_image(config)
+    bad_tokens = [t for t in args.tokens if not 0 < t <= span]
+    if bad_tokens:
+        problems.append(f"--tokens {' '.join(map(str, bad_tokens))}: a budget must lie in [1, {span}] (the model's visual tokens)")
+    if len(set(args.tokens)) != len(args.tokens):
+        problems.append(f"--tokens {' '.join(map(str, args.tokens))}: give each budget once")
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--per-benchmark", args.per_benchmark, 1),
+                               ("--overlays", args.overlays, 0)):
+        if value < least:
+            problems.append(f"{flag} must be >= {least}, got {value}")
+    if args.eval_dir.exists() and not args.eval_dir.is_dir():
+        problems.append(f"--eval-dir {args.eval_dir}: a file, not a folder")
+    return problems
+
+
+def plan_problems(configs: Sequence[Config], model_path: Path, config: LlavaConfig) -> list[str]:
+    """Why a configuration's method cannot be planned on this model (e.g. a budget FastV cannot reach at
+    its layer): what the loader would refuse, found before any run starts (distinct messages)."""
+    rows_by_problem: dict[str, list[str]] = defaultdict(list)
+    for row in configs:
+        if row.method == "vanilla":
+            continue
+        method, params = config_method(row)
+        _, params = split_engine_fields({k: v for k, v in params.items() if k != "visual_token_num"})
+        try:
+            planned_method(method, config.text_config, image_features_per_image(config), row.tokens, params, str(model_path))
+        except (ValueError, OSError) as error:
+            rows_by_problem[str(error)].append(row.name)
+    return [f"{', '.join(rows)}: {problem}" for problem, rows in rows_by_problem.items()]
+
+
+def demo_configs(args: argparse.Namespace, config: LlavaConfig) -> list[Config]:
+    """The ablation rows the flags ask for, without ``learned`` rows the model ships no pruner for (said)."""
+    heads = config.text_config.num_attention_heads
     if args.head_grid == "default":
         strategies, counts = DEFAULT_HEAD_STRATEGIES, (max(1, heads // 2),)
     else:
         strategies, counts = HEAD_STRATEGIES, tuple(range(1, heads + 1))
     # fastv_fine_head runs in the head grid, ablation_a as the "dynamic" rows (--enable-dynamic-selection)
-    configs = ablation_configs(args.tokens, [m for m in methods if m not in ("fastv_fine_head", DYNAMIC_SELECTION_METHOD)], strategies, counts)
+    methods = [m for m in args.methods if m not in ("fastv_fine_head", DYNAMIC_SELECTION_METHOD)]
+    configs = ablation_configs(args.tokens, methods, strategies, counts)
     unshipped = [c for c in configs if c.method == "learned" and not shipped_pruner_path(args.model_path, c.tokens).is_file()]
     if unshipped:
         print(f"learned: no pruner shipped for {', '.join(c.name for c in unshipped)} "
               f"(train one with python -m llava.train.train_pruner ... --ship {args.model_path}); those rows are left out")
-        configs = [c for c in configs if c not in unshipped]
+    return [c for c in configs if c not in unshipped]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_demo_parser()
+    args = parser.parse_args(argv)
+    args.methods = args.methods or [m for m in available_methods() if m not in ABLATION_ONLY]
+    config, problem = model_config(args.model_path)
+    if problem:
+        setting_error(parser, problem)
+    problems = setting_problems(args, config)
+    if problems:
+        setting_error(parser, "; ".join(problems))
+    configs = demo_configs(args, config)
+    problems = plan_problems(configs, args.model_path, config)
+    if problems:
+        setting_error(parser, "; ".join(problems))
+    ensure_benchmarks(args.eval_dir, args.per_benchmark)
     started = time.time()
     failed = []
     with reusing_loaded_models():
-        for index, config in enumerate(configs, 1):
+        for index, row in enumerate(configs, 1):
             for benchmark in BENCHMARKS:
-                print(f"=== [{index}/{len(configs)}] {config.name} on {benchmark} ===", flush=True)
-                if run_config(args, config, benchmark) != 0:
-                    failed.append(f"{config.name}/{benchmark}")
+                print(f"=== [{index}/{len(configs)}] {row.name} on {benchmark} ===", flush=True)
+                if run_config(args, row, benchmark) != 0:
+                    failed.append(f"{row.name}/{benchmark}")
         summary = args.eval_dir / "summary"
         summary_code = summarize.main(["--results-dir", str(args.eval_dir / "results"), "--output-dir", str(summary)])
         per_type = per_type_table(args.eval_dir, configs)

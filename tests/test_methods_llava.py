@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from llava.model.builder import load_pretrained_model
+from llava.pruning.reporting import plan_budget
 from tests.conftest import assert_cached_generation_equals_recompute, llava_prompt, pixel_values
 
 PREFIX, SUFFIX = 6, 12
@@ -15,7 +16,8 @@ METHOD_CASES = {
     "pdrop": {},
     "sparsevlm": {},
     "sparsevlm_v2": {"version": "v2", "v2_heads": 2},
-    "sparsevlm_recycling": {"recycling": True},
+    "sparsevlm_original_positions": {"positions": "original"},
+    "sparsevlm_former_default": {"score_before_layer": True, "recycling": False, "positions": "original"},
     "vispruner": {},
     "cdpruner": {},
 }
@@ -76,7 +78,10 @@ def test_achieved_equivalent_tokens_match_the_budget(case):
     ids = llava_prompt(model.config.image_token_id, PREFIX, SUFFIX)
     model(input_ids=ids, pixel_values=pixel_values())
     record = model.pruning_record
-    assert abs(record["equivalent_tokens"] - budget) <= 1
+    name, params = _method(case)
+    # sparsevlm: the official preset for 64, which costs more under our accounting (docs/methods.md)
+    expected = plan_budget(name, budget, 32, 576, params).equivalent_tokens if name == "sparsevlm" else budget
+    assert abs(record["equivalent_tokens"] - expected) <= 1
     stages = model.language_model.last_pruning_record.stages
     assert stages and all(s.kept_index.min() >= PREFIX and s.kept_index.max() < PREFIX + 576 for s in stages)
 
@@ -91,7 +96,8 @@ def test_achieved_equivalent_tokens_match_the_budget(case):
         ("pdrop", {"lambda": 0.5, "ratio_list": [0.5, 0.25, 0.125]}, "either lambda or ratio_list"),
         ("pdrop", {"visual_token_num": 30}, r"valid range is \(36.0, 576\]"),
         ("sparsevlm", {"stage_budgets": [300, 200, 700]}, "non-increasing"),
-        ("sparsevlm", {"stage_budgets": [700, 200, 100]}, r"valid range is \[1, 576\]"),
+        ("sparsevlm", {"stage_budgets": [300, 200, 0]}, "must be >= 1"),
+        ("sparsevlm", {"positions": "absolute"}, "valid: original, renumbered"),
         ("sparsevlm", {"prune_layers": [2, 6, 40]}, r"\[1, 31\]"),
         ("sparsevlm", {"version": "v3"}, r"valid: v1.5, v2"),
         ("vispruner", {"visual_tokens": 577}, r"valid range is \[1, 576\]"),

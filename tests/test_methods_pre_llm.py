@@ -5,8 +5,9 @@ from itertools import combinations
 import pytest
 import torch
 
+from llava.model.builder import load_pretrained_model
 from llava.pruning.diversity import remove_duplicates, vispruner_keep
-from llava.pruning.dpp import RIDGE, conditional_kernel, dpp_greedy_map, instruction_relevance
+from llava.pruning.dpp import conditional_kernel, dpp_greedy_map, instruction_relevance
 
 
 def _naive_greedy(kernel: torch.Tensor, count: int) -> list[int]:
@@ -44,14 +45,14 @@ def test_greedy_equals_brute_force_map_on_small_kernels():
         assert sorted(dpp_greedy_map(kernel, count).tolist()) == sorted(best)
 
 
-def test_a_rank_deficient_kernel_is_solved_past_its_rank_with_the_ridge():
-    """Features of width 3 give a kernel of rank 3: the greedy still equals the naive greedy on L + eps I for
-    all 7 picks (distinct, no division by a vanishing gain), and the first 3 are those of L itself."""
+def test_the_previous_ridge_is_an_option_that_solves_past_the_rank():
+    """``ridge=1e-3`` (our previous default): features of width 3 give a kernel of rank 3, and the greedy
+    equals the naive greedy on ``L + eps I`` for all 7 picks (distinct), the first 3 being those of ``L``."""
     features = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
     relevance = torch.linspace(0.2, 1.0, 10)
     kernel = conditional_kernel(features, relevance).double()
-    ridged = kernel + RIDGE * kernel.diagonal().max() * torch.eye(10, dtype=torch.float64)
-    chosen = dpp_greedy_map(kernel, 7).tolist()
+    ridged = kernel + 1e-3 * kernel.diagonal().max() * torch.eye(10, dtype=torch.float64)
+    chosen = dpp_greedy_map(kernel, 7, ridge=1e-3).tolist()
     assert chosen == _naive_greedy(ridged, 7) and len(set(chosen)) == 7
     assert chosen[:3] == _naive_greedy(kernel, 3)
 
@@ -67,17 +68,18 @@ def test_relevance_is_minmax_normalised_negative_cosine():
     assert instruction_relevance(image, text).tolist() == pytest.approx([0.0, 0.5, 1.0], abs=1e-5)
 
 
-def test_duplicate_removal_drops_exact_duplicates_first():
+@pytest.mark.parametrize("reorder", [True, False])
+def test_duplicate_removal_drops_exact_duplicates_first(reorder):
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(16, 32, generator=generator)
     features[5] = features[4]  # 4 (first half) duplicates 5 (second half)
     features[9] = features[2]  # 2 duplicates 9
-    kept = remove_duplicates(features, torch.arange(16), 14)
-    assert 4 not in kept.tolist() and 2 not in kept.tolist()
-    assert len(kept) == 14 and (kept.diff() > 0).all()
+    kept = remove_duplicates(features, torch.arange(16), 14, reorder=reorder)
+    assert 4 not in kept.tolist() and 2 not in kept.tolist() and len(kept) == 14
+    assert (kept.diff() > 0).all() != reorder  # in place: still ascending; official: re-ordered
 
 
-def test_vispruner_keeps_the_top_cls_tokens_and_fills_the_rest_in_raster_order():
+def test_vispruner_keeps_the_top_cls_tokens_and_fills_the_rest():
     attention = torch.zeros(20)
     attention[[3, 7, 11]] = torch.tensor([0.5, 0.3, 0.2])
     features = torch.randn(20, 8, generator=torch.Generator().manual_seed(1))
@@ -86,3 +88,47 @@ def test_vispruner_keeps_the_top_cls_tokens_and_fills_the_rest_in_raster_order()
     assert len(kept) == 6 and (kept.diff() > 0).all()
     with pytest.raises(ValueError, match=r"valid range is \[1, 20\]"):
         vispruner_keep(attention, features, 21)
+
+
+def _previous_vispruner(attention: torch.Tensor, features: torch.Tensor, keep: int) -> set[int]:
+    """Our rule before issue 29: ``round(T / 2)`` important tokens; the rest from a raster-order list, each
+    round dropping up to 8 of its even positions with the highest cosine to an odd one, order kept."""
+    important = attention.topk(round(keep * 0.5)).indices
+    pool = [i for i in range(len(attention)) if i not in set(important.tolist())]
+    unit = features / features.norm(dim=-1, keepdim=True)
+    while len(pool) > keep - len(important):
+        evens, odds = pool[0::2], pool[1::2]
+        score = (unit[evens] @ unit[odds].T).max(dim=1).values
+        drop = min(8, len(pool) - keep + len(important))
+        dropped = {evens[i] for i in score.argsort(descending=True, stable=True)[:drop].tolist()}
+        pool = [i for i in pool if i not in dropped]
+    return set(important.tolist()) | set(pool)
+
+
+@pytest.mark.parametrize("keep", [192, 128, 67, 64])
+def test_vispruner_options_reach_the_previous_rule(keep):
+    generator = torch.Generator().manual_seed(keep)
+    attention = torch.rand(576, generator=generator, dtype=torch.float64)
+    features = torch.randn(576, 24, generator=generator, dtype=torch.float64)
+    previous = vispruner_keep(attention, features, keep, count_rounding="round", diverse_order="raster")
+    assert set(previous.tolist()) == _previous_vispruner(attention, features, keep)
+
+
+def test_vispruner_splits_an_odd_list_where_the_official_indexing_fails():
+    """``int(66 / 2) = 33`` leaves an odd 543 tokens (the official code raises ``IndexError``): ours goes on."""
+    generator = torch.Generator().manual_seed(0)
+    kept = vispruner_keep(torch.rand(576, generator=generator), torch.randn(576, 16, generator=generator), 66)
+    assert len(set(kept.tolist())) == 66
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "message"),
+    [
+        ("vispruner", {"diverse_order": "zigzag"}, "unknown diverse_order 'zigzag'; valid: attention, raster"),
+        ("vispruner", {"count_rounding": "ceil"}, "unknown count_rounding 'ceil'; valid: round, floor"),
+        ("cdpruner", {"ridge": -1.0}, "ridge must be >= 0"),
+    ],
+)
+def test_bad_options_fail_at_load_time_naming_the_valid_values(method, params, message):
+    with pytest.raises(ValueError, match=message):
+        load_pretrained_model("tiny-random-llava", pruning_method=method, visual_token_num=64, **params)

@@ -38,9 +38,14 @@ def read_jsonl(path: str | Path, required_fields: Iterable[str] = ()) -> tuple[l
     required = tuple(required_fields)
     records: list[dict] = []
     errors: list[LineError] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
+    with path.open("rb") as handle:
+        for line_number, raw_line in enumerate(handle, start=1):
+            if not raw_line.strip():
+                continue
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                errors.append(LineError(str(path), line_number, f"not UTF-8 text (byte {raw_line[exc.start]:#04x} at column {exc.start + 1})"))
                 continue
             record, problem = _parse_record_line(line, required)
             if problem is not None:
@@ -73,6 +78,8 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputFileError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from exc
 
 
 def read_jsonl_strict(path: str | Path, required_fields: Iterable[str] = ()) -> list[dict]:

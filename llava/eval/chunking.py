@@ -2,7 +2,9 @@
 
 ``python -m llava.eval.chunking --answers-dir DIR --num-chunks N --output merge.jsonl`` merges
 ``DIR/{N}_{i}.jsonl`` (the names the per-dataset scripts give each chunk) in chunk order, dropping
-duplicate answers, and concatenates the chunks' ``*.errors.jsonl`` files next to the output.
+duplicate answers, and concatenates the chunks' ``*.errors.jsonl`` files next to the output. The chunk
+files are only read: a chunk that ends in a torn line (a killed loader) or is still being written is an
+error, and the output files are written whole (temporary file, then rename) or not at all.
 """
 
 from __future__ import annotations
@@ -13,16 +15,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from llava.eval.answers_lock import is_locked
 from llava.eval.jsonl_io import (
     AnswerKey,
     InputFileError,
     answer_key,
-    drop_incomplete_tail,
     errors_path_for,
     exit_code_on_input_error,
     read_answers,
     read_jsonl,
-    write_jsonl,
+    torn_tail,
+    write_jsonl_atomic,
 )
 from llava.eval.run_record import merged_run_record, write_run_record
 
@@ -53,28 +56,44 @@ def merge_answer_files(chunk_paths: Sequence[str | Path], output_path: str | Pat
     ran different settings (their run records); the output gets the shared run record. Error logs of the
     chunks are concatenated into the output's ``*.errors.jsonl`` (removed when there are none).
     """
-    missing = [str(path) for path in chunk_paths if not Path(path).is_file()]
-    if missing:
-        raise InputFileError("missing chunk answer file(s): " + ", ".join(missing))
+    _check_chunks_finished(chunk_paths, output_path)
     merged: dict[AnswerKey, dict] = {}
     error_records: list[dict] = []
     for chunk_path in chunk_paths:
-        drop_incomplete_tail(chunk_path)
         for record in read_answers(chunk_path):
             merged.setdefault(answer_key(record), record)
         chunk_errors_path = errors_path_for(chunk_path)
         if chunk_errors_path.is_file():
             error_records.extend(read_jsonl(chunk_errors_path)[0])
     run = merged_run_record([Path(path) for path in chunk_paths])
-    write_jsonl(output_path, merged.values())
-    if run is not None:
-        write_run_record(output_path, run)
     output_errors_path = errors_path_for(output_path)
     if error_records:
-        write_jsonl(output_errors_path, error_records)
-    else:
+        write_jsonl_atomic(output_errors_path, error_records)
+    if run is not None:
+        write_run_record(output_path, run)
+    write_jsonl_atomic(output_path, merged.values())  # last: a merge file means the merge finished
+    if not error_records:
         output_errors_path.unlink(missing_ok=True)
     return len(merged)
+
+
+def _check_chunks_finished(chunk_paths: Sequence[str | Path], output_path: str | Path) -> None:
+    """Refuse a merge into one of its chunks, of missing chunks, chunks a loader still writes, or chunks ending in a torn line."""
+    if any(Path(path).resolve() == Path(output_path).resolve() for path in chunk_paths):
+        raise InputFileError(f"--output {output_path} is one of the chunk files: name another file (inputs are never changed)")
+    missing = [str(path) for path in chunk_paths if not Path(path).is_file()]
+    if missing:
+        raise InputFileError("missing chunk answer file(s): " + ", ".join(missing))
+    for path in chunk_paths:
+        holder = is_locked(path)
+        if holder is not None:
+            raise InputFileError(f"{path} is still being written by {holder}: merge when that run has ended")
+        torn = torn_tail(path)
+        if torn:
+            raise InputFileError(
+                f"{path} ends in a partial line ({torn} bytes, an interrupted write): re-run that chunk's loader "
+                "(it resumes) and merge again; nothing was merged or changed"
+            )
 
 
 @exit_code_on_input_error

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from llava.conversation import conv_templates
-from llava.eval.run_record import model_fingerprint
+from llava.eval.run_record import file_digest, model_fingerprint
 from toolkit_common.cli import setting_error
 
 DEFAULT_MODEL_PATH = "llava-hf/llava-1.5-7b-hf"
@@ -105,6 +106,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     data.add_argument(
         "--overwrite", action="store_true", help="start the answers file again (default: resume it, same settings only)"
     )
+    data.add_argument(
+        "--allow-outside-images", "--allow_outside_images", action="store_true",
+        help="open image paths that leave --image-folder ('../x', '/abs/x'); default: such a question is logged and skipped",
+    )
     generation = parser.add_argument_group("generation")
     generation.add_argument("--conv-mode", "--conv_mode", default="vicuna_v1")
     generation.add_argument("--image-aspect-ratio", "--image_aspect_ratio", default="pad")
@@ -113,6 +118,11 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     generation.add_argument("--num_beams", "--num-beams", type=int, default=1)
     generation.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=128)
     generation.add_argument("--batch-size", "--batch_size", type=int, default=1)
+    generation.add_argument(
+        "--truncate-long-prompts", "--truncate_long_prompts", action="store_true",
+        help="cut the end of a question whose prompt + --max-new-tokens exceeds the model's context (with a warning);"
+        " default: such a question is an error, logged and skipped",
+    )
     pruning = parser.add_argument_group("pruning")
     pruning.add_argument("--pruning_method", "--pruning-method", default=None, help="registry name")
     pruning.add_argument("--visual_token_num", "--visual-token-num", type=int, default=None, help="budget")
@@ -184,6 +194,7 @@ def run_config_metadata(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+TORCH_DTYPES = ("float16", "bfloat16", "float32")
 HUB_ID_HINT = "a hub model id is ORG/NAME (e.g. llava-hf/llava-1.5-7b-hf); a local model is an existing folder"
 
 
@@ -210,8 +221,12 @@ def setting_problems(args: argparse.Namespace) -> list[str]:
             problems.append(f"{flag} must be >= 1, got {value}")
     if args.num_chunks >= 1 and not 0 <= args.chunk_idx < args.num_chunks:
         problems.append(f"--chunk-idx must be in [0, {args.num_chunks - 1}] for --num-chunks {args.num_chunks}, got {args.chunk_idx}")
-    if args.temperature < 0:
-        problems.append(f"--temperature must be >= 0, got {args.temperature}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        problems.append(f"--temperature must be a number >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_p is not None and not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
+        problems.append(f"--top_p must be in (0, 1], got {args.top_p}")
+    if args.torch_dtype is not None and args.torch_dtype not in TORCH_DTYPES:
+        problems.append(f"--torch-dtype {args.torch_dtype!r} is unknown; valid: {', '.join(TORCH_DTYPES)}")
     if args.visual_token_num is not None and args.visual_token_num < 1:
         problems.append(f"--visual_token_num must be >= 1, got {args.visual_token_num}")
     if not Path(args.question_file).is_file():
@@ -255,7 +270,9 @@ def run_identity(args: argparse.Namespace) -> dict[str, Any]:
         "top_p": args.top_p,
         "num_beams": args.num_beams,
         "max_new_tokens": args.max_new_tokens,
+        "truncate_long_prompts": args.truncate_long_prompts,
         "question_file": Path(args.question_file).name,
+        "question_file_sha256": file_digest(args.question_file),
         "num_chunks": args.num_chunks,
         "chunk_idx": args.chunk_idx,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -19,6 +20,11 @@ from llava.model.vision import image_features_per_image
 from llava.pruning.budget import prefill_flops
 
 RECORD_FIELDS = ("method", "kept_per_layer", "equivalent_tokens", "flops", "prefill_ms")
+logger = logging.getLogger(__name__)
+
+
+class PromptTooLongError(ValueError):
+    """A prompt that, with ``max_new_tokens``, does not fit the model's context."""
 
 
 @dataclass
@@ -52,6 +58,7 @@ class GenerationSettings:
     top_p: float | None = None
     num_beams: int = 1
     max_new_tokens: int = 128
+    truncate_long_prompts: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GenerationSettings:
@@ -63,6 +70,7 @@ class GenerationSettings:
             top_p=args.top_p,
             num_beams=args.num_beams,
             max_new_tokens=args.max_new_tokens,
+            truncate_long_prompts=args.truncate_long_prompts,
         )
 
     def generate_kwargs(self) -> dict[str, Any]:
@@ -186,20 +194,60 @@ def pruning_context(model: Any, with_image: bool) -> AbstractContextManager:
     return model.pruning_disabled()
 
 
+def context_length(bundle: ModelBundle) -> int | None:
+    """The model's context in tokens (``max_position_embeddings`` of its language model), if it says."""
+    config = bundle.model.config
+    return getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+
+
+def prompt_tokens(bundle: ModelBundle, settings: GenerationSettings, question: str, with_image: bool) -> list[int]:
+    """Token ids of the full prompt for one question (template, image tokens, question)."""
+    prompt = build_question_prompt(question, settings.conv_mode, with_image)
+    return tokenizer_image_token(prompt, bundle.tokenizer, bundle.image_token_id, bundle.num_image_tokens)
+
+
+def fitted_prompt_tokens(
+    bundle: ModelBundle, settings: GenerationSettings, question: str, with_image: bool
+) -> tuple[list[int], int]:
+    """Prompt tokens that leave room for ``max_new_tokens`` in the context, and how many question tokens
+    were cut for it (only with ``truncate_long_prompts``; else a too-long prompt is ``PromptTooLongError``)."""
+    tokens = prompt_tokens(bundle, settings, question, with_image)
+    limit = context_length(bundle)
+    if limit is None or len(tokens) + settings.max_new_tokens <= limit:
+        return tokens, 0
+    if not settings.truncate_long_prompts:
+        raise PromptTooLongError(
+            f"prompt of {len(tokens)} tokens + --max-new-tokens {settings.max_new_tokens} exceeds the model's context "
+            f"of {limit} tokens: shorten the question, lower --max-new-tokens, or pass --truncate-long-prompts"
+        )
+    question_ids = bundle.tokenizer(question, add_special_tokens=False).input_ids
+    cut = len(tokens) + settings.max_new_tokens - limit
+    while cut < len(question_ids):
+        shorter = bundle.tokenizer.decode(question_ids[: len(question_ids) - cut], skip_special_tokens=True)
+        tokens = prompt_tokens(bundle, settings, shorter, with_image)
+        if len(tokens) + settings.max_new_tokens <= limit:
+            logger.warning("question cut by %d of %d tokens to fit the model's context of %d", cut, len(question_ids), limit)
+            return tokens, cut
+        cut += len(tokens) + settings.max_new_tokens - limit
+    raise PromptTooLongError(
+        f"the prompt does not fit the model's context of {limit} tokens with --max-new-tokens "
+        f"{settings.max_new_tokens} even without its question: lower --max-new-tokens"
+    )
+
+
 def answer_batch(
     bundle: ModelBundle, settings: GenerationSettings, questions: list[str], images: list[Image.Image] | None
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Answer questions that all have an image (``images``) or none (``images=None``, run unpruned).
 
     Returns the stripped answers and each sample's cost fields of this prefill (its pruning record, or
-    the unpruned cost when nothing was pruned).
+    the unpruned cost when nothing was pruned; ``truncated_question_tokens`` when the question was cut to
+    fit the context). A prompt too long for the context is a ``PromptTooLongError`` (see
+    ``fitted_prompt_tokens``).
     """
     with_image = images is not None
-    prompts = [build_question_prompt(question, settings.conv_mode, with_image) for question in questions]
-    token_lists = [
-        tokenizer_image_token(prompt, bundle.tokenizer, bundle.image_token_id, bundle.num_image_tokens)
-        for prompt in prompts
-    ]
+    fitted = [fitted_prompt_tokens(bundle, settings, question, with_image) for question in questions]
+    token_lists = [tokens for tokens, _ in fitted]
     pad_id = bundle.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = bundle.tokenizer.eos_token_id
@@ -221,4 +269,7 @@ def answer_batch(
             costs.append(unpruned_cost(bundle, len(tokens), with_image))
         else:
             costs.append({name: record.get(name) for name in RECORD_FIELDS})
+    for cost, (_, cut) in zip(costs, fitted, strict=True):
+        if cut:
+            cost["truncated_question_tokens"] = cut
     return [answer.strip() for answer in answers], costs

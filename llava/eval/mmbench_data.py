@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import csv
-import io
 import sys
 from pathlib import Path
 
 from PIL import Image
 
 from llava.eval.jsonl_io import InputFileError, LineError
+from llava.mm_utils import decode_base64_rgb
 
 OPTION_COLUMNS = "ABCDE"
 REQUIRED_COLUMNS = ("index", "question", "image", "A", "B")
@@ -32,9 +31,8 @@ def row_options(row: dict[str, str]) -> list[str]:
 
 
 def decode_base64_image(data: str) -> Image.Image:
-    """An RGB image from MMBench's base64 ``image`` cell."""
-    with Image.open(io.BytesIO(base64.b64decode(data))) as image:
-        return image.convert("RGB")
+    """An RGB image from MMBench's base64 ``image`` cell (every Pillow mode decoded faithfully)."""
+    return decode_base64_rgb(data)
 
 
 def _row_problem(row: dict[str, str]) -> str | None:
@@ -53,6 +51,14 @@ def read_mmbench_tsv(path: str | Path) -> tuple[list[dict[str, str]], list[LineE
     if not path.is_file():
         raise InputFileError(f"{path}: file not found")
     csv.field_size_limit(sys.maxsize)
+    try:
+        return _read_rows(path)
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from exc
+
+
+def _read_rows(path: Path) -> tuple[list[dict[str, str]], list[LineError]]:
+    """``read_mmbench_tsv`` on an existing file."""
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle, delimiter="\t")
         missing_columns = [name for name in REQUIRED_COLUMNS if name not in (reader.fieldnames or [])]

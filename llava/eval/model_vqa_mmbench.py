@@ -17,7 +17,7 @@ from llava.eval.chunking import get_chunk
 from llava.eval.cli_args import build_parser, parse_eval_args
 from llava.eval.jsonl_io import LineError, exit_code_on_input_error
 from llava.eval.mmbench_data import OPTION_COLUMNS, decode_base64_image, is_blank, read_mmbench_tsv, row_options
-from llava.eval.run_loop import EvalSample, run_entry_point
+from llava.eval.run_loop import EvalSample, check_sample_ids, run_entry_point
 
 SINGLE_PREDICTION_PROMPTS = {
     "en": "Answer with the option's letter from the given choices directly.",
@@ -40,20 +40,28 @@ def load_mmbench_samples(
     num_chunks: int = 1,
     chunk_idx: int = 0,
 ) -> tuple[list[EvalSample], list[LineError]]:
-    """This chunk's samples (one per row and round) and the TSV's unusable rows."""
+    """This chunk's samples (one per row and round) and the TSV's unusable rows; a question asked twice
+    (same index and prompt) is an ``InputFileError``."""
     rows, line_errors = read_mmbench_tsv(question_file)
+    row_samples = [_row_samples(row, all_rounds, single_pred_prompt) for row in rows]
+    check_sample_ids([sample for samples in row_samples for sample in samples], question_file)
+    chunk = get_chunk(row_samples, num_chunks, chunk_idx)
+    return [sample for samples in chunk for sample in samples], line_errors
+
+
+def _row_samples(row: dict[str, str], all_rounds: bool, single_pred_prompt: str | None) -> list[EvalSample]:
+    """The samples of one TSV row: one, or one per option rotation with ``all_rounds``."""
+    options = row_options(row)
+    load_image = functools.partial(decode_base64_image, row["image"])
     samples = []
-    for row in get_chunk(rows, num_chunks, chunk_idx):
-        options = row_options(row)
-        load_image = functools.partial(decode_base64_image, row["image"])
-        for round_idx in range(len(options) if all_rounds else 1):
-            shown = options[round_idx:] + options[:round_idx]
-            question = mmbench_question_text(row, shown)
-            if single_pred_prompt:
-                question = f"{question}\n{single_pred_prompt}"
-            extra = {"round_idx": round_idx, "options": shown, "option_char": list(OPTION_COLUMNS[: len(shown)])}
-            samples.append(EvalSample(int(row["index"]), question, load_image, extra))
-    return samples, line_errors
+    for round_idx in range(len(options) if all_rounds else 1):
+        shown = options[round_idx:] + options[:round_idx]
+        question = mmbench_question_text(row, shown)
+        if single_pred_prompt:
+            question = f"{question}\n{single_pred_prompt}"
+        extra = {"round_idx": round_idx, "options": shown, "option_char": list(OPTION_COLUMNS[: len(shown)])}
+        samples.append(EvalSample(int(row["index"]), question, load_image, extra))
+    return samples
 
 
 @exit_code_on_input_error

@@ -15,7 +15,8 @@ from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.eval.chunking import get_chunk
 from llava.eval.cli_args import build_parser, parse_eval_args
 from llava.eval.jsonl_io import InputFileError, LineError, exit_code_on_input_error, read_json
-from llava.eval.run_loop import EvalSample, folder_sample, run_entry_point
+from llava.eval.question_checks import text_problem
+from llava.eval.run_loop import EvalSample, check_sample_ids, folder_sample, run_entry_point
 
 SINGLE_PREDICTION_PROMPT = "Answer with the option's letter from the given choices directly."
 
@@ -33,9 +34,11 @@ def _entry_problem(entry: object) -> str | None:
     if "id" not in entry:
         return "missing field: id"
     conversations = entry.get("conversations")
-    if not conversations or not isinstance(conversations[0], dict) or "value" not in conversations[0]:
+    if not isinstance(conversations, list) or not conversations or not isinstance(conversations[0], dict):
         return "missing conversations[0].value"
-    return None
+    if "value" not in conversations[0]:
+        return "missing conversations[0].value"
+    return text_problem("conversations[0].value", conversations[0]["value"])
 
 
 def load_science_samples(
@@ -44,8 +47,10 @@ def load_science_samples(
     single_pred_prompt: bool,
     num_chunks: int = 1,
     chunk_idx: int = 0,
+    allow_outside_images: bool = False,
 ) -> tuple[list[EvalSample], list[LineError]]:
-    """This chunk's samples from a ScienceQA question file; bad entries are reported by entry number."""
+    """This chunk's samples from a ScienceQA question file; bad entries are reported by entry number, null
+    or repeated ids are an ``InputFileError``."""
     entries = read_json(question_file)
     if not isinstance(entries, list):
         raise InputFileError(f"{question_file}: expected a JSON list of questions")
@@ -57,10 +62,12 @@ def load_science_samples(
         else:
             line_errors.append(LineError(str(question_file), number, f"entry {number}: {problem}"))
     samples = [
-        folder_sample(entry["id"], science_question_text(entry, single_pred_prompt), image_folder, entry.get("image"))
-        for entry in get_chunk(usable, num_chunks, chunk_idx)
+        folder_sample(entry["id"], science_question_text(entry, single_pred_prompt), image_folder, entry.get("image"),
+                      allow_outside_images)
+        for entry in usable
     ]
-    return samples, line_errors
+    check_sample_ids(samples, question_file)
+    return get_chunk(samples, num_chunks, chunk_idx), line_errors
 
 
 @exit_code_on_input_error
@@ -70,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--single-pred-prompt", "--single_pred_prompt", action="store_true")
     args = parse_eval_args(parser, argv)
     samples, line_errors = load_science_samples(
-        args.question_file, args.image_folder, args.single_pred_prompt, args.num_chunks, args.chunk_idx
+        args.question_file, args.image_folder, args.single_pred_prompt, args.num_chunks, args.chunk_idx,
+        args.allow_outside_images,
     )
     return run_entry_point(args, samples, line_errors, any(s.load_image is not None for s in samples))
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+from llava.eval.jsonl_io import InputFileError, read_json
 from llava.eval.run_record import read_run_record, result_config
 
 COST_FIELDS = ("equivalent_tokens", "flops", "prefill_ms")
@@ -101,9 +102,40 @@ def write_result(path: str | Path | None, result: dict[str, Any]) -> int:
     return INCOMPLETE_EXIT_CODE
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def result_problem(record: Any) -> str | None:
+    """Why a JSON document is not a usable result record, or None."""
+    if not isinstance(record, dict):
+        return f"expected a result record (a JSON object), got {type(record).__name__}"
+    if not isinstance(record.get("benchmark"), str):
+        return "no 'benchmark' name: not a result record written by a scorer's --result-json"
+    if record.get("score") is not None and not _is_number(record["score"]):
+        return f"'score' must be a number or null, got {record['score']!r}"
+    for name in ("config", "coverage", "cost"):
+        if record.get(name) is not None and not isinstance(record[name], dict):
+            return f"'{name}' must be an object or null, got {type(record[name]).__name__}"
+    fraction = (record.get("coverage") or {}).get("fraction", 1.0)
+    if not _is_number(fraction):
+        return f"'coverage.fraction' must be a number, got {fraction!r}"
+    bad_costs = [name for name, value in (record.get("cost") or {}).items() if value is not None and not _is_number(value)]
+    if bad_costs:
+        return f"cost field(s) {', '.join(bad_costs)} must be numbers"
+    return None
+
+
 def read_results(root: str | Path) -> list[dict[str, Any]]:
-    """All result records under a folder (recursively), sorted by path, each with its ``record_file``."""
-    return [
-        {**json.loads(path.read_text(encoding="utf-8")), "record_file": str(path)}
-        for path in sorted(Path(root).rglob("*.json"))
-    ]
+    """All result records under a folder (recursively), sorted by path, each with its ``record_file``; a
+    file that is not valid JSON or not a result record is an ``InputFileError`` naming it."""
+    if not Path(root).is_dir():
+        raise InputFileError(f"--results-dir {root}: no such folder")
+    results = []
+    for path in sorted(Path(root).rglob("*.json")):
+        record = read_json(path)
+        problem = result_problem(record)
+        if problem:
+            raise InputFileError(f"{path}: {problem}")
+        results.append({**record, "record_file": str(path)})
+    return results

@@ -3,7 +3,9 @@
 Answers are appended to the answers file one flushed line at a time; a re-run skips every answer
 already there (a partial last line left by a killed run is cut off first). A sample whose image or
 generation fails is reported on stderr and in ``<answers>.errors.jsonl`` (rewritten by each run: failed
-samples are retried), and the run goes on.
+samples are retried), and the run goes on; so is a question whose fields cannot work (its ``problem``,
+found before the model loads). The answers file is locked for the run (``answers_lock``); a write that
+fails (disk full) leaves only whole lines and stops the run with one line.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
+from llava.eval.answers_lock import AnswersFileBusyError, answers_file_lock
 from llava.eval.cli_args import run_config_metadata, run_identity
 from llava.eval.inference import GenerationSettings, ModelBundle, answer_batch, bundle_from_args
 from llava.eval.jsonl_io import (
@@ -34,20 +37,23 @@ from llava.eval.jsonl_io import (
     drop_incomplete_tail,
     errors_path_for,
 )
+from llava.eval.question_checks import check_unique_ids, image_problem, text_problem
 from llava.eval.run_record import RunMismatchError, claim_answers_file, run_record_path
-from llava.mm_utils import get_model_name_from_path
+from llava.mm_utils import get_model_name_from_path, open_rgb_image
 
 ANSWER_ID_NAMESPACE = uuid.UUID("6f1c1a52-0d7e-4d55-9a43-3c1f4d8b2a10")
 
 
 @dataclass
 class EvalSample:
-    """One question to answer: its id, question text, a lazy image loader (None = text only), extra fields."""
+    """One question to answer: its id, question text, a lazy image loader (None = text only), extra fields,
+    and why it cannot be asked (``problem``; such a sample is logged and skipped before the model loads)."""
 
     question_id: Any
     prompt: str
     load_image: Callable[[], Image.Image] | None
     extra_fields: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
 
     @property
     def key(self) -> AnswerKey:
@@ -64,16 +70,31 @@ class RunSummary:
     failed: int = 0
 
 
+class AnswersWriteError(RuntimeError):
+    """The answers file could not be written (disk full, ...); it keeps only whole lines."""
+
+
 def open_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image as RGB (a truncated or corrupt file fails here)."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """Open and fully decode an image as RGB, faithfully in every mode (a truncated, corrupt or
+    unsupported file fails here)."""
+    return open_rgb_image(path)
 
 
-def folder_sample(question_id: Any, prompt: str, image_folder: str | Path, image: str | None) -> EvalSample:
-    """A sample whose image (if it names one) is ``image_folder / image``, opened when answered."""
-    load_image = functools.partial(open_image, Path(image_folder) / image) if image else None
-    return EvalSample(question_id=question_id, prompt=prompt, load_image=load_image)
+def folder_sample(
+    question_id: Any, prompt: Any, image_folder: str | Path, image: Any, allow_outside: bool = False
+) -> EvalSample:
+    """A sample whose image (if it names one) is ``image_folder / image``, opened when answered; a prompt
+    that is not text or an image field that cannot work (see ``question_checks``) is its ``problem``."""
+    problem = text_problem("text", prompt) or image_problem(image_folder, image, allow_outside)
+    load_image = None
+    if image is not None and problem is None:
+        load_image = functools.partial(open_image, Path(image_folder) / image)
+    return EvalSample(question_id=question_id, prompt=str(prompt), load_image=load_image, problem=problem)
+
+
+def check_sample_ids(samples: Sequence[EvalSample], source: str | Path) -> None:
+    """Refuse null ids and questions asked twice in a question file (all of it, before chunking)."""
+    check_unique_ids([sample.question_id for sample in samples], [sample.key for sample in samples], str(source))
 
 
 def answer_record(sample: EvalSample, text: str, model_id: str, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -173,16 +194,23 @@ def run_samples(
     done = completed_keys(answers_file)
     pending = [sample for sample in samples if sample.key not in done]
     summary = RunSummary(skipped=len(samples) - len(pending))
-    with JsonlAppender(answers_file) as writer, tqdm(total=len(pending), unit="q", dynamic_ncols=True) as bar:
-        for batch in batches_by_image_presence(pending, batch_size):
-            ready, images = batch, None
-            if batch[0].load_image is not None:
-                ready, images = _load_images(batch, errors)
-            answered = _answer_or_split(bundle, settings, ready, images, errors) if ready else []
-            for sample, text, cost in answered:
-                writer.write(answer_record(sample, text, model_id, {**config_metadata, **cost}))
-            summary.answered += len(answered)
-            bar.update(len(batch))
+    try:
+        with JsonlAppender(answers_file) as writer, tqdm(total=len(pending), unit="q", dynamic_ncols=True) as bar:
+            for batch in batches_by_image_presence(pending, batch_size):
+                ready, images = batch, None
+                if batch[0].load_image is not None:
+                    ready, images = _load_images(batch, errors)
+                answered = _answer_or_split(bundle, settings, ready, images, errors) if ready else []
+                for sample, text, cost in answered:
+                    writer.write(answer_record(sample, text, model_id, {**config_metadata, **cost}))
+                    summary.answered += 1
+                bar.update(len(batch))
+    except OSError as exc:  # disk full, quota, I/O error: keep whole lines only, say so, stop
+        drop_incomplete_tail(answers_file)
+        raise AnswersWriteError(
+            f"cannot write {answers_file} ({exc.strerror or exc}); it keeps {summary.answered} new whole "
+            "answer(s): free space and re-run to resume"
+        ) from exc
     summary.failed = errors.count
     return summary
 
@@ -210,28 +238,57 @@ def _configure_debug_logging(enabled: bool) -> None:
         package.setLevel(logging.DEBUG)
 
 
+def _input_problem(
+    args: argparse.Namespace, samples: Sequence[EvalSample], line_errors: Sequence[LineError], image_folder_needed: bool
+) -> str | None:
+    """Why this chunk cannot run at all (no question, none usable, no image folder), or None."""
+    usable = [sample for sample in samples if sample.problem is None]
+    if not samples and not line_errors:
+        return f"{args.question_file} holds no questions (for chunk {args.chunk_idx} of {args.num_chunks})"
+    if not usable:
+        first = f"question_id {samples[0].question_id!r}: {samples[0].problem}" if samples else str(line_errors[0])
+        bad = len(samples) + len(line_errors)
+        return f"no usable question in {args.question_file} ({bad} unusable, first: {first})"
+    if image_folder_needed and not args.image_folder:
+        return "the questions name images: pass --image-folder (the folder that holds them)"
+    return None
+
+
+def lock_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What the answers file's lock says about this run (beside pid, host and start time)."""
+    config = run_config_metadata(args)
+    return {"pruning_method": config["pruning_method"], "visual_token_num": config["visual_token_num"],
+            "question_file": args.question_file}
+
+
 def run_entry_point(
     args: argparse.Namespace,
     samples: Sequence[EvalSample],
     line_errors: Sequence[LineError],
     image_folder_needed: bool = False,
 ) -> int:
-    """Shared tail of the entry points: check the run, load the model, answer, report; the exit code.
+    """Shared tail of the entry points: check the run, lock its answers file, load the model, answer,
+    report; the exit code.
 
     0: every question of this chunk is answered. 1: some failed (answers kept; a re-run retries them).
-    2: a setting or input that cannot work (nothing loaded, nothing answered). ``image_folder_needed``: the
-    questions name image files, so ``--image-folder`` must be given.
+    2: a setting or input that cannot work, or another run holds the answers file (nothing loaded, nothing
+    answered). ``image_folder_needed``: the questions name image files, so ``--image-folder`` must be given.
     """
-    if not samples and not line_errors:
-        print(f"error: {args.question_file} holds no questions (for chunk {args.chunk_idx} of {args.num_chunks})", file=sys.stderr)
-        return 2
-    if not samples:
-        print(f"error: no usable question in {args.question_file} ({len(line_errors)} bad line(s), first: {line_errors[0]})", file=sys.stderr)
-        return 2
-    if image_folder_needed and not args.image_folder:
-        print("error: the questions name images: pass --image-folder (the folder that holds them)", file=sys.stderr)
+    problem = _input_problem(args, samples, line_errors, image_folder_needed)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     _configure_debug_logging(args.debug_mode)
+    try:
+        with answers_file_lock(args.answers_file, lock_settings(args)):
+            return _run_locked(args, samples, line_errors)
+    except AnswersFileBusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_locked(args: argparse.Namespace, samples: Sequence[EvalSample], line_errors: Sequence[LineError]) -> int:
+    """``run_entry_point`` once the answers file is this run's alone."""
     try:
         already_answered, cut = _start_answers_file(args)
     except RunMismatchError as exc:
@@ -244,9 +301,13 @@ def run_entry_point(
     if args.chunk_idx == 0:
         for problem in line_errors:
             errors.record("question_file", problem.message, file=problem.path, line=problem.line_number)
+    for sample in samples:
+        if sample.problem is not None:
+            errors.record("question", sample.problem, question_id=sample.question_id, prompt=sample.prompt)
+    samples = [sample for sample in samples if sample.problem is None]
     if all(sample.key in already_answered for sample in samples):
-        print(f"all {len(samples)} question(s) already answered in {args.answers_file}", file=sys.stderr)
-        return 0
+        print(f"all {len(samples)} usable question(s) already answered in {args.answers_file}", file=sys.stderr)
+        return 1 if errors.count else 0
     try:
         bundle = bundle_from_args(args)
     except ValueError as exc:  # unknown method, bad parameter: the message lists what is valid
@@ -256,16 +317,20 @@ def run_entry_point(
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"error: cannot load model {args.model_path!r}: {first_line}", file=sys.stderr)
         return 2
-    summary = run_samples(
-        samples,
-        bundle,
-        GenerationSettings.from_args(args),
-        args.answers_file,
-        get_model_name_from_path(args.model_path),
-        run_config_metadata(args),
-        args.batch_size,
-        errors,
-    )
+    try:
+        summary = run_samples(
+            samples,
+            bundle,
+            GenerationSettings.from_args(args),
+            args.answers_file,
+            get_model_name_from_path(args.model_path),
+            run_config_metadata(args),
+            args.batch_size,
+            errors,
+        )
+    except AnswersWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(
         f"answered {summary.answered}, skipped {summary.skipped} already answered, "
         f"{summary.failed} error(s){f' (see {errors.path})' if summary.failed else ''}",

@@ -46,6 +46,16 @@ def model_fingerprint(model_path: str | Path) -> str | None:
     return digest.hexdigest()[:16]
 
 
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (a question file: a resume with other questions under the same name is
+    another run)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def run_record_path(answers_file: str | Path) -> Path:
     answers_file = Path(answers_file)
     return answers_file.with_name(answers_file.name.removesuffix(".jsonl") + RUN_RECORD_SUFFIX)

@@ -24,6 +24,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+from llava.eval.jsonl_io import exit_code_on_input_error
 from llava.eval.results import COST_FIELDS, INCOMPLETE_EXIT_CODE, read_results
 
 VANILLA = "vanilla"
@@ -89,9 +90,9 @@ def build_rows(results: Sequence[dict[str, Any]]) -> list[SummaryRow]:
         row.sources[benchmark] = source
         row.scores[benchmark] = result.get("score")
         covered = result.get("coverage")
-        row.coverage[benchmark] = covered["fraction"] if covered else 1.0
+        row.coverage[benchmark] = covered.get("fraction", 1.0) if covered else 1.0
         for name in COST_FIELDS:
-            value = result.get("cost", {}).get(name)
+            value = (result.get("cost") or {}).get(name)
             if value is not None:
                 row.costs.setdefault(name, []).append(value)
     return sorted(rows.values(), key=lambda row: (row.config.method != VANILLA, _sort_key(row.config)))
@@ -237,6 +238,7 @@ def plot_head_heatmaps(rows: Sequence[SummaryRow], output_dir: Path) -> list[Pat
     return written
 
 
+@exit_code_on_input_error
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: summarise every result record under a folder."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -48,16 +48,18 @@ def important_count(keep: int, important_ratio: float, count_rounding: str = "fl
     return int(keep * important_ratio) if count_rounding == "floor" else round(keep * important_ratio)
 
 
-def remove_duplicates(features: torch.Tensor, candidates: torch.Tensor, target: int, reorder: bool = True) -> torch.Tensor:
+def remove_duplicates(
+    features: torch.Tensor, candidates: torch.Tensor, target: int, reorder: bool = True
+) -> torch.Tensor:
     """The ``target`` of ``candidates`` (ordered indices into ``features`` ``[S, d]``) left by duplicate removal.
 
     Each round splits the list into ``A = list[0::2]`` and ``B = list[1::2]`` and drops the
     ``min(8, len - target)`` tokens of ``A`` most similar (cosine) to some token of ``B``. ``reorder``
     (official): the list becomes the rest of ``A`` by descending similarity, then ``B``; otherwise the
-    dropped tokens leave the list in place. The cosine matrix is computed once in ``features``' dtype
-    (the official code normalises and multiplies in the tower's dtype; a single flipped near-tie re-orders
-    every later round, so the precision matters); the rounds (inherently
-    sequential, up to ``S / 8`` of them) run in NumPy on the CPU. Returns the survivors in list order.
+    dropped tokens leave the list in place. The cosine matrix is computed once in ``features``' dtype (the
+    official code normalises and multiplies in the tower's dtype; a single flipped near-tie re-orders every
+    later round, so the precision matters); the rounds (inherently sequential, up to ``S / 8`` of them) run
+    in NumPy on the CPU. Returns the survivors in list order.
     """
     if not 0 <= target <= len(candidates):
         raise ValueError(f"cannot keep {target} of {len(candidates)} candidates: valid range is [0, {len(candidates)}]")

@@ -24,7 +24,7 @@ with the same float32 arithmetic up to and including that one, then fill the rem
 lowest-indexed tokens not yet kept (what that ``argmax`` would return with the marks intact): a keep set
 of ``T`` tokens that contains the official one, equal to it whenever the greedy never runs out of gains.
 
-Our option (off by default): ``ridge`` ``eps`` > 0 solves ``L + eps max_j L_jj I`` instead, so every token
+Our option (off by default, our previous rule): ``ridge`` ``eps`` > 0 (we used ``1e-3``) solves ``L + eps max_j L_jj I`` instead, so every token
 keeps a gain and picks past the rank still trade relevance against what the chosen set spans.
 """
 
@@ -69,10 +69,11 @@ def lowest_unchosen(size: int, chosen: list[int], count: int) -> list[int]:
 def dpp_greedy_map(kernel: torch.Tensor, count: int, ridge: float = 0.0) -> torch.Tensor:
     """Indices ``[count]`` chosen greedily to maximise ``det(L_Y)``, in the order they were chosen.
 
-    Float32, as the official loop (l.170-181), with its update ``c_j = (L_j - C[:, j]^T C) / d_j`` in the same
-    operand order (the same rounding, hence the same picks among noise-level gains). The first pick whose
-    gain is not positive ends the greedy and the lowest-indexed free tokens fill the rest (module
-    docstring). ``ridge`` > 0 (our option) adds ``ridge * max_j L_jj`` to the diagonal first.
+    Float32, as the official loop (l.170-181), with its update ``c_j = (L_j - C[:, j]^T C) / d_j`` in the
+    same operand order (on the CPU the same rounding, hence the same picks among noise-level gains; tested
+    against the official ``einsum``). The first pick whose gain is not positive ends the greedy and the
+    lowest-indexed free tokens fill the rest (module docstring). ``ridge`` > 0 (our option) adds
+    ``ridge * max_j L_jj`` to the diagonal first.
     """
     size = kernel.shape[0]
     if not 0 < count <= size:

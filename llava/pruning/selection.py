@@ -32,6 +32,10 @@ class TokenSelection:
     ``valid``: optional ``[B, R]`` bool for samples that keep fewer than ``R`` tokens: the columns marked
     False are padding, invisible to every later layer (the batch stays rectangular, each sample keeps
     exactly its own set).
+    ``sources``: optional ``[B, R]`` span columns (of the live span before this stage) whose token each kept
+    slot holds, when a method lays its tokens out in another order than ``indices`` (SparseVLM's cluster
+    tokens after the kept ones, with renumbered positions a slot being only a place in the order); the
+    record labels each slot with that token (a merged token with its source, e.g. its cluster centre).
     """
 
     indices: torch.Tensor
@@ -39,6 +43,7 @@ class TokenSelection:
     metadata: dict = field(default_factory=dict)
     replacement: tuple[torch.Tensor, torch.Tensor] | None = None
     valid: torch.Tensor | None = None
+    sources: torch.Tensor | None = None
 
 
 @dataclass

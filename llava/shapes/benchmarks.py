@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from llava.shapes.questions import ONE_CELL, POPE_SPLITS, SEVERAL_CELLS, Question, ask, exists, multiple_choice
@@ -34,6 +35,7 @@ from llava.shapes.vocabulary import SHORT_ANSWER_PROMPT
 BENCHMARKS = ("gqa", "pope", "scienceqa")
 SEED_BASE = {"gqa": 1_000_000, "pope": 2_000_000, "scienceqa": 3_000_000}
 JPEG_QUALITY = 90
+COMPLETE_MARKER = "benchmark.json"  # written last: a benchmark folder without it is partial
 
 
 def scene_questions(benchmark: str, count: int, seed: int) -> Iterator[tuple[int, Scene, Question]]:
@@ -60,15 +62,24 @@ def scene_questions(benchmark: str, count: int, seed: int) -> Iterator[tuple[int
             yield scene_seed, scene, question
 
 
-def write_json(path: Path, payload, lines: bool = False) -> None:
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(temporary)`` beside ``path``, then ``os.replace`` it onto ``path``: a kill while writing leaves
+    the old file or none, never a partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def write_json(path: Path, payload, lines: bool = False) -> None:
+    """``payload`` as JSON (or one JSON line per item), written atomically."""
     text = "".join(json.dumps(item) + "\n" for item in payload) if lines else json.dumps(payload, indent=1)
-    path.write_text(text, encoding="utf-8")
+    replace_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def save_image(scene: Scene, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    render(scene).save(path, format="JPEG", quality=JPEG_QUALITY)
+    """The scene as a JPEG, written atomically."""
+    replace_atomically(path, lambda temporary: render(scene).save(temporary, format="JPEG", quality=JPEG_QUALITY))
 
 
 def write_gqa(root: Path, count: int, seed: int) -> None:
@@ -151,8 +162,32 @@ WRITERS = {"gqa": write_gqa, "pope": write_pope, "scienceqa": write_scienceqa}
 
 
 def write_benchmarks(root: Path, per_benchmark: int, seed: int = 0, names: tuple[str, ...] = BENCHMARKS) -> None:
+    """Write the benchmarks ``names`` under ``root``: every file atomically, then the benchmark's marker
+    ``COMPLETE_MARKER`` (its settings) last, so a benchmark without the marker is known to be partial."""
     for name in names:
+        (root / name / COMPLETE_MARKER).unlink(missing_ok=True)
         WRITERS[name](root / name, per_benchmark, seed)
+        write_json(root / name / COMPLETE_MARKER, {"per_benchmark": per_benchmark, "seed": seed})
+
+
+def written_settings(root: Path, name: str) -> dict | None:
+    """The settings a complete benchmark was written with (its marker), or None when it is absent or partial."""
+    marker = root / name / COMPLETE_MARKER
+    return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+
+
+def ensure_benchmarks(root: Path, per_benchmark: int, seed: int = 0) -> list[str]:
+    """Write the benchmarks under ``root`` that are missing or partial (a run killed while writing them); the
+    names written. A complete benchmark is kept as it is, whatever ``per_benchmark`` asks (its answers stay valid)."""
+    missing = [name for name in BENCHMARKS if written_settings(root, name) is None]
+    if missing:
+        print(f"writing the shapes benchmarks {', '.join(missing)} ({per_benchmark} questions each) under {root}")
+        write_benchmarks(root, per_benchmark, seed, tuple(missing))
+    for name in sorted(set(BENCHMARKS) - set(missing)):
+        settings = written_settings(root, name)
+        if settings != {"per_benchmark": per_benchmark, "seed": seed}:
+            print(f"note: {root / name} was written with {settings}; kept as it is (delete it to write it again)")
+    return missing
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from llava.eval.model_vqa_loader import load_vqa_samples
 from llava.eval.model_vqa_science import load_science_samples
 from llava.eval.run_loop import EvalSample
 from llava.eval.summarize import markdown
-from llava.shapes.benchmarks import BENCHMARKS, answer_key, normalise, write_benchmarks
+from llava.shapes.benchmarks import BENCHMARKS, answer_key, ensure_benchmarks, normalise
 from llava.shapes.questions import ONE_CELL
 from llava.shapes.scene import Scene, render
 
@@ -114,8 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"no model at {args.model_path} (config.json missing)")
     if args.batch_size < 1 or args.per_benchmark < 1:
         parser.error("--batch-size and --per-benchmark must be positive")
-    if not all((args.eval_dir / b).is_dir() for b in BENCHMARKS):
-        write_benchmarks(args.eval_dir, args.per_benchmark)
+    ensure_benchmarks(args.eval_dir, args.per_benchmark)
     results = measure(str(args.model_path), args.eval_dir, args.batch_size)
     report = markdown(*quality_table(results)) + "\n" + "\n".join(f"* {line}" for line in bars(results)) + "\n"
     (args.eval_dir / "quality.json").write_text(json.dumps(results, indent=1), encoding="utf-8")

@@ -38,7 +38,7 @@ from llava.demo import Config, run_config
 from llava.eval.inference import reusing_loaded_models
 from llava.eval.summarize import markdown
 from llava.pruning.learned.checkpoint import CHECKPOINT_NAME, read_checkpoint
-from llava.shapes.benchmarks import BENCHMARKS, write_benchmarks
+from llava.shapes.benchmarks import BENCHMARKS, ensure_benchmarks
 from llava.train.eval_pruner import HELD_OUT_SEED, run_evaluation
 from llava.train.pruner.config import load_train_config
 from llava.train.pruner.merger_training import CHECKPOINT as MERGER_CHECKPOINT
@@ -120,8 +120,7 @@ def ablation_row(run: str, folder: Path):
 
 def answer_ablation(run: str, folder: Path, model_path: Path, eval_dir: Path) -> int:
     """The ablation's rows on the held-out benchmarks, through the demo's loader and scorers."""
-    if not all((eval_dir / b).is_dir() for b in BENCHMARKS):
-        write_benchmarks(eval_dir, 120)
+    ensure_benchmarks(eval_dir, 120)
     config = ablation_row(run, folder)
     demo_args = argparse.Namespace(eval_dir=eval_dir, model_path=model_path, batch_size=8)
     with reusing_loaded_models():

@@ -34,7 +34,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repea
 
 from llava.model.builder import load_pretrained_model
 from llava.pruning.methods.base import PruneStep
-from llava.pruning.methods.sparsevlm import STAGE_BUDGET_PRESETS, SparseVLM
+from llava.pruning.methods.sparsevlm import STAGE_BUDGET_PRESETS, SparseVLM, kept_by_score_positions
 from llava.pruning.registry import plan_method
 from tests.conftest import llava_prompt, pixel_values
 
@@ -109,10 +109,12 @@ def layer_probs(layer, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
 
 @torch.no_grad()
 def official_sparsevlm(lm, embeds: torch.Tensor, start: int, end: int, budgets, version: str = "v1.5"):
-    """``(kept visual columns per stage, last hidden state)`` of the official forward on one prompt."""
+    """``(kept visual columns per stage, their positions in the input, last hidden state)`` of the official
+    forward on one prompt (a kept cluster token has no input position: left out)."""
     hidden, positions = embeds, torch.arange(embeds.shape[1])[None]
+    source = torch.arange(embeds.shape[1])  # input position of each current token, -1 for a cluster token
     rater_offsets = official_raters(embeds[0], start, end)
-    live, kept_per_stage = end - start, []
+    live, kept_per_stage, kept_sources = end - start, [], []
     for i, layer in enumerate(lm.layers):
         cos, sin = lm.rotary_emb(hidden, position_ids=positions)
         out = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), position_ids=positions)
@@ -126,8 +128,11 @@ def official_sparsevlm(lm, embeds: torch.Tensor, start: int, end: int, budgets, 
             )
             kept = official_keep(relation, budgets[len(kept_per_stage)])
             kept_per_stage.append(kept)
+            kept_sources.append([p for p in source[start + kept].tolist() if p >= 0])
             visual = out[0, start : start + live]
             clusters = official_recycle(relation, kept, visual) if version == "v1.5" else visual[:0]
+            source = torch.cat([source[:start], source[start + kept], torch.full((clusters.shape[0],), -1),
+                                source[start + live :]])
             out = torch.cat([out[0, :start], visual[kept], clusters, out[0, start + live :]])[None]
             positions = (
                 torch.arange(out.shape[1])[None]
@@ -136,7 +141,7 @@ def official_sparsevlm(lm, embeds: torch.Tensor, start: int, end: int, budgets, 
             )
             live = kept.numel() + clusters.shape[0]
         hidden = out
-    return kept_per_stage, lm.norm(hidden)[0, -1]
+    return kept_per_stage, kept_sources, lm.norm(hidden)[0, -1]
 
 
 # ----- (a) the same tensors -------------------------------------------------------------------------------
@@ -239,10 +244,11 @@ def assert_engine_equals_official(model, lm, method, inputs: dict, embeds, start
         record = lm.last_pruning_record
     finally:
         lm.set_pruning_method(None)
-    kept, last_hidden = official_sparsevlm(lm, embeds, start, end, method.stage_budgets, method.version)
+    kept, sources, last_hidden = official_sparsevlm(lm, embeds, start, end, method.stage_budgets, method.version)
     assert [stage.layer for stage in record.stages] == [3, 7, 16]
     for stage, official in zip(record.stages, kept, strict=True):
         assert stage.metadata["kept_by_score"] == [official.tolist()]
+    assert kept_by_score_positions(record) == sources
     torch.testing.assert_close(ours.hidden_states[-1][0, -1], last_hidden, atol=1e-4, rtol=1e-4)
 
 
@@ -270,7 +276,11 @@ def test_former_defaults_are_options_that_change_the_keep_set(llava):
         llava.set_pruning_method(plan_method("sparsevlm", 128, 32, 576, params))
         with torch.no_grad():
             llava(input_ids=ids, pixel_values=pixels)
-        kept[label] = [s.metadata["kept_by_score"] for s in llava.language_model.last_pruning_record.stages]
+        record = llava.language_model.last_pruning_record
+        kept[label] = [s.metadata["kept_by_score"] for s in record.stages]
+        if label in ("no_recycling", "original"):  # no kept token moves: the slot labels are the tokens
+            for stage, positions in zip(record.stages, kept_by_score_positions(record), strict=True):
+                assert set(positions) <= set(stage.kept_index[0].tolist())
     llava.set_pruning_method(None)
     assert kept["no_recycling"][0] == kept["original"][0] == kept["official"][0]  # same first stage
     for label in ("before", "no_recycling", "original"):

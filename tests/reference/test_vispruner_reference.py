@@ -31,7 +31,9 @@ BUDGETS = (192, 128, 64)
 PREFIX, SUFFIX = 6, 12
 
 
-def official_vispruner(cls_attention: torch.Tensor, features: torch.Tensor, budget: int, ratio: float = 0.5) -> set[int]:
+def official_vispruner(
+    cls_attention: torch.Tensor, features: torch.Tensor, budget: int, ratio: float = 0.5
+) -> set[int]:
     """Keep set of one image: ``cls_attention`` ``[N]`` (mean over heads), ``features`` ``[N, C]``."""
     n_important = int(budget * ratio)
     n_diverse = budget - n_important

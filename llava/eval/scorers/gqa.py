@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llava.eval.answer_normalization import normalize_short_answer
-from llava.eval.jsonl_io import exit_code_on_input_error, read_answers, read_json
+from llava.eval.jsonl_io import exit_code_on_input_error, question_id_key, read_answers, read_json
 from llava.eval.results import add_result_json_argument, build_result, write_result
 
 
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--predictions-file", default=None, help="write GQA-format predictions here")
     add_result_json_argument(parser)
     args = parser.parse_args(argv)
-    answers = read_answers(args.result_file)
+    answers = read_answers(args.result_file, unique_by=question_id_key)
     if args.predictions_file:
         Path(args.predictions_file).parent.mkdir(parents=True, exist_ok=True)
         Path(args.predictions_file).write_text(json.dumps(gqa_predictions(answers)), encoding="utf-8")

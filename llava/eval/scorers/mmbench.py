@@ -24,6 +24,11 @@ from llava.eval.results import add_result_json_argument, build_result, write_res
 SUBMISSION_COLUMNS = ("index", "question", *OPTION_COLUMNS, "answer", "category", "l2-category", "split")
 
 
+def option_round_key(answer: dict) -> tuple[str, int]:
+    """The question an MMBench answer answers: its index and circular round."""
+    return str(answer["question_id"]), int(answer.get("round_idx", 0))
+
+
 def round_is_correct(answer: dict, truth: str) -> bool:
     """Whether one round's reply names the letter that shows the correct option text."""
     letters = "".join(answer.get("option_char") or OPTION_COLUMNS[: len(answer["options"])])
@@ -101,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if Path(args.upload_file).suffix not in SUBMISSION_FORMATS:
         parser.error(f"--upload-file {args.upload_file} must end in {' or '.join(SUBMISSION_FORMATS)}")
     rows, _ = read_mmbench_tsv(args.annotation_file)
-    answers = read_answers(args.result_file)
+    answers = read_answers(args.result_file, unique_by=option_round_key)
     write_submission(rows, answers, args.upload_file)
     print(f"wrote {len(rows)} rows to {args.upload_file}")
     if rows and all(not is_blank(row.get("answer")) for row in rows):

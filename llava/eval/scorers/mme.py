@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--result-file", required=True, help="answers JSONL")
     add_result_json_argument(parser)
     args = parser.parse_args(argv)
-    answers = read_answers(args.result_file)
+    answers = read_answers(args.result_file, unique_by=answer_ground_truth_key)
     metrics = score_mme(answers, load_ground_truth(args.gt_dir))
     for subtask, scores in metrics["subtasks"].items():
         print(f"{subtask:<24} " + "  ".join(f"{name} {value:7.2f}" for name, value in scores.items()))

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from llava.eval.jsonl_io import exit_code_on_input_error, read_answers, read_jsonl_strict
+from llava.eval.jsonl_io import exit_code_on_input_error, question_id_key, read_answers, read_jsonl_strict
 from llava.eval.results import add_result_json_argument, build_result, missing_answers, write_result
 
 
@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output-file", required=True, help="grader input JSON to write")
     add_result_json_argument(parser)
     args = parser.parse_args(argv)
-    answers = read_answers(args.result_file)
+    answers = read_answers(args.result_file, unique_by=question_id_key)
     Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
     submission = build_mmvet_submission(answers)
     Path(args.output_file).write_text(json.dumps(submission, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -13,7 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llava.eval.answer_normalization import parse_pope_answer
-from llava.eval.jsonl_io import InputFileError, exit_code_on_input_error, read_answers, read_jsonl_strict
+from llava.eval.jsonl_io import (
+    InputFileError,
+    exit_code_on_input_error,
+    question_id_key,
+    read_answers,
+    read_jsonl_strict,
+)
 from llava.eval.results import add_result_json_argument, build_result, write_result
 
 MISSING = "<missing>"
@@ -45,7 +51,13 @@ def binary_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[st
 
 
 def load_labels(questions: Sequence[dict], annotation_dir: str | Path | None) -> dict[str, tuple[str, str]]:
-    """``question_id -> (split, label)``: annotation folder matched in question order, else ``label``."""
+    """``question_id -> (split, label)``: annotation folder matched in question order, else ``label``; a
+    question id used twice is an ``InputFileError`` (its label would be taken from either)."""
+    seen: set[str] = set()
+    for question in questions:
+        if str(question["question_id"]) in seen:
+            raise InputFileError(f"question_id {question['question_id']!r} appears twice in the question file")
+        seen.add(str(question["question_id"]))
     if annotation_dir is None:
         unlabeled = [str(q["question_id"]) for q in questions if "label" not in q]
         if unlabeled:
@@ -95,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_result_json_argument(parser)
     args = parser.parse_args(argv)
     questions = read_jsonl_strict(args.question_file, required_fields=("question_id", "category"))
-    answers = read_answers(args.result_file)
+    answers = read_answers(args.result_file, unique_by=question_id_key)
     metrics = score_pope(answers, load_labels(questions, args.annotation_dir))
     columns = ("accuracy", "precision", "recall", "f1", "yes_ratio")
     for split, split_metrics in metrics["splits"].items():

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llava.eval.answer_normalization import parse_option_letter
-from llava.eval.jsonl_io import InputFileError, exit_code_on_input_error, read_answers, read_json
+from llava.eval.jsonl_io import InputFileError, exit_code_on_input_error, question_id_key, read_answers, read_json
 from llava.eval.results import add_result_json_argument, build_result, write_result
 
 OPTION_LETTERS = "ABCDEFGHIJ"
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [problem_id for problem_id in splits[args.split] if problem_id not in problems]
     if unknown:
         raise InputFileError(f"problems.json lacks split ids {', '.join(unknown[:5])}")
-    answers = read_answers(args.result_file)
+    answers = read_answers(args.result_file, unique_by=question_id_key)
     metrics = score_scienceqa(problems, splits[args.split], answers)
     print(f"Total: {metrics['num_questions']}, Accuracy: {metrics['accuracy']:.2f}%")
     print(f"IMG Total: {metrics['num_img_questions']}, IMG-Accuracy: {metrics['img_accuracy']:.2f}%")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llava.eval.answer_normalization import normalize_vqa_answer
-from llava.eval.jsonl_io import exit_code_on_input_error, read_answers, read_jsonl_strict
+from llava.eval.jsonl_io import exit_code_on_input_error, question_id_key, read_answers, read_jsonl_strict
 from llava.eval.results import add_result_json_argument, build_result, missing_answers, write_result
 
 SUBMISSION_ID_FIELD = {"vqav2": "question_id", "vizwiz": "image"}
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     id_field = SUBMISSION_ID_FIELD[args.benchmark]
     questions = read_jsonl_strict(args.question_file, required_fields=sorted({"question_id", id_field}))
-    answers = read_answers(args.result_file)
+    answers = read_answers(args.result_file, unique_by=question_id_key)
     submission = build_submission(args.benchmark, questions, answers)
     Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output_file).write_text(json.dumps(submission), encoding="utf-8")

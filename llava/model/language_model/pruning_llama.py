@@ -342,7 +342,8 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
         if replay is None:
             metadata = dict(selection.metadata)
             if selection.replacement is not None:
-                merged = previous.span_index.gather(1, selection.indices.to(previous.span_index.device))
+                slots = selection.indices if selection.sources is None else selection.sources
+                merged = previous.span_index.gather(1, slots.to(previous.span_index.device))
                 merged = merged.gather(1, selection.replacement[0].to(merged.device))
                 metadata["merged_positions"] = previous.original_index.gather(1, merged).tolist()
             state.record.stages.append(

@@ -2,8 +2,8 @@
 
 * ``compact`` (hard, inference): keep ``prefix + kept span tokens (original order) + suffix``; hidden
   states and RoPE tables are gathered, so kept tokens keep their original positions; merged tokens
-  (``TokenSelection.replacement``) take their slots; padded keep slots (``TokenSelection.valid``) become
-  invisible padding. With ``renumber=True`` every token's position drops by the number of tokens removed
+  (``TokenSelection.replacement``) take their slots, labelled with ``TokenSelection.sources`` where given;
+  padded keep slots (``TokenSelection.valid``) become invisible padding. With ``renumber=True`` every token's position drops by the number of tokens removed
   before it (official PDrop / SparseVLM v1.5: the shorter prompt is numbered contiguously); the caller
   rebuilds the RoPE tables from ``positions``.
 * ``soft_keep`` (soft, training): nothing is removed; the span keys' weights ``P`` (product of the
@@ -77,6 +77,10 @@ def compact(seq: DecoderSequence, selection: TokenSelection, renumber: bool = Fa
     if selection.valid is not None:
         span_valid = span_valid & selection.valid.to(span_valid.device)
     valid = seq.valid.gather(1, index).scatter(1, span_index, span_valid)
+    original_index = seq.original_index.gather(1, index)
+    if selection.sources is not None:
+        source_tokens = seq.span_index.gather(1, selection.sources.to(seq.span_index.device))
+        original_index = original_index.scatter(1, span_index, seq.original_index.gather(1, source_tokens))
     positions = seq.positions.gather(1, index)
     position_shift = seq.position_shift
     if renumber:
@@ -91,7 +95,7 @@ def compact(seq: DecoderSequence, selection: TokenSelection, renumber: bool = Fa
         cos=gather_rows(seq.cos, index),
         sin=gather_rows(seq.sin, index),
         valid=valid,
-        original_index=seq.original_index.gather(1, index),
+        original_index=original_index,
         positions=positions,
         position_shift=position_shift,
         span_index=span_index,

@@ -20,6 +20,7 @@ that means it), ``params_for_model`` (parameters it takes from the model folder 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import torch
 
 from llava.pruning.budget import flops_matched_keep
 from llava.pruning.selection import SoftSelection, TokenSelection
+from toolkit_common.typed_values import typed_field_value
 
 AttentionFn = Callable[[int, torch.Tensor], torch.Tensor]
 MethodT = TypeVar("MethodT", bound="PruningMethod")
@@ -135,7 +137,8 @@ class PruningMethod(ABC):
         if unknown:
             valid = ", ".join(cls.parameter_names()) or "none"
             raise ValueError(f"{cls.name}: unknown parameters {unknown}; valid parameters: {valid}")
-        return cls(**params)
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: typed_param(cls.name, name, value, hints[name]) for name, value in params.items()})
 
     def params(self) -> dict[str, Any]:
         """The parameters as JSON-friendly values (tuples as lists), for configs and result records."""
@@ -232,6 +235,13 @@ def validate_stages(method: str, layers: tuple[int, ...], amounts: tuple[float, 
         raise ValueError(f"{method}: {layers_name} must be strictly increasing, got {list(layers)}")
     if any(b > a for a, b in zip(amounts, amounts[1:], strict=False)):
         raise ValueError(f"{method}: {amounts_name} must be non-increasing, got {list(amounts)}")
+
+
+def typed_param(method: str, name: str, value: Any, annotation: Any) -> Any:
+    """``value`` checked against the parameter's type ``annotation`` (``toolkit_common.typed_values``: int, float,
+    bool, str, tuples of them, ``X | None``; a whole float given for an int read as that int); a ``ValueError``
+    naming the method, the parameter, the value and the expected type otherwise (``keep=10.5``, ``seed='abc'``)."""
+    return typed_field_value(f"{method}: parameter {name}", value, annotation)
 
 
 def _plain(value: Any) -> Any:

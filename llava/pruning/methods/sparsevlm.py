@@ -8,7 +8,7 @@ every layer runs ``LlamaDynamicvitFlashAttention2``, installed by ``llava/model/
 1. raters (MSL l.199-204): text tokens after the span chosen once from the layer-0 embeddings
    (``llava.pruning.text_guided.text_raters``);
 2. each layer ``l`` of ``prune_layers`` (MSL l.69: 2, 6, 15) runs on the whole current sequence and returns
-   its attention probabilities (MSL l.251-265; ``softmax(q k^T / sqrt(d) + causal)`` of layer ``l``'s q/k,
+   its attention probabilities (MSL l.223-267; ``softmax(q k^T / sqrt(d) + causal)`` of layer ``l``'s q/k,
    l.564-578); in the engine that is the boundary ``l + 1`` scored with ``step.attention(l)``;
 3. scores (``score.py`` l.21-26): mean over heads, rater rows, span columns, mean over raters; the
    ``min(budget, live - 1)`` best are kept (``score.py`` l.35, so a stage always prunes at least one token);
@@ -33,11 +33,17 @@ most corrected rater attention (MSL l.256-257, ``score.py`` l.48-55), no recycli
 positions (MSL l.311-312, l.653-659), its own presets (``score.py`` l.11-14). On a model with fewer than 14
 heads every head is used (the official ``topk(14)`` would fail).
 
-Official choices that are options here (off by default): ``score_before_layer=True`` prunes *before* each
-layer of ``prune_layers``, scored with the layer before it (our former default); ``recycling=False``;
+Our choices, options here (off by default): ``score_before_layer=True`` prunes *before* each layer of
+``prune_layers``, scored with the layer before it (our former default); ``recycling=False``;
 ``positions="original"`` (kept tokens keep their RoPE positions; a cluster token then takes the slot and
 position of its centre token). Where the official code assumes batch size 1 (MSL l.311, ``score.py``
 l.36), every sample here gets its own raters, scores, clusters; spans of equal length give equal counts.
+Not reproduced (see ``llava.pruning.recycling`` / ``text_guided``): the random density noise, float16
+arithmetic, the empty rater set; GQA keys are repeated as the attention does (the official logits path
+has no repeat). Record: in the official layout a kept token may move to an earlier slot to make room for
+the cluster tokens; the selection's ``sources`` label every slot with its token (a cluster with its centre),
+so ``kept_index`` names tokens; ``kept_by_score_positions`` leaves the cluster tokens out.
+Pinned by ``tests/reference/test_sparsevlm_reference.py``.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from llava.pruning.methods.base import (
     validate_stages,
     without_budget_fields,
 )
+from llava.pruning.record import PruningRecord
 from llava.pruning.recycling import RECYCLE_RATIO, recycle_pruned_tokens, recycled_and_cluster_counts
 from llava.pruning.scoring import gather_rows
 from llava.pruning.selection import TokenSelection, top_r_sorted
@@ -102,25 +109,28 @@ def rater_rows(step: PruneStep) -> tuple[torch.Tensor, torch.Tensor]:
 
 def cluster_layout(
     kept: torch.Tensor, centres: torch.Tensor, merged: torch.Tensor, hidden: torch.Tensor, at_centres: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Where one sample's kept and cluster tokens go: ``(slots, labels, content)``, each of length ``R + C``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where one sample's kept and cluster tokens go: ``(slots, labels, sources, content)``, each of length
+    ``R + C``.
 
     ``slots``: the span columns that stay, ascending; ``labels``: the span column whose token each slot
-    holds (-1: a cluster token); ``content``: each slot's hidden state. Official (``at_centres=False``, MSL
-    l.298-305): the kept tokens in order, then the clusters in the official order; the slots are the kept
-    columns and the last ``C`` pruned ones, so a kept token moves only when fewer than ``C`` pruned tokens
-    follow the last kept one (with renumbered positions a slot is only a place in the order).
+    holds (-1: a cluster token); ``sources``: the same with each cluster labelled by its centre (what the
+    record shows); ``content``: each slot's hidden state. Official (``at_centres=False``, MSL l.298-305): the
+    kept tokens in order, then the clusters in the official order; the slots are the kept columns and the
+    last ``C`` pruned ones, so a kept token moves only when fewer than ``C`` pruned tokens follow the last
+    kept one (with renumbered positions a slot is only a place in the order).
     ``at_centres=True`` (for original positions): each cluster token takes its centre's slot.
     """
     labels = torch.cat([kept, kept.new_full((centres.numel(),), -1)])
+    sources = torch.cat([kept, centres.to(kept.device)])
     content = torch.cat([hidden[kept], merged.to(hidden.dtype)])
     if at_centres:
-        slots, order = torch.cat([kept, centres]).sort()
-        return slots, labels[order], content[order]
+        slots, order = sources.sort()
+        return slots, labels[order], slots, content[order]
     pruned = torch.ones(hidden.shape[0], dtype=torch.bool, device=kept.device)
     pruned[kept] = False
     tail = pruned.nonzero()[:, 0][hidden.shape[0] - kept.numel() - centres.numel() :]
-    return torch.cat([kept, tail]).sort().values, labels, content
+    return torch.cat([kept, tail]).sort().values, labels, sources, content
 
 
 def replacement_columns(slots: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -188,14 +198,16 @@ class SparseVLM(PruningMethod):
 
     def validate(self, num_layers: int, span: int | None, num_heads: int | None = None) -> None:
         """The common checks, and that every stage keeps at least one token by score."""
-        super().validate(num_layers, span, num_heads)
         if span is not None and any(kept < 1 for kept, _ in self.stage_counts(span)):
             raise ValueError(
                 f"sparsevlm: a span of {span} tokens is too short for {len(self.stage_budgets)} stages: every "
                 "stage keeps min(budget, live - 1) tokens by score, and one would keep none"
             )
+        super().validate(num_layers, span, num_heads)
 
     def select(self, step: PruneStep, keep: int) -> TokenSelection:
+        """The stage's ``min(budget, live - 1)`` best tokens by rater attention, plus the cluster tokens with
+        recycling: ``keep`` tokens in all, as ``schedule`` planned them."""
         rows, weights = rater_rows(step)
         probs = step.attention(step.layer - 1, rows)  # [B, H, Q, N]
         index = step.span_index[:, None, None, :].expand(-1, probs.shape[1], probs.shape[2], -1)
@@ -239,11 +251,13 @@ class SparseVLM(PruningMethod):
             sample_centres, merged = recycle_pruned_tokens(scores[b], span_hidden[b], kept[b], self.recycle_ratio)
             per_sample.append(cluster_layout(kept[b], sample_centres, merged, span_hidden[b], at_centres))
             centres.append(sample_centres.tolist())
-        slots, labels, content = (torch.stack(parts) for parts in zip(*per_sample, strict=True))
+        slots, labels, sources, content = (torch.stack(parts) for parts in zip(*per_sample, strict=True))
         columns = replacement_columns(slots, labels)
         metadata["cluster_tokens"] = len(centres[0])
         metadata["cluster_centres"] = centres
-        return TokenSelection(slots, scores, metadata, replacement=(columns, gather_rows(content, columns)))
+        metadata["cluster_layout"] = "centres" if at_centres else "after_kept"
+        replacement = (columns, gather_rows(content, columns))
+        return TokenSelection(slots, scores, metadata, replacement=replacement, sources=sources)
 
     @classmethod
     def for_budget(
@@ -257,6 +271,27 @@ class SparseVLM(PruningMethod):
             return dataclasses.replace(method, stage_budgets=presets[target_tokens])
         nearest = presets[min(presets, key=lambda budget: abs(budget - target_tokens))]
         return dataclasses.replace(method, stage_budgets=scaled_stage_budgets(method, target_tokens, num_layers, span, nearest))
+
+
+def kept_by_score_positions(record: PruningRecord, sample: int = 0) -> list[list[int]]:
+    """Per stage, the positions in the unpruned input of the span tokens ``sample`` kept by score (a cluster
+    token that a later stage keeps is left out), from the stages' ``kept_by_score`` and cluster metadata.
+
+    The record's ``kept_index`` labels a cluster token with its centre; this leaves cluster tokens out.
+    """
+    start, end = (int(x) for x in record.span[sample])
+    labels, per_stage = list(range(start, end)), []
+    for stage in record.stages:
+        kept = stage.metadata["kept_by_score"][sample]
+        kept_labels = [labels[column] for column in kept]
+        per_stage.append([label for label in kept_labels if label >= 0])
+        centres = stage.metadata.get("cluster_centres", [[]] * (sample + 1))[sample]
+        if stage.metadata.get("cluster_layout") == "centres":
+            kept_set = set(kept)
+            labels = [labels[column] if column in kept_set else -1 for column in sorted(kept + centres)]
+        else:
+            labels = kept_labels + [-1] * len(centres)
+    return per_stage
 
 
 def scaled_stage_budgets(
