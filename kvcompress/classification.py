@@ -100,4 +100,8 @@ class HeadClassification:
 
     @classmethod
     def load(cls, path: str | Path) -> HeadClassification:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """The classification saved at ``path``; a one-line ``ValueError`` naming the file when it is not one."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{path}: not a head classification ({type(error).__name__}: {error}); {CLASSIFICATION_HINT}") from None

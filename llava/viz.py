@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from toolkit_common.cli import setting_error
+
 GRID_SIDE = 24  # 336 px / patch 14
 
 
@@ -91,6 +93,43 @@ def draw_overlay(record: dict, output: Path, image_root: Path | None = None) -> 
         kept_overlay(image, kept_at_stage(record), record["cells"]).save(output)
 
 
+RECORD_FIELDS = {"overlay": ("image", "cells", "stages", "span"), "layers": ("method", "num_layers", "span_per_layer")}
+"""The fields of a saved record each picture reads."""
+
+
+def load_record(path: Path, picture: str) -> dict:
+    """A saved record with the fields ``picture`` reads; a one-line ``ValueError`` naming what is wrong."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"--record {path}: not a JSON record ({str(error).splitlines()[0]})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"--record {path}: expected a JSON object (save_kept_record), got {type(record).__name__}")
+    missing = [name for name in RECORD_FIELDS[picture] if name not in record]
+    if missing:
+        raise ValueError(f"--record {path}: missing field(s) {', '.join(missing)} (a {picture} needs "
+                         f"{', '.join(RECORD_FIELDS[picture])}; records come from save_kept_record)")
+    if picture == "overlay":
+        kept = list(kept_at_stage(record))
+        if not all(isinstance(k, int) and 0 <= k < GRID_SIDE * GRID_SIDE for k in kept):
+            raise ValueError(f"--record {path}: kept patches must be indices in [0, {GRID_SIDE * GRID_SIDE - 1}]")
+    return record
+
+
+def draw(picture: str, records: list[dict], output: Path) -> None:
+    """Draw ``picture`` of ``records`` to ``output``; a one-line ``ValueError`` for an image that cannot be
+    read or an output that cannot be written."""
+    if not output.parent.is_dir():
+        raise ValueError(f"--output {output}: no folder {output.parent}")
+    try:
+        if picture == "overlay":
+            draw_overlay(records[0], output)
+        else:
+            plot_tokens_per_layer(records, output)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"cannot draw the {picture}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("picture", choices=("overlay", "layers"))
@@ -99,14 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     missing = [str(path) for path in args.record if not path.is_file()]
     if missing:
-        parser.error(f"record file(s) not found: {', '.join(missing)}")
-    records = [json.loads(path.read_text(encoding="utf-8")) for path in args.record]
-    if args.picture == "overlay":
-        if len(records) != 1:
-            parser.error("overlay draws one record: pass a single --record")
-        draw_overlay(records[0], args.output)
-    else:
-        plot_tokens_per_layer(records, args.output)
+        setting_error(parser, f"record file(s) not found: {', '.join(missing)}")
+    if args.picture == "overlay" and len(args.record) != 1:
+        setting_error(parser, "overlay draws one record: pass a single --record")
+    try:
+        draw(args.picture, [load_record(path, args.picture) for path in args.record], args.output)
+    except ValueError as error:
+        setting_error(parser, str(error))
     print(f"wrote {args.output}")
     return 0
 

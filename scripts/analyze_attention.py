@@ -38,10 +38,43 @@ from kvcompress.analysis.statistics import StatisticsConfig
 from kvcompress.evaluation.passkey import make_passkey_prompts
 from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream, split_windows
 from kvcompress.models.loading import load_model_and_tokenizer, model_problem, model_slug
-from toolkit_common.cli import setting_error
+from toolkit_common.cli import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    FRACTION,
+    POSITIVE,
+    SHARE,
+    Range,
+    check_ranges,
+    missing_file_problem,
+    setting_error,
+)
+
+NUMERIC_FLAGS: dict[str, Range] = {
+    **dict.fromkeys(("seq_len", "samples", "lengths", "chunk_rows", "local_window", "calibration_text_len",
+                     "calibration_prompt_len", "calibration_window", "gate_text_len", "gate_prompt_len", "threads"),
+                    AT_LEAST_1),
+    **dict.fromkeys(("sinks", "calibration_texts", "calibration_prompts", "window_candidates", "removal_candidates",
+                     "gate_texts", "gate_prompts", "gate_steps", "dead_max_output_ratio", "max_cost", "max_joint_cost",
+                     "max_dead_joint_cost", "gate_window_penalty", "gate_head_penalty"), AT_LEAST_0),
+    **dict.fromkeys(("positional_min_window_mass", "positional_max_entropy", "dead_min_entropy", "window_budget",
+                     "dead_budget"), SHARE),
+    "gate_lr": POSITIVE,
+    "gate_threshold": FRACTION,
+}
+"""The valid range of every numeric flag (checked before any model loads)."""
 
 
-def parse_args() -> argparse.Namespace:
+def text_problems(args: argparse.Namespace) -> list[str]:
+    """Text files the run reads that are missing: ``--text`` always, ``--calibration-text`` for the
+    calibration or the gates when they read text windows."""
+    needed = [("--text", args.text)]
+    if (args.calibrate and args.calibration_texts) or (args.optimize_gates and args.gate_texts):
+        needed.append(("--calibration-text", args.calibration_text))
+    return [problem for flag, path in needed if (problem := missing_file_problem(flag, path))]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2", help="smollm2 (offline GGUF) or a hub id / folder")
     parser.add_argument("--text", default=str(DEFAULT_TEXT), help="text file for the statistics")
@@ -88,14 +121,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reuse", action="store_true", help="reuse statistics JSON files already in --out")
     parser.add_argument("--out", default=None, help="output folder (default results/attention_analysis_<model>)")
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_ranges(parser, args, NUMERIC_FLAGS)
+    if problems := text_problems(args):
+        setting_error(parser, "; ".join(problems))
     if problem := model_problem(args.model):
         setting_error(parser, problem)
     return args
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out or f"results/attention_analysis_{model_slug(args.model)}")

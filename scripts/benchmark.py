@@ -39,15 +39,32 @@ from tqdm.auto import tqdm
 from kvcompress.classification import CLASSIFICATION_HINT, HeadClassification
 from kvcompress.evaluation.benchmark import BenchmarkSettings, measure_quality, measure_speed
 from kvcompress.evaluation.passkey import make_passkey_prompts
+from kvcompress.evaluation.perplexity import stride_problem
 from kvcompress.evaluation.speed_table import report, save_report
 from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream
 from kvcompress.methods.registry import BASELINES, METHODS, MethodSettings, build_method, kv_fraction
 from kvcompress.models.loading import load_model_and_tokenizer, model_problem, model_slug
-from toolkit_common.cli import missing_file_problem, setting_error
+from toolkit_common.cli import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    FRACTION,
+    Range,
+    check_ranges,
+    missing_file_problem,
+    setting_error,
+)
 from toolkit_common.jsonl import JsonlAppender, read_jsonl
 
+NUMERIC_FLAGS: dict[str, Range] = {
+    "kv_fraction": FRACTION, "sinks": AT_LEAST_0, "window": AT_LEAST_1, "ppl_max_length": Range(2),
+    "ppl_stride": AT_LEAST_1, "ppl_windows": AT_LEAST_0, "passkey_len": AT_LEAST_1, "passkey_prompts": AT_LEAST_0,
+    "prompt_lens": AT_LEAST_1, "new_tokens": AT_LEAST_1, "warmup": AT_LEAST_0, "repeats": AT_LEAST_1,
+    "threads": AT_LEAST_1,
+}
+"""The valid range of every numeric flag (checked before any model loads)."""
 
-def parse_args() -> argparse.Namespace:
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--methods", nargs="+", default=["full"], help=f"from {sorted(METHODS)}, optionally @name")
@@ -72,7 +89,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_ranges(parser, args, NUMERIC_FLAGS)
+    if problem := stride_problem(args.ppl_stride, args.ppl_max_length):
+        setting_error(parser, problem)
     if problem := model_problem(args.model):
         setting_error(parser, problem)
     for item in args.classification:
@@ -81,7 +101,21 @@ def parse_args() -> argparse.Namespace:
             setting_error(parser, f"--classification {item!r}: expected NAME=PATH")
         if problem := missing_file_problem("--classification", path, CLASSIFICATION_HINT):
             setting_error(parser, problem)
+    given = {item.partition("=")[0] for item in args.classification}
+    if problems := [problem for spec in [*args.methods, *filter(None, [args.budget_from])]
+                    if (problem := method_spec_problem(spec, given))]:
+        setting_error(parser, "; ".join(problems))
     return args
+
+
+def method_spec_problem(spec: str, classification_names: set[str]) -> str | None:
+    """Why ``NAME[@CLASSIFICATION]`` names no method or no given classification, or None."""
+    name, _, source = spec.partition("@")
+    if name not in METHODS:
+        return f"unknown method {name!r} in {spec!r}; valid methods: {', '.join(sorted(METHODS))}"
+    if source and source not in classification_names:
+        return f"{spec!r}: no --classification named {source!r}; given: {', '.join(sorted(classification_names)) or 'none'}"
+    return None
 
 
 def parse_method(spec: str, classifications: dict[str, HeadClassification]) -> tuple[str, HeadClassification | None]:
@@ -94,14 +128,17 @@ def parse_method(spec: str, classifications: dict[str, HeadClassification]) -> t
     return name, classifications[source] if source else default
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     classifications = {}
     for item in args.classification:
         name, _, path = item.partition("=")
-        classifications[name] = HeadClassification.load(path)
+        try:
+            classifications[name] = HeadClassification.load(path)
+        except ValueError as error:
+            raise SystemExit(f"benchmark.py: error: --classification {error}") from None
     specs = [(spec, *parse_method(spec, classifications)) for spec in args.methods]
     out = Path(args.out or f"results/benchmark_{model_slug(args.model)}")
     model, tokenizer = load_model_and_tokenizer(args.model)

@@ -30,10 +30,18 @@ from kvcompress.analysis.calibration import with_cheapest_windows  # noqa: E402
 from kvcompress.classification import CLASSIFICATION_HINT, HeadClassification  # noqa: E402
 from kvcompress.evaluation.benchmark import BenchmarkSettings, measure_quality  # noqa: E402
 from kvcompress.evaluation.passkey import make_passkey_prompts  # noqa: E402
+from kvcompress.evaluation.perplexity import stride_problem  # noqa: E402
 from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream  # noqa: E402
 from kvcompress.methods.registry import BASELINES, MethodSettings, build_method, kv_fraction  # noqa: E402
 from kvcompress.models.loading import load_model_and_tokenizer, model_problem, model_slug  # noqa: E402
-from toolkit_common.cli import missing_file_problem, setting_error  # noqa: E402
+from toolkit_common.cli import (  # noqa: E402
+    AT_LEAST_0,
+    AT_LEAST_1,
+    Range,
+    check_ranges,
+    missing_file_problem,
+    setting_error,
+)
 from toolkit_common.jsonl import JsonlAppender, read_jsonl  # noqa: E402
 
 
@@ -60,7 +68,15 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def main() -> None:
+NUMERIC_FLAGS: dict[str, Range] = {
+    "groups": AT_LEAST_0, "sinks": AT_LEAST_0, "window": AT_LEAST_1, "ppl_windows": AT_LEAST_1,
+    "ppl_max_length": Range(2), "ppl_stride": AT_LEAST_1, "passkey_len": AT_LEAST_1, "passkey_prompts": AT_LEAST_0,
+    "threads": AT_LEAST_1,
+}
+"""The valid range of every numeric flag (checked before any model loads)."""
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("classification", type=Path)
     parser.add_argument("--model", default="smollm2")
@@ -78,21 +94,27 @@ def main() -> None:
                         help="methods measured at each count (the baselines do not depend on the classification)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_ranges(parser, args, NUMERIC_FLAGS)
+    if problem := stride_problem(args.ppl_stride, args.ppl_max_length):
+        setting_error(parser, problem)
     if problem := missing_file_problem("classification", args.classification, CLASSIFICATION_HINT):
         setting_error(parser, problem)
     if problem := model_problem(args.model):
         setting_error(parser, problem)
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = HeadClassification.load(args.classification)
+    try:
+        base = HeadClassification.load(args.classification)
+    except ValueError as error:
+        setting_error(parser, f"classification {error}")
     try:
         for k in args.groups:
             with_cheapest_windows(base, k)
     except ValueError as error:
-        parser.error(str(error))
+        setting_error(parser, str(error))
     if not Path(args.text).is_file():
-        parser.error(f"--text {args.text} is absent: the perplexity of every point needs it")
+        setting_error(parser, f"--text {args.text} is absent: the perplexity of every point needs it")
     out = args.out or Path(f"results/kv_tradeoff_{model_slug(args.model)}_w{args.window}")
     model, tokenizer = load_model_and_tokenizer(args.model)
     base.check_model(model)

@@ -106,12 +106,13 @@ def drop_incomplete_tail(path: str | Path) -> int:
 
 
 def drop_records_from_step(path: str | Path, step: int) -> None:
-    """Keep only the records of a step log with ``"step" < step`` (a resumed run writes the others again)."""
+    """Keep only the records of a step log with ``"step" < step`` (a resumed run writes the others again); an
+    ``InputFileError`` naming the lines that are no step record (cut a torn last line first: ``drop_incomplete_tail``)."""
     path = Path(path)
     if not path.exists():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] < step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    records = read_jsonl_strict(path, required_fields=("step",))
+    write_jsonl(path, [record for record in records if record["step"] < step])
 
 
 class JsonlAppender:

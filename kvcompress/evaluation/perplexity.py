@@ -24,6 +24,14 @@ from transformers.cache_utils import Cache
 from toolkit_common.transformers_compat import cache_kwargs
 
 
+def stride_problem(stride: int, max_length: int) -> str | None:
+    """Why strided windows of ``max_length`` tokens every ``stride`` tokens cannot work (each window needs a
+    context of ``max_length - stride`` > 0 tokens and ``stride`` > 0 scored ones), or None."""
+    if not 0 < stride < max_length:
+        return f"--ppl-stride {stride} must lie in [1, --ppl-max-length - 1] = [1, {max_length - 1}]"
+    return None
+
+
 def strided_perplexity(
     model: nn.Module,
     tokens: torch.Tensor,

@@ -28,6 +28,7 @@ from llava.eval.jsonl_io import (
     write_jsonl_atomic,
 )
 from llava.eval.run_record import merged_run_record, write_run_record
+from toolkit_common.cli import setting_error
 
 Item = TypeVar("Item")
 
@@ -50,7 +51,8 @@ def chunk_answers_path(answers_dir: str | Path, num_chunks: int, chunk_idx: int)
 
 
 def merge_answer_files(chunk_paths: Sequence[str | Path], output_path: str | Path) -> int:
-    """Concatenate chunk answer files in order, keeping the first answer per key; returns the count.
+    """Concatenate chunk answer files in order, keeping the first answer per key; returns the count. Two
+    different answers to one question in a chunk (runs mixed in one file) are an error.
 
     A missing chunk file is an error (a chunk that crashed must not go unnoticed), and so are chunks that
     ran different settings (their run records); the output gets the shared run record. Error logs of the
@@ -60,7 +62,7 @@ def merge_answer_files(chunk_paths: Sequence[str | Path], output_path: str | Pat
     merged: dict[AnswerKey, dict] = {}
     error_records: list[dict] = []
     for chunk_path in chunk_paths:
-        for record in read_answers(chunk_path):
+        for record in read_answers(chunk_path, allow_repeats=True):
             merged.setdefault(answer_key(record), record)
         chunk_errors_path = errors_path_for(chunk_path)
         if chunk_errors_path.is_file():
@@ -104,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-chunks", type=int, required=True)
     parser.add_argument("--output", required=True, help="merged answers file")
     args = parser.parse_args(argv)
+    if args.num_chunks < 1:
+        setting_error(parser, f"--num-chunks must be >= 1, got {args.num_chunks}")
     chunk_paths = [chunk_answers_path(args.answers_dir, args.num_chunks, i) for i in range(args.num_chunks)]
     count = merge_answer_files(chunk_paths, args.output)
     print(f"merged {count} answers from {args.num_chunks} chunk(s) into {args.output}")

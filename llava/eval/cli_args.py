@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from llava.conversation import conv_templates
 from llava.eval.run_record import file_digest, model_fingerprint
@@ -81,9 +81,16 @@ def parse_method_param(text: str) -> tuple[str, Any]:
         return key, raw_value
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``prog: error: ...``), without the long usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        setting_error(self, f"{message} (see --help)")
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
     """Parser with model, data, generation and pruning flags; both ``-`` and ``_`` spellings work."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         description=description, epilog=methods_help(), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     model = parser.add_argument_group("model")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ from llava.model.vision import image_features_per_image
 from llava.pruning.budget import prefill_flops
 
 RECORD_FIELDS = ("method", "kept_per_layer", "equivalent_tokens", "flops", "prefill_ms")
-logger = logging.getLogger(__name__)
 
 
 class PromptTooLongError(ValueError):
@@ -226,7 +224,6 @@ def fitted_prompt_tokens(
         shorter = bundle.tokenizer.decode(question_ids[: len(question_ids) - cut], skip_special_tokens=True)
         tokens = prompt_tokens(bundle, settings, shorter, with_image)
         if len(tokens) + settings.max_new_tokens <= limit:
-            logger.warning("question cut by %d of %d tokens to fit the model's context of %d", cut, len(question_ids), limit)
             return tokens, cut
         cut += len(tokens) + settings.max_new_tokens - limit
     raise PromptTooLongError(

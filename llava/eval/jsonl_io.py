@@ -44,10 +44,13 @@ def question_id_key(record: dict) -> str:
     return str(record["question_id"])
 
 
-def read_answers(path: str | Path, unique_by: Callable[[dict], Hashable] | None = None) -> list[dict]:
+def read_answers(
+    path: str | Path, unique_by: Callable[[dict], Hashable] | None = None, allow_repeats: bool = False
+) -> list[dict]:
     """Load an answers file for scoring, unchanged on disk: every line needs ``question_id`` and a text
     ``text``, and no two answers may share a key (``unique_by``, default ``answer_key``: a scorer that
     matches by id alone passes ``question_id_key``), else ``InputFileError`` (never "the last one wins").
+    ``allow_repeats``: an answer repeated with the same text is no conflict (the merge drops it).
     A last line without its newline counts when it is a whole record; a torn one is an error."""
     records, errors = read_jsonl(path, required_fields=("question_id", "text"))
     if errors:
@@ -58,7 +61,7 @@ def read_answers(path: str | Path, unique_by: Callable[[dict], Hashable] | None 
         if not isinstance(record["text"], str):
             raise InputFileError(f"{path}: answer {number} has a non-text 'text' ({type(record['text']).__name__})")
         key = key_of(record)
-        if key in first_line:
+        if key in first_line and not (allow_repeats and records[first_line[key] - 1]["text"] == record["text"]):
             raise InputFileError(
                 f"{path}: answers {first_line[key]} and {number} answer the same question (question_id "
                 f"{record['question_id']!r}): the file mixes runs; answer again into a new file"
@@ -85,7 +88,7 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> None:
     kill leaves the old file (or none), never part of the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.tmp")  # one name: a killed write's leftover is reused, not piled up
     try:
         with temporary.open("w", encoding="utf-8") as handle:
             for record in records:

@@ -202,6 +202,9 @@ def run_samples(
                     ready, images = _load_images(batch, errors)
                 answered = _answer_or_split(bundle, settings, ready, images, errors) if ready else []
                 for sample, text, cost in answered:
+                    if cost.get("truncated_question_tokens"):
+                        tqdm.write(f"warning: question_id {sample.question_id!r}: question cut by "
+                                   f"{cost['truncated_question_tokens']} tokens to fit the model's context", file=sys.stderr)
                     writer.write(answer_record(sample, text, model_id, {**config_metadata, **cost}))
                     summary.answered += 1
                 bar.update(len(batch))

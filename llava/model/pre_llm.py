@@ -73,7 +73,9 @@ def choose_prompt_tokens(
     positions = torch.arange(seq_len, device=input_ids.device)
     keep = ~((positions >= span[:, :1]) & (positions < span[:, 1:]))
     keep = keep.scatter(1, kept, True)
-    record = PruningRecord(method.name, span.cpu(), llava.config.text_config.num_hidden_layers)
+    record = PruningRecord(
+        method.name, span.cpu(), llava.config.text_config.num_hidden_layers, params=method.params()
+    )
     record.stages.append(StageRecord(0, kept.cpu(), selection.scores.detach().cpu(), selection.metadata, selection_ms))
     state = PruningState(record=record, prompt_ids=input_ids.clone(), prompt_mask=attention_mask.bool().clone())
     state.pre_llm_keep, state.pre_llm_features = keep, features

@@ -33,6 +33,15 @@ class StageRecord:
             return [self.kept_index.shape[1]] * self.kept_index.shape[0]
         return self.kept_valid.sum(dim=1).tolist()
 
+    def summary(self) -> dict:
+        """The boundary's layer, span tokens kept from it on and, for merging methods, how many of them are
+        merged tokens (SparseVLM's cluster tokens)."""
+        kept = self.kept_counts
+        summary = {"layer": self.layer, "kept": kept[0] if len(set(kept)) == 1 else kept}
+        if "cluster_tokens" in self.metadata:
+            summary["merged"] = self.metadata["cluster_tokens"]
+        return summary
+
     def kept_positions(self, sample: int) -> torch.Tensor:
         """``[R_b]`` positions in the unpruned input of the span tokens sample ``sample`` kept."""
         row = self.kept_index[sample]
@@ -45,6 +54,7 @@ class PruningRecord:
     span: torch.Tensor  # [B, 2] (start, end) in the unpruned input
     num_layers: int
     stages: list[StageRecord] = field(default_factory=list)
+    params: dict = field(default_factory=dict)  # the method's parameters (the authors' setting, e.g. presets)
 
     @property
     def span_length(self) -> int:
@@ -102,4 +112,6 @@ class PruningRecord:
             "kept_per_layer": per_layer,
             "equivalent_tokens": round(equivalent_tokens(per_layer), 2),
             "selection_ms": round(self.selection_ms, 3),
+            "params": self.params,
+            "stages": [stage.summary() for stage in self.stages],
         }

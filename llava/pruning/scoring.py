@@ -44,6 +44,7 @@ def decoder_attention_rows(
     query_index: torch.Tensor,
     key_weights: torch.Tensor | None = None,
     full_matrix: bool = False,
+    cached_keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[B, H, Q, N]`` attention probabilities of rows ``query_index`` ``[B, Q]`` at ``decoder_layer``.
 
@@ -55,21 +56,26 @@ def decoder_attention_rows(
         query_index: ``[B, Q]`` rows to compute (causal: row ``i`` sees keys ``<= i``).
         key_weights: optional ``[B, N]`` soft keep weights of the keys.
         full_matrix: compute the whole ``N x N`` map (reference path).
+        cached_keys: optional ``[B, H_kv, N, head_dim]`` keys after RoPE that the layer itself cached for
+            ``layer_input`` (the same values, not computed again); unused on the reference path.
     """
     attn = decoder_layer.self_attn
     cos, sin = rope
     normed = decoder_layer.input_layernorm(layer_input)
-    keys = attn.k_proj(normed).view(*normed.shape[:2], -1, attn.head_dim).transpose(1, 2)
     if full_matrix:
+        keys = attn.k_proj(normed).view(*normed.shape[:2], -1, attn.head_dim).transpose(1, 2)
         queries = attn.q_proj(normed).view(*normed.shape[:2], -1, attn.head_dim).transpose(1, 2)
         queries, keys = apply_rotary_pos_emb(queries, keys, cos, sin)
         probs = full_attention_probs(queries, keys, key_valid, attn.scaling)
         index = query_index[:, None, :, None].expand(-1, probs.shape[1], -1, probs.shape[-1])
         probs = probs.gather(2, index)
     else:
+        keys = cached_keys
+        if keys is None:
+            keys = attn.k_proj(normed).view(*normed.shape[:2], -1, attn.head_dim).transpose(1, 2)
+            _, keys = apply_rotary_pos_emb(keys, keys, cos, sin)
         rows = gather_rows(normed, query_index)
         queries = attn.q_proj(rows).view(*rows.shape[:2], -1, attn.head_dim).transpose(1, 2)
         queries, _ = apply_rotary_pos_emb(queries, queries, gather_rows(cos, query_index), gather_rows(sin, query_index))
-        _, keys = apply_rotary_pos_emb(keys, keys, cos, sin)
         probs = attention_probs_for_rows(queries, keys, query_index, key_valid, attn.scaling)
     return probs if key_weights is None else reweight_keys(probs, key_weights)

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from llava.eval.cli_args import model_path_problem
+from llava.model.builder import TINY_MODELS
 from llava.pruning.learned.checkpoint import (
     CHECKPOINT_NAME,
     inference_checkpoint,
@@ -30,9 +34,9 @@ from llava.pruning.learned.checkpoint import (
 )
 from llava.train.pruner.config import TrainConfig, load_train_config
 from llava.train.pruner.curves import plot_pruner_training
-from llava.train.pruner.training import build_train_state, train_step
+from llava.train.pruner.training import TrainState, build_train_state, train_step
 from toolkit_common.cli import setting_error
-from toolkit_common.jsonl import drop_records_from_step, read_jsonl_strict
+from toolkit_common.jsonl import drop_incomplete_tail, drop_records_from_step, read_jsonl_strict
 from toolkit_common.training import save_checkpoint
 
 LOG_NAME = "train_log.jsonl"
@@ -55,35 +59,86 @@ class RunFolderInUseError(ValueError):
     """The output folder already holds a run, and neither resuming nor overwriting was asked for."""
 
 
-def prepare_run_folder(output_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse a folder holding another run unless ``resume`` / ``overwrite``; on resume, drop log lines after
-    the checkpoint (steps that will be run again), so the log never holds a step twice."""
+RESUMABLE_SETTINGS = ("output_dir", "device", "training.steps")
+"""Settings a resume may change: where the run lives, where it runs, and how far it goes."""
+
+
+def run_folder_checkpoint(output_dir: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None to start at step 0; nothing in the folder changes here.
+
+    A folder holding a run needs ``resume`` or ``overwrite``; ``resume`` where nothing was checkpointed yet
+    (a run killed before its first checkpoint, or a new folder) starts afresh, and says so."""
     checkpoint_path, log_path = output_dir / CHECKPOINT_NAME, output_dir / LOG_NAME
     if resume and overwrite:
         raise RunFolderInUseError("give --resume or --overwrite, not both")
-    if overwrite:
-        checkpoint_path.unlink(missing_ok=True)
-        log_path.unlink(missing_ok=True)
-    elif not resume and (checkpoint_path.exists() or log_path.exists()):
+    if not resume and not overwrite and (checkpoint_path.exists() or log_path.exists()):
         raise RunFolderInUseError(
             f"{output_dir} already holds a training run ({CHECKPOINT_NAME} / {LOG_NAME}): pass --resume to continue "
             "it, --overwrite to start again, or another --output-dir"
         )
-    if resume and log_path.exists():
-        drop_records_from_step(log_path, read_checkpoint(checkpoint_path)["step"])
+    if not resume:
+        return None
+    if not checkpoint_path.is_file():
+        print(f"--resume: nothing was checkpointed yet in {output_dir} (no {CHECKPOINT_NAME}): starting from step 0",
+              file=sys.stderr)
+        return None
+    return read_checkpoint(checkpoint_path)
 
 
-def run_training(
-    config: TrainConfig, resume: bool = False, show_progress: bool = True, overwrite: bool = False
-) -> list[dict[str, Any]]:
-    """Train to ``config.training.steps`` (from the checkpoint if ``resume``; an existing run folder needs
-    ``resume`` or ``overwrite``); return the metrics of the steps run."""
+def changed_settings(config: TrainConfig, checkpoint: dict[str, Any]) -> list[str]:
+    """The settings (``section.key``) of ``config`` that differ from those the checkpoint was trained with,
+    other than ``RESUMABLE_SETTINGS``: a resume with them would silently train another run."""
+    now, then = flat_settings(asdict(config)), flat_settings(checkpoint.get("train_config") or {})
+    return [f"{key} {now.get(key)!r} (checkpoint: {then.get(key)!r})" for key in sorted(set(now) | set(then))
+            if key not in RESUMABLE_SETTINGS and now.get(key) != then.get(key)]
+
+
+def flat_settings(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"section.key": value}`` of nested settings (lists and tuples compared as lists)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "model_overrides":
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def reset_run_folder(output_dir: Path, checkpoint: dict[str, Any] | None) -> None:
+    """Make the folder match where the run starts: without a checkpoint no earlier step remains; resuming
+    at step ``t``, the log keeps steps below ``t`` (a torn last line, from a kill while writing, is dropped
+    with a warning), so it never holds a step twice."""
+    log_path = output_dir / LOG_NAME
+    if checkpoint is None:
+        (output_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
+        log_path.unlink(missing_ok=True)
+        return
+    if drop_incomplete_tail(log_path):
+        print(f"warning: {log_path}: dropped a torn last line (a run killed while writing it)", file=sys.stderr)
+    drop_records_from_step(log_path, checkpoint["step"])
+
+
+def start_training(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainState:
+    """The state to train from: every setting checked, the model loaded, the checkpoint restored when
+    resuming; a ``ValueError`` / ``OSError`` (one line) before any file of the run folder changes."""
     output_dir = Path(config.output_dir)
-    checkpoint_path = output_dir / CHECKPOINT_NAME
-    prepare_run_folder(output_dir, resume, overwrite)
+    checkpoint = run_folder_checkpoint(output_dir, resume, overwrite)
+    if checkpoint is not None and (changed := changed_settings(config, checkpoint)):
+        raise ValueError(f"--resume with other settings than the checkpoint's: {'; '.join(changed)}; resume with the "
+                         "checkpoint's settings, or pass --overwrite to start again with these")
     state = build_train_state(config)
-    if resume:
-        state.restore(read_checkpoint(checkpoint_path))
+    state.target_ratios  # noqa: B018  (a budget the model cannot reach is an error now, not at the first step)
+    if checkpoint is not None:
+        state.restore(checkpoint)
+    reset_run_folder(output_dir, checkpoint)
+    return state
+
+
+def train(state: TrainState, show_progress: bool = True) -> list[dict[str, Any]]:
+    """Train from ``state.step`` to ``training.steps``: log every step, checkpoint every ``checkpoint_every``
+    steps and at the end, draw the curves; the metrics of the steps run."""
+    config = state.config
+    output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     history = []
     steps = config.training.steps
@@ -99,10 +154,18 @@ def run_training(
             bar.set_postfix(progress_postfix(metrics))
             bar.update(1)
             if state.step % config.training.checkpoint_every == 0 or state.step == steps:
-                save_checkpoint(checkpoint_path, state.checkpoint())
+                save_checkpoint(output_dir / CHECKPOINT_NAME, state.checkpoint())
     plot_pruner_training(read_jsonl_strict(output_dir / LOG_NAME), output_dir / CURVES_NAME, state.target_ratios,
                          run_title(config))
     return history
+
+
+def run_training(
+    config: TrainConfig, resume: bool = False, show_progress: bool = True, overwrite: bool = False
+) -> list[dict[str, Any]]:
+    """Train to ``config.training.steps`` (from the checkpoint if ``resume``; an existing run folder needs
+    ``resume`` or ``overwrite``); return the metrics of the steps run."""
+    return train(start_training(config, resume, overwrite), show_progress)
 
 
 def run_title(config: TrainConfig) -> str:
@@ -152,12 +215,13 @@ def main(argv: list[str] | None = None) -> None:
         setting_error(parser, "--ship names the pruner by its budget: set method_settings.visual_token_num")
     if args.ship is not None and not (args.ship / "config.json").is_file():
         setting_error(parser, f"--ship {args.ship}: no model there (config.json missing)")
-    if args.resume and not (Path(config.output_dir) / CHECKPOINT_NAME).is_file():
-        setting_error(parser, f"--resume: no {CHECKPOINT_NAME} in {config.output_dir}")
+    if problem := model_path_problem(config.model_path, TINY_MODELS):
+        setting_error(parser, f"model_path: {problem.removeprefix('--model-path ')}")
     try:
-        history = run_training(config, resume=args.resume, overwrite=args.overwrite)
-    except RunFolderInUseError as exc:
-        setting_error(parser, str(exc))
+        state = start_training(config, resume=args.resume, overwrite=args.overwrite)
+    except (OSError, ValueError) as exc:
+        setting_error(parser, "; ".join(str(exc).splitlines()) or type(exc).__name__)
+    history = train(state)
     if history:
         first, last = history[0], history[-1]
         print(

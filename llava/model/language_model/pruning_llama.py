@@ -184,7 +184,7 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
                         f"pruning needs a DynamicCache (layers hold different lengths), got {type(cache).__name__}"
                     )
                 self.pruning_state = PruningState(
-                    record=PruningRecord(method.name, span.cpu(), self.config.num_hidden_layers),
+                    record=PruningRecord(method.name, span.cpu(), self.config.num_hidden_layers, params=method.params()),
                     prompt_ids=None if prompt_ids is None else prompt_ids.detach().clone(),
                     prompt_mask=mask_2d.bool().clone(),
                 )
@@ -281,19 +281,26 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
             "or set image_token_id and include those tokens in input_ids"
         )
 
-    def _attention_fn(self, boundary: int, seq: DecoderSequence, previous_input: torch.Tensor | None):
-        """``attention(layer, query_index [B, Q]) -> [B, H, Q, N]`` for ``layer`` in {boundary - 1, boundary}."""
+    def _attention_fn(
+        self, boundary: int, seq: DecoderSequence, previous_input: torch.Tensor | None, cache: Cache | None
+    ):
+        """``attention(layer, query_index [B, Q]) -> [B, H, Q, N]`` for ``layer`` in {boundary - 1, boundary}.
+
+        Layer ``boundary - 1`` has run on this sequence: with a cache its keys (after RoPE) are read from it."""
         full_matrix = self.config.pruning_scoring == "full_matrix"
 
         def attention(layer: int, query_index: torch.Tensor) -> torch.Tensor:
+            cached_keys = None
             if layer == boundary:
                 layer_input = seq.hidden
             elif layer == boundary - 1 and previous_input is not None:
                 layer_input = previous_input
+                cached_keys = layer_keys(cache, layer, seq.hidden.shape[1])
             else:
                 raise ValueError(f"attention at layer {layer} is not available at boundary {boundary}")
             return decoder_attention_rows(
-                self.layers[layer], layer_input, seq.rope, seq.valid, query_index, seq.key_weights, full_matrix
+                self.layers[layer], layer_input, seq.rope, seq.valid, query_index, seq.key_weights, full_matrix,
+                cached_keys,
             )
 
         return attention
@@ -322,7 +329,7 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
                 span_valid=seq.span_valid,
                 query_index=seq.query_index,
                 hidden_states=seq.hidden,
-                attention=self._attention_fn(layer, seq, previous_input),
+                attention=self._attention_fn(layer, seq, previous_input, cache),
                 original_index=seq.original_index,
                 original_span=state.record.span.to(seq.hidden.device),
                 input_embeddings=inputs_embeds,
@@ -399,6 +406,15 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
         positions = seq.positions - shift[:, None].to(seq.positions.device)
         cos, sin = self._rope(seq.hidden, positions)
         return replace(seq, mask=mask, compacted=True, positions=positions, cos=cos, sin=sin)
+
+
+def layer_keys(cache: Cache | None, layer: int, length: int) -> torch.Tensor | None:
+    """``[B, H_kv, length, head_dim]`` keys after RoPE that ``layer`` cached in this prefill (None without them)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None or layer >= len(layers):
+        return None
+    keys = getattr(layers[layer], "keys", None)
+    return keys if keys is not None and keys.shape[-2] == length else None
 
 
 class PruningLlamaForCausalLM(LlamaForCausalLM):

@@ -6,6 +6,7 @@ key and the valid range.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import yaml
 
 from llava.pruning.budget import geometric_keeps_for_budget
 from llava.train.pruner.schedules import Ramp
+from toolkit_common.typed_values import typed_field_value
 
 TARGET_FIELDS = ("target_keep_ratio", "target_tokens", "visual_token_num")
 DATA_SOURCES = ("synthetic", "shapes")
@@ -152,10 +154,14 @@ def _build(cls: type, values: Any, where: str) -> Any:
         "LossWeights": LossWeights,
         "TrainingSettings": TrainingSettings,
     }
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
         type_name = str(known[name].type)
-        kwargs[name] = _build(nested[type_name], value, f"{where}.{name}") if type_name in nested else value
+        if type_name in nested:
+            kwargs[name] = _build(nested[type_name], value, f"{where}.{name}")
+        else:
+            kwargs[name] = typed_field_value(f"{where}.{name}", value, hints[name])
     try:
         return cls(**kwargs)
     except TypeError as error:
@@ -177,7 +183,18 @@ def apply_override(values: dict[str, Any], assignment: str) -> None:
         target = target.setdefault(section, {})
         if not isinstance(target, dict):
             raise ValueError(f"override {assignment!r}: {section} is not a section")
-    target[key] = yaml.safe_load(text)
+    target[key] = yaml_value(text, f"override {assignment!r}")
+
+
+def yaml_value(text: str, where: str) -> Any:
+    """``text`` read as YAML; a one-line ``ValueError`` naming ``where`` and the place of a syntax error."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        place = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{where}: invalid YAML{place} ({problem})") from None
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
@@ -185,8 +202,9 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
 
     An override of one budget field (``target_keep_ratio``, ``target_tokens``, ``visual_token_num``) drops
     the others the file sets."""
-    with open(path) as handle:
-        values = yaml.safe_load(handle) or {}
+    values = yaml_value(Path(path).read_text(encoding="utf-8"), "the file") or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"the file must hold a mapping of sections (model_path: ..., training: ...), got a {type(values).__name__}")
     for assignment in overrides or []:
         dotted = assignment.partition("=")[0]
         if dotted.startswith("method_settings.") and dotted.removeprefix("method_settings.") in TARGET_FIELDS:

@@ -28,7 +28,7 @@ from llava.model.builder import load_pretrained_model
 from llava.model.pre_llm import projected_features
 from llava.model.tiny import build_tiny_llava, build_tiny_tokenizer
 from llava.model.vision import image_features_per_image
-from llava.pruning.learned.checkpoint import pruner_config_dict
+from llava.pruning.learned.checkpoint import MODEL_KEY, model_record, pruner_config_dict
 from llava.pruning.learned.heads import LayerSpecificPruner, PrunerConfig
 from llava.pruning.learned.masks import hard_keep_mask
 from llava.pruning.methods.learned import LearnedPruning
@@ -130,6 +130,8 @@ class TrainState:
             "discriminator": self.discriminator.state_dict(),
             "pruner_optimizer": self.pruner_optimizer.state_dict(),
             "discriminator_optimizer": self.discriminator_optimizer.state_dict(),
+            MODEL_KEY: model_record(self.llava.config.text_config.hidden_size,
+                                    self.llava.config.text_config.num_hidden_layers, self.span_length),
         }
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
@@ -163,6 +165,11 @@ def build_train_state(config: TrainConfig) -> TrainState:
     settings = config.method_settings
     text_config = llava.config.text_config
     torch.manual_seed(config.seed)
+    if max(settings.pruning_layers) >= text_config.num_hidden_layers or min(settings.pruning_layers) < 1:
+        raise ValueError(
+            f"method_settings.pruning_layers {settings.pruning_layers} must lie in [1, {text_config.num_hidden_layers - 1}] "
+            f"for a model with {text_config.num_hidden_layers} layers"
+        )
     pruner = LayerSpecificPruner(
         PrunerConfig(
             d_model=text_config.hidden_size,
@@ -174,10 +181,6 @@ def build_train_state(config: TrainConfig) -> TrainState:
             learnable_attn_weight=settings.learnable_attn_weight,
         )
     )
-    if max(settings.pruning_layers) >= text_config.num_hidden_layers or min(settings.pruning_layers) < 1:
-        raise ValueError(
-            f"method_settings.pruning_layers {settings.pruning_layers} must lie in [1, {text_config.num_hidden_layers - 1}]"
-        )
     discriminator = Discriminator(
         text_config.hidden_size,
         len(settings.pruning_layers),
