@@ -313,12 +313,14 @@ def _run_locked(args: argparse.Namespace, samples: Sequence[EvalSample], line_er
         return 1 if errors.count else 0
     try:
         bundle = bundle_from_args(args)
-    except ValueError as exc:  # unknown method, bad parameter: the message lists what is valid
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a hub id that is not cached (offline) or does not exist
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: cannot load model {args.model_path!r}: {first_line}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        if not already_answered:  # nothing ran under the record this run just wrote
+            run_record_path(args.answers_file).unlink(missing_ok=True)
+        if isinstance(exc, ValueError):  # unknown method, bad parameter: the message lists what is valid
+            print(f"error: {exc}", file=sys.stderr)
+        else:  # a hub id that is not cached (offline) or does not exist
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"error: cannot load model {args.model_path!r}: {first_line}", file=sys.stderr)
         return 2
     try:
         summary = run_samples(

@@ -50,7 +50,7 @@ def planned_method(
         return None
     params = method_class(pruning_method).params_for_model(params, model_path, visual_token_num)
     method = plan_method(pruning_method, visual_token_num, text_config.num_hidden_layers, span, params)
-    method.validate(text_config.num_hidden_layers, span, text_config.num_attention_heads)
+    method.validate(text_config.num_hidden_layers, span, text_config.num_attention_heads, text_config.hidden_size)
     return method
 
 

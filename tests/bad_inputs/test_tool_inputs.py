@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from llava import demo, viz
+from llava.model.builder import load_pretrained_model
 from llava.pruning.learned.checkpoint import (
     CHECKPOINT_NAME,
     model_record,
@@ -140,6 +141,7 @@ def test_a_fractional_keep_stops_the_loader_before_any_answer(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and "parameter keep=10.5 must be an int" in err
     assert not answers.exists() or answers.read_text() == ""
+    assert not (tmp_path / "a.run.json").exists()  # no record of a run that never started
 
 
 # --- demo -------------------------------------------------------------------------------------------------------
@@ -207,7 +209,7 @@ def test_demo_refuses_a_learned_pruner_trained_for_another_model(capsys, eval_di
     checkpoint = read_checkpoint(SHAPES_MODEL / "learned_pruner_t64.pt")
     save_checkpoint(model / "learned_pruner_t64.pt", {**checkpoint, "model": model_record(64, 8, 576)})
     line = demo_error(capsys, eval_dir, "--methods", "learned", "--tokens", "64", model=model)
-    assert "learned_t64: the learned pruner was trained for another model: num_layers 8 (this model: 32)" in line
+    assert "learned_t64: learned: the learned pruner was trained for another model: num_layers 8 (this model: 32)" in line
 
 
 def small_benchmark_files(root: Path) -> dict[str, bytes]:
@@ -295,6 +297,7 @@ def test_a_truncated_pruner_checkpoint_stops_the_loader_before_any_answer(tmp_pa
     err = capsys.readouterr().err
     assert "Traceback" not in err and "truncated or not a torch checkpoint" in err
     assert not answers.exists() or answers.read_text() == ""
+    assert not (tmp_path / "a.run.json").exists()  # no record of a run that never started
 
 
 @pytest.mark.outcome("error")
@@ -314,6 +317,14 @@ def test_a_merger_checkpoint_given_as_a_pruner_is_refused(tmp_path):
 def test_a_pruner_trained_for_another_model_is_named(tmp_path, record, expected):
     checkpoint = read_checkpoint(pruner_checkpoint(tmp_path / "p.pt", model=record))
     assert expected in pruner_fit_problem(checkpoint, 64, 32, 576)
+
+
+@pytest.mark.outcome("error")
+def test_the_loader_refuses_a_pruner_trained_for_another_model_before_any_run(tmp_path):
+    """The tiny LLaVA's LM is 64 wide with 32 layers and 576 visual tokens: a pruner for 8 layers is refused."""
+    path = pruner_checkpoint(tmp_path / "p.pt", model=model_record(64, 8, 576))
+    with pytest.raises(ValueError, match=r"learned: the learned pruner was trained for another model: num_layers 8"):
+        load_pretrained_model("tiny-random-llava", pruning_method="learned", pruner_checkpoint=str(path))
 
 
 @pytest.mark.outcome("correct")

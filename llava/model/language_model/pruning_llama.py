@@ -86,7 +86,10 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
 
     def _install(self, method: PruningMethod | None) -> None:
         if method is not None:
-            method.validate(self.config.num_hidden_layers, self.config.fast_v_image_token_length, self.config.num_attention_heads)
+            method.validate(
+                self.config.num_hidden_layers, self.config.fast_v_image_token_length, self.config.num_attention_heads,
+                self.config.hidden_size,
+            )
         self._method = method
 
     def set_pruning_method(self, method: PruningMethod | None) -> None:

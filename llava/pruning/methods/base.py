@@ -168,9 +168,11 @@ class PruningMethod(ABC):
     ) -> MethodT:
         """The method (other parameters from ``params``) whose schedule costs ``target_tokens`` equivalent tokens."""
 
-    def validate(self, num_layers: int, span: int | None, num_heads: int | None = None) -> None:
-        """Raise ``ValueError`` for parameters that cannot work with this model (``span``, ``num_heads`` may be
-        unknown); the engine calls it before the first layer runs."""
+    def validate(
+        self, num_layers: int, span: int | None, num_heads: int | None = None, hidden_size: int | None = None
+    ) -> None:
+        """Raise ``ValueError`` for parameters that cannot work with this model (``span``, ``num_heads``,
+        ``hidden_size`` may be unknown); the builder and the engine call it before the first layer runs."""
         stages = self.schedule(span if span is not None else 10**9)
         for layer, keep in stages:
             if not 0 < layer < num_layers:

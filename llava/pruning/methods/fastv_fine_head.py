@@ -30,9 +30,11 @@ class FastVFineHead(ScorerMethod):
     def __post_init__(self) -> None:
         validate_head_selection(self.head_strategy, self.heads)
 
-    def validate(self, num_layers: int, span: int | None, num_heads: int | None = None) -> None:
+    def validate(
+        self, num_layers: int, span: int | None, num_heads: int | None = None, hidden_size: int | None = None
+    ) -> None:
         validate_head_selection(self.head_strategy, self.heads, num_heads)
-        super().validate(num_layers, span, num_heads)
+        super().validate(num_layers, span, num_heads, hidden_size)
 
     def head_choice(self, step: PruneStep) -> HeadChoice:
         """The selected heads and their token scores at this step (computed once per step)."""

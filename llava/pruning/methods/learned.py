@@ -39,6 +39,7 @@ import torch
 from llava.pruning.budget import geometric_keeps_for_budget
 from llava.pruning.learned.checkpoint import (
     existing_checkpoint,
+    pruner_fit_problem,
     pruner_from_checkpoint,
     read_checkpoint,
     shipped_pruner_path,
@@ -128,6 +129,18 @@ class LearnedPruning(PruningMethod):
         method.pruner_checkpoint, method.pruner, method.keep_tokens = None, pruner, None
         method.temperature, method.generator = temperature, generator
         return method
+
+    def validate(
+        self, num_layers: int, span: int | None, num_heads: int | None = None, hidden_size: int | None = None
+    ) -> None:
+        """The common checks, and that the checkpoint's pruner was trained for a model of this shape
+        (``pruner_fit_problem``: width, layers, visual tokens)."""
+        super().validate(num_layers, span, num_heads, hidden_size)
+        if self.pruner_checkpoint is not None and hidden_size is not None:
+            problem = pruner_fit_problem(read_checkpoint(existing_checkpoint(self.pruner_checkpoint)), hidden_size,
+                                         num_layers, span)
+            if problem is not None:
+                raise ValueError(f"learned: {problem}")
 
     @property
     def soft(self) -> bool:

@@ -56,7 +56,9 @@ class PreLLMMethod(PruningMethod):
     def select_visual(self, tokens: VisualTokens) -> TokenSelection:
         """Kept token indices ``[B, T]`` (ascending) into the image's ``S`` tokens."""
 
-    def validate(self, num_layers: int, span: int | None, num_heads: int | None = None) -> None:
+    def validate(
+        self, num_layers: int, span: int | None, num_heads: int | None = None, hidden_size: int | None = None
+    ) -> None:
         upper = span if span is not None else "the image token count"
         if self.visual_tokens < 1 or (span is not None and self.visual_tokens > span):
             raise ValueError(

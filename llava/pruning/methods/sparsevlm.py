@@ -196,14 +196,16 @@ class SparseVLM(PruningMethod):
         counts = self.stage_counts(span)
         return [(layer, kept + clusters) for layer, (kept, clusters) in zip(self.boundaries, counts, strict=True)]
 
-    def validate(self, num_layers: int, span: int | None, num_heads: int | None = None) -> None:
+    def validate(
+        self, num_layers: int, span: int | None, num_heads: int | None = None, hidden_size: int | None = None
+    ) -> None:
         """The common checks, and that every stage keeps at least one token by score."""
         if span is not None and any(kept < 1 for kept, _ in self.stage_counts(span)):
             raise ValueError(
                 f"sparsevlm: a span of {span} tokens is too short for {len(self.stage_budgets)} stages: every "
                 "stage keeps min(budget, live - 1) tokens by score, and one would keep none"
             )
-        super().validate(num_layers, span, num_heads)
+        super().validate(num_layers, span, num_heads, hidden_size)
 
     def select(self, step: PruneStep, keep: int) -> TokenSelection:
         """The stage's ``min(budget, live - 1)`` best tokens by rater attention, plus the cluster tokens with
