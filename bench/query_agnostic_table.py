@@ -149,8 +149,11 @@ def plot(lines: list[dict], passkey_tasks: list[str], perplexity_task: str | Non
 
 
 def save_merged(rows: list[dict], passkey_tasks: list[str], perplexity_task: str | None, metadata: dict,
-                out: Path) -> str:
-    """Write ``results.json``, ``results.md`` and ``results.png``; returns the Markdown table."""
+                out: Path) -> str | None:
+    """Write ``results.json``, ``results.md`` and ``results.png``; returns the Markdown table. Without rows
+    nothing is written (an empty table never replaces results) and the answer is None."""
+    if not rows:
+        return None
     lines = merge_rows(rows)
     table = markdown_table(lines, passkey_tasks, perplexity_task)
     out.mkdir(parents=True, exist_ok=True)

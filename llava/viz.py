@@ -3,7 +3,9 @@
 A record (``save_kept_record``) holds the image path, the question, the cells its answer depends on,
 and per pruning stage the layer and the kept patches (raster indices into the 24 x 24 grid):
 
-* ``overlay``: the image with pruned patches faded and the answer's cells outlined (last stage kept);
+* ``overlay``: the image as the model sees it (LLaVA-1.5's padding: centred on a square of CLIP's mean
+  colour, as the eval pads it; then resized to a multiple of the 24-patch grid, at least 336 px) with
+  pruned patches faded and the answer's cells outlined (last stage kept); any image size works;
 * ``layers``: span tokens per layer (multi-stage methods shrink in steps).
 
     python -m llava.viz overlay --record kept.json --output kept.png
@@ -21,10 +23,14 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from transformers.image_utils import OPENAI_CLIP_MEAN
 
+from llava.mm_utils import expand2square, to_rgb
 from toolkit_common.cli import setting_error
 
 GRID_SIDE = 24  # 336 px / patch 14
+MODEL_SIDE = 336  # LLaVA-1.5's input side: overlays are never drawn smaller
+PAD_COLOUR = tuple(int(channel * 255) for channel in OPENAI_CLIP_MEAN)  # LLaVA pads with CLIP's mean, so rounded
 
 
 def save_kept_record(path: Path, image: str, question: str, cells: Sequence, method: str, record: Any, sample: int = 0) -> dict:
@@ -48,9 +54,18 @@ def save_kept_record(path: Path, image: str, question: str, cells: Sequence, met
     return payload
 
 
+def model_view(image: Image.Image) -> Image.Image:
+    """``image`` as the model sees it: padded to a square of CLIP's mean colour (LLaVA-1.5's "pad"), resized
+    to the multiple of ``GRID_SIDE`` nearest its side (at least ``MODEL_SIDE``), so every patch is whole."""
+    square = expand2square(to_rgb(image), PAD_COLOUR)
+    side = GRID_SIDE * max(MODEL_SIDE // GRID_SIDE, round(square.width / GRID_SIDE))
+    return square if square.width == side else square.resize((side, side), Image.Resampling.BICUBIC)
+
+
 def kept_overlay(image: Image.Image, kept: Sequence[int], cells: Sequence[Sequence[int]], grid_cells: int = 6) -> Image.Image:
-    """``image`` with patches outside ``kept`` faded to 25 % and the answer's ``cells`` outlined in white."""
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    """``image`` as the model sees it (``model_view``) with patches outside ``kept`` faded to 25 % and the
+    answer's ``cells`` (of a ``grid_cells`` x ``grid_cells`` grid over the padded square) outlined."""
+    pixels = np.asarray(model_view(image), dtype=np.float32)
     patch = pixels.shape[0] // GRID_SIDE
     keep = np.zeros(GRID_SIDE * GRID_SIDE, dtype=bool)
     keep[list(kept)] = True

@@ -263,10 +263,25 @@ def parse_eval_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
     return args
 
 
+DEFAULT_ATTN_IMPLEMENTATION = "sdpa"  # what transformers loads without attn_implementation (torch >= 2.1)
+
+
+def execution_identity(args: argparse.Namespace) -> dict[str, str]:
+    """How the model computes, with the loader's defaults resolved: the device kind (``cuda``, ``cpu``, ``mps``;
+    not its index, so chunks on several GPUs are one run), the dtype and the attention implementation. A
+    resume with other values would mix answers of other numerics, so they are part of the run record."""
+    from llava.eval.inference import resolve_device_and_dtype  # it imports this module
+
+    device, dtype = resolve_device_and_dtype(args.device, args.torch_dtype)
+    attention = getattr(args, "attn_implementation", None) or DEFAULT_ATTN_IMPLEMENTATION
+    return {"device": device.type, "dtype": str(dtype).removeprefix("torch."), "attn_implementation": attention}
+
+
 def run_identity(args: argparse.Namespace) -> dict[str, Any]:
     """Every setting an answer depends on: what the answers file's run record holds."""
     return {
         **run_config_metadata(args),
+        **execution_identity(args),
         "model_path": args.model_path,
         "model_weights": model_fingerprint(args.model_path),
         "model_base": args.model_base,

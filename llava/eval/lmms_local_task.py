@@ -31,6 +31,9 @@ from toolkit_common.jsonl import read_jsonl_strict as read_jsonl
 
 FORMATS = ("pope", "gqa")
 GQA_SPLIT = "llava_gqa_testdev_balanced"
+# The importable name of this module: under ``python -m`` its ``__name__`` is ``__main__``, which the
+# task's utils file (imported by lmms-eval in another process) cannot import from.
+UTILS_SOURCE_MODULE = "llava.eval.lmms_local_task"
 
 
 def pope_documents(benchmark: Path) -> list[dict[str, Any]]:
@@ -115,6 +118,12 @@ metadata:
 """
 
 
+def utils_source(benchmark_format: str) -> str:
+    """The ``<task>_utils.py`` text: re-exports of this module's task functions under its importable name."""
+    names = f"doc_to_text, doc_to_visual, process_{benchmark_format}"
+    return f"from {UTILS_SOURCE_MODULE} import {names}  # noqa: F401\n"
+
+
 def write_task(benchmark: Path, benchmark_format: str, task: str, output: Path, max_new_tokens: int = 16) -> Path:
     """Write ``<output>/<task>.{jsonl,yaml}`` and ``<task>_utils.py``; return the YAML's path."""
     if benchmark_format not in FORMATS:
@@ -124,9 +133,7 @@ def write_task(benchmark: Path, benchmark_format: str, task: str, output: Path, 
     output.mkdir(parents=True, exist_ok=True)
     documents = output / f"{task}.jsonl"
     documents.write_text("".join(json.dumps(doc) + "\n" for doc in DOCUMENTS[benchmark_format](benchmark)), encoding="utf-8")
-    (output / f"{task}_utils.py").write_text(
-        f"from {__name__} import doc_to_text, doc_to_visual, process_{benchmark_format}  # noqa: F401\n", encoding="utf-8"
-    )
+    (output / f"{task}_utils.py").write_text(utils_source(benchmark_format), encoding="utf-8")
     yaml_path = output / f"{task}.yaml"
     yaml_path.write_text(task_yaml(task, documents, benchmark_format, max_new_tokens), encoding="utf-8")
     return yaml_path

@@ -5,8 +5,8 @@ A record is a JSON file ``{"benchmark", "primary_metric", "score", "metrics", "c
 the answers file (``llava.eval.run_record``) and ``config`` its table key (pruning method, token budget,
 heads, head strategy, dynamic selection); None when the run recorded none (never guessed from an answer).
 ``coverage`` is ``{"asked", "answered", "fraction"}``; ``complete`` is False under 100 %, and the scorers
-then exit with ``INCOMPLETE_EXIT_CODE``. ``cost`` (mean equivalent tokens, FLOPs, prefill ms) comes from
-the answers' ``metadata``.
+then exit with ``INCOMPLETE_EXIT_CODE``. ``cost`` (mean equivalent tokens and FLOPs; median prefill ms and
+its interquartile range ``prefill_ms_iqr``) comes from the answers' ``metadata``.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, median, quantiles
 from typing import Any
 
 from llava.eval.jsonl_io import InputFileError, read_json
 from llava.eval.run_record import read_run_record, result_config
 
-COST_FIELDS = ("equivalent_tokens", "flops", "prefill_ms")
+COMPUTED_FIELDS = ("equivalent_tokens", "flops")  # exact per answer: a mean
+TIMING_FIELDS = ("prefill_ms",)  # measured, noisy: a median with its spread (``<name>_iqr``), never a mean
+COST_FIELDS = (*COMPUTED_FIELDS, *(f"{name}_iqr" for name in TIMING_FIELDS), *TIMING_FIELDS)  # prefill_ms last
 INCOMPLETE_EXIT_CODE = 3
 
 
@@ -41,14 +43,27 @@ def missing_answers(questions: Sequence[dict], answers: Sequence[dict]) -> int:
     return sum(str(question["question_id"]) not in answered for question in questions)
 
 
-def mean_cost(answers: Sequence[dict]) -> dict[str, float | None]:
-    """Mean of each cost field over the answers that record it (None when none does)."""
+def interquartile_range(values: Sequence[float]) -> float | None:
+    """``p75 - p25`` of ``values`` (None for fewer than two)."""
+    if len(values) < 2:
+        return None
+    low, _, high = quantiles(values, n=4, method="inclusive")
+    return high - low
+
+
+def answers_cost(answers: Sequence[dict]) -> dict[str, float | None]:
+    """Each cost field over the answers that record it (None when none does): the mean of the computed ones
+    (equivalent tokens, FLOPs), the median of the measured ``TIMING_FIELDS`` (every answer is one repeat of a
+    prefill, so a stall under load moves it little) with its interquartile range as ``<name>_iqr``."""
     cost: dict[str, float | None] = {}
     metadata_list = [answer.get("metadata", {}) for answer in answers]
-    for name in COST_FIELDS:
+    for name in (*COMPUTED_FIELDS, *TIMING_FIELDS):
         values = [metadata[name] for metadata in metadata_list if metadata.get(name) is not None]
-        cost[name] = fmean(values) if values else None
-    return cost
+        if name in TIMING_FIELDS:
+            cost[name], cost[f"{name}_iqr"] = (median(values), interquartile_range(values)) if values else (None, None)
+        else:
+            cost[name] = fmean(values) if values else None
+    return {name: cost[name] for name in COST_FIELDS}
 
 
 def build_result(
@@ -70,7 +85,7 @@ def build_result(
         "run": run,
         "coverage": covered,
         "complete": covered["asked"] > 0 and covered["answered"] == covered["asked"],
-        "cost": mean_cost(answers),
+        "cost": answers_cost(answers),
         "answers_file": answers_file,
         "num_answers": len(answers),
     }

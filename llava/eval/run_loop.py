@@ -17,10 +17,10 @@ import logging
 import sys
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 from tqdm import tqdm
@@ -41,6 +41,7 @@ from llava.eval.question_checks import check_unique_ids, image_problem, text_pro
 from llava.eval.run_record import RunMismatchError, claim_answers_file, run_record_path
 from llava.mm_utils import get_model_name_from_path, open_rgb_image
 
+Item = TypeVar("Item")
 ANSWER_ID_NAMESPACE = uuid.UUID("6f1c1a52-0d7e-4d55-9a43-3c1f4d8b2a10")
 
 
@@ -111,17 +112,22 @@ def answer_record(sample: EvalSample, text: str, model_id: str, metadata: dict[s
     }
 
 
-def batches_by_image_presence(samples: Sequence[EvalSample], batch_size: int) -> Iterator[list[EvalSample]]:
-    """Consecutive batches of at most ``batch_size`` samples that all have an image or all have none."""
-    batch: list[EvalSample] = []
-    for sample in samples:
-        kind_changes = bool(batch) and (batch[0].load_image is None) != (sample.load_image is None)
-        if len(batch) == batch_size or kind_changes:
+def consecutive_batches(items: Iterable[Item], batch_size: int, key: Callable[[Item], Hashable]) -> Iterator[list[Item]]:
+    """Consecutive batches of at most ``batch_size`` items with equal ``key`` (in order; ``items`` is read
+    lazily, so only one batch is held at a time)."""
+    batch: list[Item] = []
+    for item in items:
+        if batch and (len(batch) == batch_size or key(batch[0]) != key(item)):
             yield batch
             batch = []
-        batch.append(sample)
+        batch.append(item)
     if batch:
         yield batch
+
+
+def batches_by_image_presence(samples: Sequence[EvalSample], batch_size: int) -> Iterator[list[EvalSample]]:
+    """Consecutive batches of at most ``batch_size`` samples that all have an image or all have none."""
+    return consecutive_batches(samples, batch_size, lambda sample: sample.load_image is None)
 
 
 class ErrorLog:

@@ -1,7 +1,10 @@
 """The configuration of one evaluation run, stored beside its answers file (``<answers>.run.json``).
 
-The loader writes it before the first answer, so even a run that answered nothing says what it was.
-Resuming an answers file with other settings is an error naming both (``RunMismatchError``); the
+The loader writes it before the first answer, so even a run that answered nothing says what it was: the
+method and its parameters, the model (and a fingerprint of its weights), the prompt and decoding settings,
+the question file's digest, and how the model computes (device kind, dtype, attention implementation;
+``cli_args.execution_identity``). Resuming an answers file with other settings, a float32 file in bfloat16
+included, is an error naming the differences in one line (``RunMismatchError``); the
 chunk merger checks that every chunk ran the same configuration and writes the merged file's record;
 the scorers key their result by it (``read_run_record``), never by the first answer.
 """

@@ -88,6 +88,24 @@ def test_resume_with_other_settings_stops_naming_both_and_overwrite_starts_again
     assert read_run_record(answers)["visual_token_num"] == 64
 
 
+def test_a_resume_in_another_dtype_or_device_stops_naming_the_differences(benchmark, tmp_path, capsys):
+    answers = tmp_path / "a.jsonl"
+    assert loader(benchmark, answers, "--num-chunks", "3", "--chunk-idx", "0") == 0
+    record = read_run_record(answers)
+    assert (record["device"], record["dtype"], record["attn_implementation"]) == ("cpu", "float32", "sdpa")
+    capsys.readouterr()
+    assert loader(benchmark, answers, "--num-chunks", "3", "--chunk-idx", "0", "--torch-dtype", "bfloat16") == 2
+    err = capsys.readouterr().err.strip()
+    assert "dtype: 'float32' -> 'bfloat16'" in err and len(err.splitlines()) == 1
+    assert loader(benchmark, answers, "--num-chunks", "3", "--chunk-idx", "0", "--device", "meta") == 2
+    assert "device: 'cpu' -> 'meta'" in capsys.readouterr().err
+    assert len(read_lines(answers)) == 1 and read_run_record(answers) == record  # untouched
+    old = {key: value for key, value in record.items() if key not in ("device", "dtype", "attn_implementation")}
+    run_record_path(answers).write_text(json.dumps(old))  # a record written before these were recorded
+    assert loader(benchmark, answers, "--num-chunks", "3", "--chunk-idx", "0") == 2
+    assert "dtype: None -> 'float32'" in capsys.readouterr().err
+
+
 def test_a_cut_partial_line_is_reported(benchmark, tmp_path, capsys):
     answers = tmp_path / "a.jsonl"
     assert loader(benchmark, answers, "--num-chunks", "3", "--chunk-idx", "0") == 0
@@ -143,7 +161,7 @@ def test_a_run_with_no_answers_scores_as_incomplete_never_as_yes(benchmark, tmp_
     code = summarize.main(["--results-dir", str(tmp_path / "results"), "--output-dir", str(tmp_path / "s"), "--no-plots"])
     assert code == INCOMPLETE_EXIT_CODE
     table = (tmp_path / "s" / "results.md").read_text()
-    assert "| vanilla |" in table and "| 10.00 |" in table and "| fastv | 64 |" in table and "pope" in table
+    assert "| vanilla |" in table and "| 10 |" in table and "| fastv | 64 |" in table and "pope" in table
 
 
 def test_unrecorded_configuration_is_its_own_row_and_duplicates_are_an_error(tmp_path, capsys):
@@ -157,7 +175,7 @@ def test_unrecorded_configuration_is_its_own_row_and_duplicates_are_an_error(tmp
     record("z_broken", None, 66.67)
     assert summarize.main(["--results-dir", str(tmp_path), "--output-dir", str(tmp_path / "s"), "--no-plots"]) == 0
     table = (tmp_path / "s" / "results.md").read_text()
-    assert "| vanilla |" in table and "| 10.00 |" in table and "unrecorded (z_broken.jsonl)" in table
+    assert "| vanilla |" in table and "| 10 |" in table and "unrecorded (z_broken.jsonl)" in table
     record("zz_vanilla_again", {"pruning_method": None}, 12.0)
     assert summarize.main(["--results-dir", str(tmp_path), "--output-dir", str(tmp_path / "s"), "--no-plots"]) == 1
     assert "two pope results for one configuration" in capsys.readouterr().err
