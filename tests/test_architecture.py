@@ -97,10 +97,12 @@ def test_kvcompress_does_not_import_llava():
 
 
 def test_ablation_drivers_default_listings_run_in_a_fresh_process():
-    """The ``python -c`` lines ``eval.sh`` and ``eval_head.sh`` run when METHODS / STRATEGIES are unset."""
-    for script, expected in (("eval.sh", "fastv"), ("eval_head.sh", "sparsity")):
-        code = re.search(r"\"\$PYTHON\" -c '([^']+)'", (ROOT / script).read_text()).group(1)
-        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    """The planner ``eval.sh`` / ``eval_head.sh`` run before any configuration, with METHODS / STRATEGIES unset."""
+    for driver, mode, expected in (("eval.sh", "methods", "fastv"), ("eval_head.sh", "heads", "sparsity")):
+        assert f"llava.eval.ablation_plan {mode}" in (ROOT / driver).read_text()
+        command = [sys.executable, "-m", "llava.eval.ablation_plan", mode, "--model-path", "tiny-random-llava",
+                   "--tokens", "64"]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert expected in done.stdout.split()
 
