@@ -369,8 +369,7 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
             state.selections.append(selection)
             state.stage_valid[layer] = seq.valid
             if seq.position_shift is not None:
-                before = previous.position_shift if previous.position_shift is not None else 0
-                state.position_shift[layer] = seq.position_shift - before
+                state.position_shift[layer] = seq.position_shift
         seq.mask = create_causal_mask(
             config=self.config,
             inputs_embeds=seq.hidden,

@@ -47,7 +47,7 @@ class DecoderSequence:
     query_index: torch.Tensor | None = None  # [B]
     key_weights: torch.Tensor | None = None  # [B, N]
     compacted: bool = False
-    position_shift: torch.Tensor | None = None  # [B] tokens removed so far by renumbering stages
+    position_shift: torch.Tensor | None = None  # [B] tokens the last stage removed, when it renumbered
 
     @property
     def rope(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,8 +58,8 @@ def compact(seq: DecoderSequence, selection: TokenSelection, renumber: bool = Fa
     """The sequence after keeping ``selection.indices`` (columns of ``seq.span_index``); mask left to the caller.
 
     ``renumber``: positions of the result are ``old position - tokens removed before it`` (a removed token is
-    a valid one that is pruned or becomes an invisible padded slot), and ``position_shift`` accumulates each
-    sample's removed count; the RoPE tables still hold the old positions' values (the caller rebuilds them).
+    a valid one that is pruned or becomes an invisible padded slot), and ``position_shift`` is each sample's
+    removed count; the RoPE tables still hold the old positions' values (the caller rebuilds them).
     """
     kept = selection.indices.to(seq.span_index.device)
     seq_len = seq.hidden.shape[1]
@@ -82,13 +82,12 @@ def compact(seq: DecoderSequence, selection: TokenSelection, renumber: bool = Fa
         source_tokens = seq.span_index.gather(1, selection.sources.to(seq.span_index.device))
         original_index = original_index.scatter(1, span_index, seq.original_index.gather(1, source_tokens))
     positions = seq.positions.gather(1, index)
-    position_shift = seq.position_shift
+    position_shift = None
     if renumber:
         stays_valid = torch.zeros_like(seq.valid).scatter(1, index, valid)  # on the old sequence
         removed_before = (seq.valid & ~stays_valid).long().cumsum(dim=1)
         positions = positions - removed_before.gather(1, index)
-        removed = removed_before[:, -1]
-        position_shift = removed if position_shift is None else position_shift + removed
+        position_shift = removed_before[:, -1]
     return replace(
         seq,
         hidden=hidden,
