@@ -20,6 +20,7 @@ import json
 import torch
 
 from bench.passkey_strategies import context_span, load_smollm2, make_passkey_prompts
+from llava.eval.cli_args import parse_method_param
 from llava.pruning.methods.sparsevlm import kept_by_score_positions
 from llava.pruning.registry import build_method, plan_method
 
@@ -28,17 +29,6 @@ def jaccard(a: list[int], b: list[int]) -> float:
     """``|a & b| / |a | b|`` of two index lists (1.0 for two empty lists)."""
     union = set(a) | set(b)
     return len(set(a) & set(b)) / len(union) if union else 1.0
-
-
-def parse_option(text: str) -> tuple[str, object]:
-    """``name=value`` with a JSON value (bare words are strings): ``positions=original``, ``recycling=false``."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"an option is name=value, got {text!r}")
-    name, value = text.split("=", 1)
-    try:
-        return name, json.loads(value)
-    except json.JSONDecodeError:
-        return name, value
 
 
 @torch.no_grad()
@@ -62,9 +52,9 @@ def make_method(name: str, params: dict, budget: float | None, num_layers: int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--method", required=True, help="registry name of an in-LLM method, e.g. pdrop")
-    parser.add_argument("--option", type=parse_option, action="append", required=True,
+    parser.add_argument("--option", type=parse_method_param, action="append", required=True,
                         help="name=value compared with the default (repeat for several options)")
-    parser.add_argument("--param", type=parse_option, action="append", default=[],
+    parser.add_argument("--param", type=parse_method_param, action="append", default=[],
                         help="name=value given to both runs instead of a budget (e.g. stage_budgets=[66,30,17])")
     parser.add_argument("--combined", action="store_true", help="also compare all options set together")
     parser.add_argument("--prompts", type=int, default=10)
