@@ -38,6 +38,7 @@ import torch
 
 from llava.pruning.budget import geometric_keeps_for_budget
 from llava.pruning.learned.checkpoint import (
+    MODEL_KEY,
     existing_checkpoint,
     pruner_fit_problem,
     pruner_from_checkpoint,
@@ -52,15 +53,23 @@ from llava.pruning.selection import SoftSelection, TokenSelection, top_r_sorted
 
 
 @lru_cache(maxsize=4)
-def _cached_pruner(path: str, modified_ns: int) -> LayerSpecificPruner:
+def _cached_checkpoint(path: str, modified_ns: int) -> tuple[dict[str, Any], LayerSpecificPruner]:
     del modified_ns  # part of the cache key: a rewritten checkpoint is reloaded
-    return pruner_from_checkpoint(read_checkpoint(path))
+    checkpoint = read_checkpoint(path)
+    trained_for = {key: checkpoint[key] for key in (MODEL_KEY, "pruner_config") if key in checkpoint}
+    return trained_for, pruner_from_checkpoint(checkpoint)
+
+
+def loaded_checkpoint(path: str | Path) -> tuple[dict[str, Any], LayerSpecificPruner]:
+    """What a checkpoint says of the model it was trained for (``pruner_fit_problem``'s input) and its pruner,
+    read once per file version."""
+    path = existing_checkpoint(path)
+    return _cached_checkpoint(str(path), path.stat().st_mtime_ns)
 
 
 def load_pruner(path: str | Path) -> LayerSpecificPruner:
     """The pruner of a checkpoint, loaded once per file version."""
-    path = existing_checkpoint(path)
-    return _cached_pruner(str(path), path.stat().st_mtime_ns)
+    return loaded_checkpoint(path)[1]
 
 
 def per_sample_keep(logits: torch.Tensor, upper: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,7 +146,7 @@ class LearnedPruning(PruningMethod):
         (``pruner_fit_problem``: width, layers, visual tokens)."""
         super().validate(num_layers, span, num_heads, hidden_size)
         if self.pruner_checkpoint is not None and hidden_size is not None:
-            problem = pruner_fit_problem(read_checkpoint(existing_checkpoint(self.pruner_checkpoint)), hidden_size,
+            problem = pruner_fit_problem(loaded_checkpoint(self.pruner_checkpoint)[0], hidden_size,
                                          num_layers, span)
             if problem is not None:
                 raise ValueError(f"learned: {problem}")
