@@ -97,8 +97,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_ranges(parser, args, NUMERIC_FLAGS)
     if problem := stride_problem(args.ppl_stride, args.ppl_max_length):
         setting_error(parser, problem)
-    if problem := model_problem(args.model):
-        setting_error(parser, problem)
     for item in args.classification:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
@@ -109,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if problems := [problem for spec in [*args.methods, *filter(None, [args.budget_from])]
                     if (problem := method_spec_problem(spec, given))]:
         setting_error(parser, "; ".join(problems))
+    if problem := model_problem(args.model):  # last: the flags' own errors come first, whatever is installed
+        setting_error(parser, problem)
     args.methods = with_kvcompress_control(args.methods)
     return args
 

@@ -100,8 +100,6 @@ def main(argv: list[str] | None = None) -> None:
         setting_error(parser, problem)
     if problem := missing_file_problem("classification", args.classification, CLASSIFICATION_HINT):
         setting_error(parser, problem)
-    if problem := model_problem(args.model):
-        setting_error(parser, problem)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -115,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         setting_error(parser, str(error))
     if not Path(args.text).is_file():
         setting_error(parser, f"--text {args.text} is absent: the perplexity of every point needs it")
+    if problem := model_problem(args.model):  # last: the flags' own errors come first, whatever is installed
+        setting_error(parser, problem)
     out = args.out or Path(f"results/kv_tradeoff_{model_slug(args.model)}_w{args.window}")
     model, tokenizer = load_model_and_tokenizer(args.model)
     base.check_model(model)
