@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from llava.conversation import conv_templates
 from llava.eval.run_record import file_digest, model_fingerprint
+from llava.model.placement import plan_placement
 from toolkit_common.cli import setting_error
 
 DEFAULT_MODEL_PATH = "llava-hf/llava-1.5-7b-hf"
@@ -70,6 +71,30 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
+def parse_device_map(text: str) -> str | dict[str, Any]:
+    """``--device-map``: a strategy name (``auto``) or a JSON object of module name -> device."""
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"--device-map {text!r} is not JSON ({error.msg})") from error
+    return value
+
+
+def placement_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The loading keywords of ``load_pretrained_model`` from the shared flags (``llava.model.placement``)."""
+    return {
+        "device": args.device,
+        "torch_dtype": args.torch_dtype,
+        "device_map": getattr(args, "device_map", None),
+        "attn_implementation": getattr(args, "attn_implementation", None),
+        "use_flash_attn": getattr(args, "use_flash_attn", False),
+        "load_8bit": getattr(args, "load_8bit", False),
+        "load_4bit": getattr(args, "load_4bit", False),
+    }
+
+
 def parse_method_param(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` with VALUE read as JSON when it parses (numbers, lists, true/false), else as text."""
     key, separator, raw_value = text.partition("=")
@@ -100,10 +125,20 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         " -13b; converted on load), or a local folder such as playground/models/shapes-llava",
     )
     model.add_argument("--model-base", "--model_base", default=None)
-    model.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    model.add_argument("--device", default=None, help="auto (default: cuda when available, else mps, else cpu), cpu, cuda[:N], mps")
     model.add_argument(
-        "--torch-dtype", "--torch_dtype", default=None, help="default: float16 on cuda, float32 on cpu"
+        "--torch-dtype", "--torch_dtype", default=None, help="float16 | bfloat16 | float32 (default: float16 on cuda / mps, float32 on cpu)"
     )
+    model.add_argument(
+        "--device-map", "--device_map", type=parse_device_map, default=None,
+        help="spread the model over devices: auto | balanced | sequential | a JSON dict of module -> device",
+    )
+    model.add_argument(
+        "--attn-implementation", "--attn_implementation", default=None, help="sdpa (default) | eager | flash_attention_2 | ..."
+    )
+    model.add_argument("--use-flash-attn", "--use_flash_attn", action="store_true", help="flash_attention_2 (LLaVA's flag)")
+    model.add_argument("--load-8bit", "--load_8bit", action="store_true", help="8-bit weights (bitsandbytes, the quant extra)")
+    model.add_argument("--load-4bit", "--load_4bit", action="store_true", help="4-bit NF4 weights (bitsandbytes, the quant extra)")
     data = parser.add_argument_group("data")
     data.add_argument("--image-folder", "--image_folder", default="")
     data.add_argument("--question-file", "--question_file", required=True)
@@ -201,7 +236,6 @@ def run_config_metadata(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-TORCH_DTYPES = ("float16", "bfloat16", "float32")
 HUB_ID_HINT = "a hub model id is ORG/NAME (e.g. llava-hf/llava-1.5-7b-hf); a local model is an existing folder"
 
 
@@ -232,8 +266,10 @@ def setting_problems(args: argparse.Namespace) -> list[str]:
         problems.append(f"--temperature must be a number >= 0 (0 = greedy), got {args.temperature}")
     if args.top_p is not None and not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
         problems.append(f"--top_p must be in (0, 1], got {args.top_p}")
-    if args.torch_dtype is not None and args.torch_dtype not in TORCH_DTYPES:
-        problems.append(f"--torch-dtype {args.torch_dtype!r} is unknown; valid: {', '.join(TORCH_DTYPES)}")
+    try:
+        plan_placement(**placement_args(args))
+    except ValueError as error:
+        problems.append(str(error))
     if args.visual_token_num is not None and args.visual_token_num < 1:
         problems.append(f"--visual_token_num must be >= 1, got {args.visual_token_num}")
     if not Path(args.question_file).is_file():
@@ -270,11 +306,15 @@ def execution_identity(args: argparse.Namespace) -> dict[str, str]:
     """How the model computes, with the loader's defaults resolved: the device kind (``cuda``, ``cpu``, ``mps``;
     not its index, so chunks on several GPUs are one run), the dtype and the attention implementation. A
     resume with other values would mix answers of other numerics, so they are part of the run record."""
-    from llava.eval.inference import resolve_device_and_dtype  # it imports this module
-
-    device, dtype = resolve_device_and_dtype(args.device, args.torch_dtype)
-    attention = getattr(args, "attn_implementation", None) or DEFAULT_ATTN_IMPLEMENTATION
-    return {"device": device.type, "dtype": str(dtype).removeprefix("torch."), "attn_implementation": attention}
+    placement = plan_placement(**placement_args(args))
+    identity = {
+        "device": placement.device.type,
+        "dtype": str(placement.dtype).removeprefix("torch."),
+        "attn_implementation": placement.attn_implementation or DEFAULT_ATTN_IMPLEMENTATION,
+    }
+    if placement.quantization is not None:
+        identity["quantization"] = placement.quantization
+    return identity
 
 
 def run_identity(args: argparse.Namespace) -> dict[str, Any]:

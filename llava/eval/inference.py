@@ -11,10 +11,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from llava.conversation import build_question_prompt
-from llava.eval.cli_args import pruning_method, pruning_params
+from llava.conversation import build_question_prompt, uses_im_start_end
+from llava.eval.cli_args import placement_args, pruning_method, pruning_params
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.builder import TINY_MODELS, load_pretrained_model, planned_method, pruning_decoder, split_engine_fields
+from llava.model.placement import plan_placement
 from llava.model.vision import image_features_per_image
 from llava.pruning.budget import prefill_flops
 
@@ -85,14 +86,6 @@ class GenerationSettings:
         return kwargs
 
 
-def resolve_device_and_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
-    """Defaults: cuda when available else cpu; float16 on cuda, float32 on cpu."""
-    resolved_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dtype is None:
-        return resolved_device, torch.float16 if resolved_device.type == "cuda" else torch.float32
-    return resolved_device, getattr(torch, dtype)
-
-
 _reused_bundles: dict[tuple, ModelBundle] | None = None
 
 
@@ -128,11 +121,13 @@ def load_model_bundle(
     device: str | None = None,
     dtype: str | None = None,
     model_base: str | None = None,
+    **placement: Any,
 ) -> ModelBundle:
-    """Load a model with the pruning method and its parameters (``visual_token_num``, ``heads``, ...)."""
-    resolved_device, resolved_dtype = resolve_device_and_dtype(device, dtype)
+    """Load a model with the pruning method and its parameters (``visual_token_num``, ``heads``, ...);
+    ``placement``: ``device_map``, ``attn_implementation``, ``use_flash_attn``, ``load_8bit``, ``load_4bit``."""
+    plan = plan_placement(device, dtype, **placement)
     engine, params = split_engine_fields(method_params or {})
-    key = (model_path, str(resolved_device), str(resolved_dtype), model_base, tuple(sorted(engine.items())))
+    key = (model_path, str(plan), model_base, tuple(sorted(engine.items())))
     reusable = _reused_bundles is not None and model_path not in TINY_MODELS  # tiny models: built per seed
     if reusable and key in _reused_bundles:
         return _replanned(_reused_bundles[key], model_path, pruning_method, params)
@@ -140,11 +135,14 @@ def load_model_bundle(
         model_path,
         model_base=model_base,
         pruning_method=pruning_method,
-        device=str(resolved_device),
-        torch_dtype=resolved_dtype,
+        device=plan.device,
+        torch_dtype=plan.dtype,
+        **placement,
         **(method_params or {}),
     )
-    bundle = ModelBundle(tokenizer, model.to(resolved_dtype), image_processor, resolved_device, resolved_dtype)
+    # a dispatched model takes its inputs on the device of its embeddings (accelerate moves them on)
+    input_device = model.device if plan.dispatched else plan.device
+    bundle = ModelBundle(tokenizer, model, image_processor, input_device, plan.dtype)
     if reusable:
         _reused_bundles[key] = bundle
     return bundle
@@ -152,8 +150,10 @@ def load_model_bundle(
 
 def bundle_from_args(args: argparse.Namespace) -> ModelBundle:
     """Load the model named by the shared command-line flags."""
+    placement = placement_args(args)
+    device, dtype = placement.pop("device"), placement.pop("torch_dtype")
     return load_model_bundle(
-        args.model_path, pruning_method(args), pruning_params(args), args.device, args.torch_dtype, args.model_base
+        args.model_path, pruning_method(args), pruning_params(args), device, dtype, args.model_base, **placement
     )
 
 
@@ -199,8 +199,9 @@ def context_length(bundle: ModelBundle) -> int | None:
 
 
 def prompt_tokens(bundle: ModelBundle, settings: GenerationSettings, question: str, with_image: bool) -> list[int]:
-    """Token ids of the full prompt for one question (template, image tokens, question)."""
-    prompt = build_question_prompt(question, settings.conv_mode, with_image)
+    """Token ids of the full prompt for one question (template, image tokens, question); the image is
+    ``<im_start><image><im_end>`` when the model's config has ``mm_use_im_start_end=True``."""
+    prompt = build_question_prompt(question, settings.conv_mode, with_image, uses_im_start_end(bundle.model.config))
     return tokenizer_image_token(prompt, bundle.tokenizer, bundle.image_token_id, bundle.num_image_tokens)
 
 

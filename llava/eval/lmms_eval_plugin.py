@@ -6,7 +6,8 @@ Registered through the ``lmms_eval.models`` entry point as ``llava_prune``::
 
 ``model_args``: ``pretrained``, ``pruning_method``, ``visual_token_num``, ``H``, ``head_strategy``,
 ``enable_dynamic_selection``, ``conv_mode`` (vicuna_v1), ``image_aspect_ratio`` (pad), ``device``,
-``dtype``, ``batch_size`` (default 1; on the command line use lmms-eval's ``--batch_size``, which it
+``dtype``, ``device_map``, ``attn_implementation``, ``use_flash_attn``, ``load_8bit``, ``load_4bit`` (as
+``load_pretrained_model`` takes them), ``batch_size`` (default 1; on the command line use lmms-eval's ``--batch_size``, which it
 always passes); any other key is passed to the method as a parameter. Prompts use the LLaVA-1.5 template with the task's context as the question; a
 request with several images uses the first (LLaVA-1.5 takes one image); a request without an image runs
 unpruned. Only ``generate_until`` is supported.
@@ -123,6 +124,11 @@ class LlavaPrune(lmms):
         image_aspect_ratio: str = "pad",
         device: str | None = None,
         dtype: str | None = None,
+        device_map: str | None = None,
+        attn_implementation: str | None = None,
+        use_flash_attn: bool | str = False,
+        load_8bit: bool | str = False,
+        load_4bit: bool | str = False,
         batch_size: int | str = 1,
         max_batch_size: int | None = None,  # lmms-eval's ``--max_batch_size`` (for ``auto``): unused
         **method_params: Any,
@@ -132,7 +138,11 @@ class LlavaPrune(lmms):
         named = {"visual_token_num": visual_token_num, "heads": H, "head_strategy": head_strategy}
         method_params.update({name: value for name, value in named.items() if value is not None})
         method = DYNAMIC_SELECTION_METHOD if str(enable_dynamic_selection).lower() == "true" else pruning_method
-        self.bundle = load_model_bundle(pretrained, method, method_params, device, dtype)
+        flags = {"use_flash_attn": use_flash_attn, "load_8bit": load_8bit, "load_4bit": load_4bit}
+        self.bundle = load_model_bundle(
+            pretrained, method, method_params, device, dtype, device_map=device_map,
+            attn_implementation=attn_implementation, **{name: str(value).lower() == "true" for name, value in flags.items()},
+        )
         self.settings = GenerationSettings(conv_mode=conv_mode, image_aspect_ratio=image_aspect_ratio)
 
     def _settings_for(self, gen_kwargs: dict[str, Any]) -> GenerationSettings:

@@ -18,6 +18,8 @@ from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import PruningLlamaForCausalLM
 from llava.model.llava_arch import PruningLlavaForConditionalGeneration
 from llava.model.original_llava import converted_config, load_converted_weights, original_config
+from llava.model.placement import Placement, plan_placement
+from llava.model.text_models import llama_text_config
 from llava.model.tiny import build_tiny_image_processor, build_tiny_llama, build_tiny_llava, build_tiny_tokenizer
 from llava.model.vision import image_features_per_image
 from llava.pruning.methods.base import PruningMethod
@@ -69,15 +71,27 @@ def load_pretrained_model(
     model_path: str,
     model_base: str | None = None,
     model_name: str | None = None,
+    load_8bit: bool = False,
+    load_4bit: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    use_flash_attn: bool = False,
+    *,
     pruning_method: str | None = None,
-    device: str = "cpu",
     torch_dtype: torch.dtype | str | None = None,
+    attn_implementation: str | None = None,
     gguf_file: str | None = None,
     visual_token_num: float | None = None,
     vision_tower: str | None = None,
     **pruning_params: Any,
 ) -> tuple[Any, torch.nn.Module, Any, int]:
     """Load a model with the pruning decoder; returns ``(tokenizer, model, image_processor, context_len)``.
+
+    LLaVA's loading arguments, in LLaVA's order (``llava.model.placement``): ``device`` (default: CUDA, else
+    MPS, else CPU), ``torch_dtype`` (default float16 on CUDA / MPS, float32 on CPU), ``device_map``
+    (``"auto"`` or a dict: the model spread over devices by accelerate; the engine moves the few tensors a
+    pruning stage needs), ``attn_implementation`` (``sdpa`` by default; ``use_flash_attn=True`` is
+    ``flash_attention_2``), ``load_8bit`` / ``load_4bit`` (bitsandbytes, the ``quant`` extra).
 
     ``pruning_params``: the method's parameters (legacy FastV names accepted, e.g. ``fast_v_agg_layer``)
     and the engine fields ``pruning_scoring``, ``fast_v_sys_length``, ``fast_v_image_token_length``.
@@ -91,9 +105,12 @@ def load_pretrained_model(
     del model_name
     if model_base is not None:
         raise ValueError("model_base (LoRA weights) is not supported: merge the LoRA into a full checkpoint first")
+    placement = plan_placement(device, torch_dtype, device_map, attn_implementation, use_flash_attn, load_8bit, load_4bit)
     engine, params = split_engine_fields(pruning_params)
     original = None
     if model_path in TINY_MODELS:
+        if placement.quantization is not None:
+            raise ValueError(f"load_{placement.quantization} needs a checkpoint to quantise; {model_path} is built in memory")
         seed = 0 if method_takes(pruning_method, "seed") else params.pop("seed", 0)
         model, image_processor = _build_tiny(model_path, seed, engine)
         tokenizer = build_tiny_tokenizer()
@@ -107,18 +124,21 @@ def load_pretrained_model(
             raise ValueError(
                 f"unsupported architecture {type(config).__name__}: expected a LlavaConfig (llava-hf checkpoint) or a LlamaConfig"
             )
+    if isinstance(config, LlavaConfig):
+        config.text_config = llama_text_config(config.text_config)
     text_config = config.text_config if isinstance(config, LlavaConfig) else config
     span = image_features_per_image(config) if isinstance(config, LlavaConfig) else engine.get("fast_v_image_token_length")
     method = planned_method(pruning_method, text_config, span, visual_token_num, params, model_path)
-    if original is not None:
-        config.text_config = PruningLlamaConfig.from_llama_config(config.text_config, **engine)
-        model = PruningLlavaForConditionalGeneration(config)
-        load_converted_weights(model, model_path, original, vision_tower)
-        if torch_dtype is not None:
-            model = model.to(torch_dtype if isinstance(torch_dtype, torch.dtype) else getattr(torch, torch_dtype))
-    elif model_path not in TINY_MODELS:
-        load_kwargs: dict[str, Any] = {"dtype": torch_dtype} if torch_dtype is not None else {}
-        load_kwargs.update(gguf)
+    if model_path in TINY_MODELS or original is not None:
+        if original is not None:
+            config.text_config = PruningLlamaConfig.from_llama_config(config.text_config, **engine)
+            model = PruningLlavaForConditionalGeneration(config)
+            load_converted_weights(model, model_path, original, vision_tower)
+        if placement.attn_implementation is not None:
+            model.set_attn_implementation(placement.attn_implementation)
+        model = placed(model.to(placement.dtype), placement)
+    else:
+        load_kwargs = {**placement.from_pretrained_kwargs(), **gguf}
         if isinstance(config, LlavaConfig):
             config.text_config = PruningLlamaConfig.from_llama_config(config.text_config, **engine)
             model = PruningLlavaForConditionalGeneration.from_pretrained(model_path, config=config, **load_kwargs)
@@ -129,9 +149,31 @@ def load_pretrained_model(
             model = PruningLlamaForCausalLM.from_pretrained(model_path, config=pruned, **load_kwargs)
             image_processor = None
         tokenizer = AutoTokenizer.from_pretrained(model_path, **gguf)
+        if not placement.dispatched:
+            model = model.to(placement.device)
     pruning_decoder(model).set_pruning_method(method)
-    model = model.to(device).eval()
-    return tokenizer, model, image_processor, text_config.max_position_embeddings
+    return tokenizer, model.eval(), image_processor, text_config.max_position_embeddings
+
+
+def placed(model: torch.nn.Module, placement: Placement) -> torch.nn.Module:
+    """A model built in memory moved to its device, or spread over ``placement.device_map`` by accelerate."""
+    if placement.device_map is None:
+        return model.to(placement.device)
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    device_map = placement.device_map
+    if isinstance(device_map, str):
+        device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules, dtype=placement.dtype)
+    return dispatch_model(model, device_map=device_map, offload_dir=_offload_folder(device_map))
+
+
+def _offload_folder(device_map: dict[str, Any]) -> str | None:
+    """A temporary folder for the weights a device map puts on ``"disk"`` (None when it puts none there)."""
+    if "disk" not in device_map.values():
+        return None
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="llava_offload_")
 
 
 def _build_tiny(model_path: str, seed: int, engine: dict[str, Any]) -> tuple[torch.nn.Module, Any]:

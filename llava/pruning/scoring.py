@@ -17,6 +17,7 @@ from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from llava.pruning.attention import attention_probs_for_rows, full_attention_probs
+from toolkit_common.dispatch import layer_device, materialized
 
 
 def gather_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -59,8 +60,29 @@ def decoder_attention_rows(
         cached_keys: optional ``[B, H_kv, N, head_dim]`` keys after RoPE that the layer itself cached for
             ``layer_input`` (the same values, not computed again); unused on the reference path.
     """
+    home = layer_input.device
+    device = layer_device(decoder_layer)
+    with materialized(decoder_layer):
+        probs = _attention_rows_on_device(
+            decoder_layer, *(None if t is None else t.to(device) for t in (layer_input, *rope, key_valid, query_index, cached_keys)),
+            full_matrix,
+        )
+    probs = probs.to(home)
+    return probs if key_weights is None else reweight_keys(probs, key_weights)
+
+
+def _attention_rows_on_device(
+    decoder_layer: nn.Module,
+    layer_input: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    key_valid: torch.Tensor,
+    query_index: torch.Tensor,
+    cached_keys: torch.Tensor | None,
+    full_matrix: bool,
+) -> torch.Tensor:
+    """``decoder_attention_rows`` without key weights, every tensor on the layer's device."""
     attn = decoder_layer.self_attn
-    cos, sin = rope
     normed = decoder_layer.input_layernorm(layer_input)
     if full_matrix:
         keys = attn.k_proj(normed).view(*normed.shape[:2], -1, attn.head_dim).transpose(1, 2)
@@ -78,4 +100,4 @@ def decoder_attention_rows(
         queries = attn.q_proj(rows).view(*rows.shape[:2], -1, attn.head_dim).transpose(1, 2)
         queries, _ = apply_rotary_pos_emb(queries, queries, gather_rows(cos, query_index), gather_rows(sin, query_index))
         probs = attention_probs_for_rows(queries, keys, query_index, key_valid, attn.scaling)
-    return probs if key_weights is None else reweight_keys(probs, key_weights)
+    return probs

@@ -122,7 +122,7 @@ def run_vqa(bench: dict[str, Path], lines: list[str] | list[dict], capsys, *flag
         (["--max_new_tokens", "0"], "--max-new-tokens must be >= 1"),
         (["--max_new_tokens", "abc"], "invalid int value"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
-        (["--torch-dtype", "float13"], "--torch-dtype 'float13' is unknown; valid: float16"),
+        (["--torch-dtype", "float13"], "torch_dtype 'float13' is unknown; valid: float32"),
         (["--conv-mode", "nope"], "--conv-mode 'nope' is unknown"),
         (["--num-chunks", "0"], "--num-chunks must be >= 1"),
         (["--num-chunks", "2", "--chunk-idx", "3"], "--chunk-idx must be in [0, 1]"),

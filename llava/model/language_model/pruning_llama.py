@@ -321,6 +321,9 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
     ) -> DecoderSequence:
         """One boundary: the method's selection (or the replayed one) applied to the sequence."""
         state = self.pruning_state
+        if seq.hidden.device != inputs_embeds.device:  # a model split over devices: select where the bookkeeping is
+            seq = replace(seq, hidden=seq.hidden.to(inputs_embeds.device))
+            previous_input = None if previous_input is None else previous_input.to(inputs_embeds.device)
         stage = len(state.selections) + len(state.soft_stages) if replay is None else None
         if replay is not None:
             selection = replay.selections[sorted(replay.stage_valid).index(layer)]
