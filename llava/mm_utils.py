@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from transformers import StoppingCriteria
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 
@@ -78,12 +79,16 @@ def open_rgb_image(source: str | Path | io.BytesIO) -> Image.Image:
 
 
 def decode_base64_rgb(data: str) -> Image.Image:
-    """An RGB image from base64 text (MMBench's ``image`` cell)."""
+    """An RGB image from base64 text (MMBench's ``image`` cell; LLaVA's ``load_image_from_base64``)."""
     try:
         raw = base64.b64decode(data)
     except (binascii.Error, ValueError) as exc:
         raise ImageDecodeError(f"image cell is not base64: {exc}") from exc
     return open_rgb_image(io.BytesIO(raw))
+
+
+load_image_from_base64 = decode_base64_rgb
+"""LLaVA's name (it returned the image in its file's mode; this one is RGB, as every LLaVA caller converts)."""
 
 
 def expand2square(image: Image.Image, background_color: tuple[int, ...]) -> Image.Image:
@@ -97,19 +102,45 @@ def expand2square(image: Image.Image, background_color: tuple[int, ...]) -> Imag
     return canvas
 
 
-def process_images(
-    images: Sequence[Image.Image], image_processor: Any, image_aspect_ratio: str = "pad"
-) -> torch.Tensor:
-    """Turn PIL images into a ``[B, 3, H, W]`` pixel tensor.
+DEFAULT_IMAGE_ASPECT_RATIO = "pad"
+"""What ``process_images`` does for a model config without ``image_aspect_ratio``: llava-hf configs do not carry
+the field, and LLaVA-1.5 (whose original configs say ``"pad"``) pads. LLaVA itself would not pad then."""
 
-    ``image_aspect_ratio="pad"`` pads each image to a square filled with the processor's mean colour
-    before the processor resizes and crops it (original LLaVA-1.5); any other value hands the images
-    to the processor unchanged (resize shortest side + centre crop).
+
+def image_aspect_ratio_of(model_cfg: Any) -> str | None:
+    """The preprocessing ``process_images``'s third argument asks for: a mode name as given; ``None``: the
+    default (``DEFAULT_IMAGE_ASPECT_RATIO``); a config: its ``image_aspect_ratio``, or the default without one."""
+    if model_cfg is None:
+        return DEFAULT_IMAGE_ASPECT_RATIO
+    if isinstance(model_cfg, str):
+        return model_cfg
+    return getattr(model_cfg, "image_aspect_ratio", DEFAULT_IMAGE_ASPECT_RATIO)  # a field set to None: no padding
+
+
+def pad_to_square(image: Image.Image, image_processor: Any) -> Image.Image:
+    """LLaVA-1.5's ``pad``: the image centred on a square of the processor's mean colour (``int(mean * 255)``)."""
+    return expand2square(image, tuple(int(channel * 255) for channel in image_processor.image_mean))
+
+
+def process_images(
+    images: Sequence[Image.Image], image_processor: Any, model_cfg: Any = None, image_aspect_ratio: str | None = None
+) -> torch.Tensor:
+    """Turn PIL images into a ``[B, 3, H, W]`` pixel tensor, as LLaVA's ``process_images(images,
+    image_processor, model.config)`` does.
+
+    ``model_cfg``: a model config (its ``image_aspect_ratio``; ``"pad"`` when it has none, see
+    ``DEFAULT_IMAGE_ASPECT_RATIO``), a mode name, or None (``"pad"``); ``image_aspect_ratio=`` overrides it.
+    ``"pad"`` pads each image to a square of the processor's mean colour before the processor resizes and
+    crops it (LLaVA-1.5); ``"anyres"`` (LLaVA-1.6) is refused; any other value hands the images to the
+    processor unchanged (resize shortest side + centre crop). Every image is first converted to RGB
+    (``to_rgb``). The evaluation loaders call this same function.
     """
+    mode = image_aspect_ratio if image_aspect_ratio is not None else image_aspect_ratio_of(model_cfg)
+    if mode == "anyres":
+        raise ValueError("image_aspect_ratio 'anyres' (LLaVA-1.6) is not supported: LLaVA-1.5 models use 'pad'")
     rgb_images = [to_rgb(image) for image in images]
-    if image_aspect_ratio == "pad":
-        mean_colour = tuple(int(channel * 255) for channel in image_processor.image_mean)
-        rgb_images = [expand2square(image, mean_colour) for image in rgb_images]
+    if mode == "pad":
+        rgb_images = [pad_to_square(image, image_processor) for image in rgb_images]
     return image_processor(images=rgb_images, return_tensors="pt")["pixel_values"]
 
 
@@ -157,3 +188,58 @@ def get_model_name_from_path(model_path: str) -> str:
     if parts[-1].startswith("checkpoint-") and len(parts) > 1:
         return f"{parts[-2]}_{parts[-1]}"
     return parts[-1]
+
+
+class KeywordsStoppingCriteria(StoppingCriteria):
+    """LLaVA's stopping criterion: a sequence is done once its generated text holds one of ``keywords``
+    (e.g. the template's separator, ``conv.sep`` or ``conv.sep2``).
+
+    ``KeywordsStoppingCriteria(keywords, tokenizer, input_ids)`` then ``model.generate(...,
+    stopping_criteria=[criterion])``. A keyword is found when the generated ids end with its ids, or when
+    the text of the last generated tokens (special tokens skipped) contains it. Only tokens after the prompt
+    count: ``input_ids`` gives the prompt length, except when it holds ``IMAGE_TOKEN_INDEX`` placeholders,
+    which the model expands to its image tokens; then the prompt is what the sequence held before the first
+    token this criterion sees in a generation. Calling returns one bool per sequence (transformers' contract,
+    so finished rows of a batch stop while the others go on; LLaVA returned one bool for the batch, true once
+    every row was done); ``call_for_batch`` answers for the first row, as LLaVA's did.
+    """
+
+    def __init__(self, keywords: Sequence[str], tokenizer: Any, input_ids: torch.Tensor) -> None:
+        self.keywords = [keywords] if isinstance(keywords, str) else list(keywords)
+        if not self.keywords or not all(self.keywords):
+            raise ValueError(f"keywords must be non-empty strings, got {keywords!r}")
+        self.tokenizer = tokenizer
+        self.keyword_ids = [torch.tensor(tokenizer(k, add_special_tokens=False).input_ids, dtype=torch.long) for k in self.keywords]
+        self.max_keyword_len = max(len(ids) for ids in self.keyword_ids)
+        # a token decodes to at least one byte; a character takes up to 4 (byte-level tokenizers)
+        self._window = max(self.max_keyword_len, 4 * max(len(k) for k in self.keywords))
+        self.start_len = input_ids.shape[1]
+        self._expanded_prompt = bool((input_ids == IMAGE_TOKEN_INDEX).any())
+        self._prompt_len: int | None = None
+
+    def _generation_start(self, length: int) -> int:
+        """Where the generated tokens begin in a sequence of ``length`` tokens."""
+        if not self._expanded_prompt:
+            return self.start_len
+        if self._prompt_len is None or length <= self._prompt_len:  # the first token of a generation
+            self._prompt_len = length - 1
+        return self._prompt_len
+
+    def _holds_keyword(self, generated: torch.Tensor) -> bool:
+        """Whether generated ids ``[T]`` end with a keyword's ids or their recent text contains a keyword."""
+        if generated.numel() == 0:
+            return False
+        for ids in self.keyword_ids:
+            if 0 < len(ids) <= len(generated) and torch.equal(generated[-len(ids):], ids.to(generated.device)):
+                return True
+        text = self.tokenizer.decode(generated[-self._window:], skip_special_tokens=True)
+        return any(keyword in text for keyword in self.keywords)
+
+    def call_for_batch(self, output_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> bool:
+        """Whether the first sequence of ``output_ids`` ``[B, T]`` holds a keyword."""
+        return self._holds_keyword(output_ids[0, self._generation_start(output_ids.shape[1]):])
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
+        start = self._generation_start(input_ids.shape[1])
+        done = [self._holds_keyword(row[start:]) for row in input_ids]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

@@ -113,8 +113,16 @@ class OneLineErrorParser(argparse.ArgumentParser):
         setting_error(self, f"{message} (see --help)")
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
-    """Parser with model, data, generation and pruning flags; both ``-`` and ``_`` spellings work."""
+QUESTION_FILE_DEFAULTS = {
+    "question_file": None, "answers_file": None, "image_folder": "", "num_chunks": 1, "chunk_idx": 0,
+    "overwrite": False, "allow_outside_images": False,
+}
+"""The data flags' values for a parser without them (one conversation: ``run_llava``, ``serve.cli``)."""
+
+
+def build_parser(description: str, question_files: bool = True) -> argparse.ArgumentParser:
+    """Parser with model, data, generation and pruning flags; both ``-`` and ``_`` spellings work.
+    ``question_files=False``: without the data flags (question and answers files, chunks), for one conversation."""
     parser = OneLineErrorParser(
         description=description, epilog=methods_help(), formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -139,6 +147,16 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     model.add_argument("--use-flash-attn", "--use_flash_attn", action="store_true", help="flash_attention_2 (LLaVA's flag)")
     model.add_argument("--load-8bit", "--load_8bit", action="store_true", help="8-bit weights (bitsandbytes, the quant extra)")
     model.add_argument("--load-4bit", "--load_4bit", action="store_true", help="4-bit NF4 weights (bitsandbytes, the quant extra)")
+    if question_files:
+        add_question_file_flags(parser)
+    else:
+        parser.set_defaults(**QUESTION_FILE_DEFAULTS)
+    add_generation_and_pruning_flags(parser)
+    return parser
+
+
+def add_question_file_flags(parser: argparse.ArgumentParser) -> None:
+    """The loaders' data flags: question and answers files, image folder, chunks, resume."""
     data = parser.add_argument_group("data")
     data.add_argument("--image-folder", "--image_folder", default="")
     data.add_argument("--question-file", "--question_file", required=True)
@@ -152,6 +170,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         "--allow-outside-images", "--allow_outside_images", action="store_true",
         help="open image paths that leave --image-folder ('../x', '/abs/x'); default: such a question is logged and skipped",
     )
+
+
+def add_generation_and_pruning_flags(parser: argparse.ArgumentParser) -> None:
+    """Prompt template, decoding, batching and pruning flags (FastV's own spellings among them)."""
     generation = parser.add_argument_group("generation")
     generation.add_argument("--conv-mode", "--conv_mode", default="vicuna_v1")
     generation.add_argument("--image-aspect-ratio", "--image_aspect_ratio", default="pad")
@@ -198,7 +220,6 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="any other method parameter (repeatable), e.g. --method-param layer_list=[2,8,16,24]",
     )
-    return parser
 
 
 def pruning_method(args: argparse.Namespace) -> str | None:
@@ -272,7 +293,7 @@ def setting_problems(args: argparse.Namespace) -> list[str]:
         problems.append(str(error))
     if args.visual_token_num is not None and args.visual_token_num < 1:
         problems.append(f"--visual_token_num must be >= 1, got {args.visual_token_num}")
-    if not Path(args.question_file).is_file():
+    if args.question_file is not None and not Path(args.question_file).is_file():
         problems.append(f"--question-file {args.question_file}: no such file")
     if args.image_folder and not Path(args.image_folder).is_dir():
         problems.append(f"--image-folder {args.image_folder}: no such folder")

@@ -21,7 +21,7 @@ OPTION_PROMPT = "Answer with the option's letter from the given choices directly
 
 def corpus() -> list[str]:
     """Texts whose words make the vocabulary."""
-    templates = {conv.system for conv in conv_templates.values()}
+    templates = {conv_templates[mode].system for mode in ("vicuna_v1", "llava_v1")}  # the templates its data uses
     words = [
         *templates,
         "USER: ASSISTANT:",
