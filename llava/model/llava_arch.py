@@ -10,8 +10,8 @@ visual tokens (``llava.model.pre_llm``), and reports what the prefill did (``pru
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -44,17 +44,25 @@ def llava_images(images: torch.Tensor | list | None, pixel_values: torch.Tensor 
     return torch.stack(list(images)) if isinstance(images, list | tuple) else images
 
 
-class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
-    """LLaVA with visual-token pruning; the method lives on the language model (``self.language_model.method``)."""
+class PruningVlmMixin:
+    """What every pruning VLM wrapper shares: the method lives on the language model (a ``PruningLlamaModel``,
+    ``self.language_model.method``), the in-LLM prefill finds the image span from ``image_token_id``, and the
+    prefill's cost is reported (``pruning_record``). A family class puts this before its transformers class."""
 
-    def __init__(self, config: LlavaConfig) -> None:
+    config: Any
+    span_planner: Callable[[int], PruningMethod] | None = None
+    """For a family whose images give varying token counts and a budget: the method planned for a span length
+    (``llava.model.builder`` sets it; each prefill runs the plan for its prompt's image span)."""
+
+    @staticmethod
+    def pruning_text_config(config: Any, image_tokens: int | None) -> None:
+        """``config.text_config`` as a ``PruningLlamaConfig`` that knows the image token (and, for a family
+        whose images always give ``image_tokens`` features, the span length)."""
         if not isinstance(config.text_config, PruningLlamaConfig):
             config.text_config = PruningLlamaConfig.from_llama_config(config.text_config)
         config.text_config.image_token_id = config.image_token_id
         if config.text_config.fast_v_image_token_length is None:
-            config.text_config.fast_v_image_token_length = image_features_per_image(config)
-        super().__init__(config)
-        self._last_prompt_length: int | None = None
+            config.text_config.fast_v_image_token_length = image_tokens
 
     @property
     def language_model(self) -> PruningLlamaModel:
@@ -68,15 +76,67 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         self.language_model.set_pruning_method(method)
 
     @contextmanager
-    def pruning(self, method: PruningMethod | None) -> Iterator[PruningLlavaForConditionalGeneration]:
+    def pruning(self, method: PruningMethod | None) -> Iterator[PruningVlmMixin]:
         with self.language_model.pruning(method):
             yield self
 
     @contextmanager
-    def pruning_disabled(self) -> Iterator[PruningLlavaForConditionalGeneration]:
+    def pruning_disabled(self) -> Iterator[PruningVlmMixin]:
         """Run unpruned inside the block (e.g. a ScienceQA question without an image)."""
         with self.language_model.pruning_disabled():
             yield self
+
+    def _forward_in_llm(self, input_ids, prune_span, cache, prefill: bool, **model_inputs: Any):
+        """The family's own forward with the pruning decoder choosing among the image tokens of the prompt."""
+        planned = nullcontext()
+        if prefill and prune_span is None and input_ids is not None and self.language_model.active_method is not None:
+            prune_span = span_from_token_id(input_ids, self.config.image_token_id)
+            if self.span_planner is not None:
+                planned = self.language_model.pruning(self.span_planner(int(prune_span[0, 1] - prune_span[0, 0])))
+        started = time.perf_counter()
+        with planned:
+            outputs = super().forward(
+                input_ids=input_ids, prune_span=prune_span, prune_input_ids=input_ids, **cache_kwargs(cache), **model_inputs
+            )
+        if prefill:
+            self._record_prefill_time(outputs, started, input_ids, model_inputs.get("inputs_embeds"))
+        return outputs
+
+    def _record_prefill_time(self, outputs: Any, started: float, input_ids, inputs_embeds) -> None:
+        """Store the prefill wall time (synchronising CUDA first) and the unpruned prompt length."""
+        if outputs.logits.is_cuda:
+            torch.cuda.synchronize()
+        state = self.language_model.pruning_state
+        self._last_prefill_ms = (time.perf_counter() - started) * 1000.0
+        self._last_prompt_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        if state is not None and state.prefill_ms is None:
+            state.prefill_ms = self._last_prefill_ms
+
+    @property
+    def last_prefill_ms(self) -> float | None:
+        """Wall time of the last prefill forward (vision tower + LLM), pruned or not."""
+        return getattr(self, "_last_prefill_ms", None)
+
+    @property
+    def pruning_record(self) -> dict | None:
+        """Summary of the last prefill: kept tokens per layer, equivalent tokens, FLOPs, prefill ms; None if unpruned."""
+        return self.sample_pruning_record(None)
+
+    def sample_pruning_record(self, sample: int | None) -> dict | None:
+        """``pruning_record`` of one sample of the last batch (the batch mean when ``sample`` is None)."""
+        state = self.language_model.pruning_state
+        if state is None:
+            return None
+        return prefill_cost(self.config, state.record, state.prompt_length, state.prefill_ms, sample)
+
+
+class PruningLlavaForConditionalGeneration(PruningVlmMixin, LlavaForConditionalGeneration):
+    """LLaVA-1.5 with visual-token pruning: in-LLM methods in the decoder, pre-LLM methods on the visual tokens."""
+
+    def __init__(self, config: LlavaConfig) -> None:
+        self.pruning_text_config(config, image_features_per_image(config))
+        super().__init__(config)
+        self._last_prompt_length: int | None = None
 
     def forward(
         self,
@@ -102,21 +162,9 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         method = self.language_model.active_method
         if method is not None and method.pre_llm:
             return self._forward_pre_llm(method, input_ids, pixel_values, attention_mask, cache, prefill, **kwargs)
-        if prefill and prune_span is None and input_ids is not None and method is not None:
-            prune_span = span_from_token_id(input_ids, self.config.image_token_id)
-        started = time.perf_counter()
-        outputs = super().forward(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            attention_mask=attention_mask,
-            prune_span=prune_span,
-            prune_input_ids=input_ids,
-            **cache_kwargs(cache),
-            **kwargs,
+        return self._forward_in_llm(
+            input_ids, prune_span, cache, prefill, pixel_values=pixel_values, attention_mask=attention_mask, **kwargs
         )
-        if prefill:
-            self._record_prefill_time(outputs, started, input_ids, kwargs.get("inputs_embeds"))
-        return outputs
 
     def expand_placeholders(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
         """``input_ids`` with each ``IMAGE_TOKEN_INDEX`` (-200) as this model's image tokens, and the mask."""
@@ -145,16 +193,6 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         output.sequences = output.sequences[:, prompt:]
         return output
 
-    def _record_prefill_time(self, outputs: Any, started: float, input_ids, inputs_embeds) -> None:
-        """Store the prefill wall time (synchronising CUDA first) and the unpruned prompt length."""
-        if outputs.logits.is_cuda:
-            torch.cuda.synchronize()
-        state = self.language_model.pruning_state
-        self._last_prefill_ms = (time.perf_counter() - started) * 1000.0
-        self._last_prompt_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        if state is not None and state.prefill_ms is None:
-            state.prefill_ms = self._last_prefill_ms
-
     def _forward_pre_llm(self, method, input_ids, pixel_values, attention_mask, cache, prefill: bool, **kwargs: Any):
         kwargs.pop("prune_query_index", None)
         state = self.language_model.pruning_state
@@ -180,20 +218,3 @@ class PruningLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         self.language_model.pruning_state = state
         self._record_prefill_time(outputs, started, input_ids, None)
         return outputs
-
-    @property
-    def last_prefill_ms(self) -> float | None:
-        """Wall time of the last prefill forward (vision tower + LLM), pruned or not."""
-        return getattr(self, "_last_prefill_ms", None)
-
-    @property
-    def pruning_record(self) -> dict | None:
-        """Summary of the last prefill: kept tokens per layer, equivalent tokens, FLOPs, prefill ms; None if unpruned."""
-        return self.sample_pruning_record(None)
-
-    def sample_pruning_record(self, sample: int | None) -> dict | None:
-        """``pruning_record`` of one sample of the last batch (the batch mean when ``sample`` is None)."""
-        state = self.language_model.pruning_state
-        if state is None:
-            return None
-        return prefill_cost(self.config, state.record, state.prompt_length, state.prefill_ms, sample)

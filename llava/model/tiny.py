@@ -11,12 +11,21 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, PreTrainedTokenizerFast
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaNextConfig,
+    LlavaNextProcessor,
+    PreTrainedTokenizerFast,
+)
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
 from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import PruningLlamaForCausalLM
 from llava.model.llava_arch import PruningLlavaForConditionalGeneration
+from llava.model.llava_next_arch import PruningLlavaNextForConditionalGeneration
 from llava.tokenization import IMAGE_TOKEN, SPECIAL_TOKENS, llava_fast_tokenizer
 
 
@@ -100,3 +109,47 @@ def build_tiny_llama(
 def build_tiny_image_processor() -> CLIPImageProcessorPil:
     """CLIP preprocessing at 336 px (resize shortest edge, center crop, CLIP mean/std)."""
     return CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+
+
+TINY_NEXT_TILE = 112
+TINY_NEXT_PINPOINTS = [[112, 224], [224, 112], [224, 224], [112, 336], [336, 112]]
+"""The tiny LLaVA-NeXT's tiles: 112 px (8 x 8 = 64 features each) on LLaVA-NeXT's anyres layouts scaled down
+(1 x 2 ... 2 x 2 tiles plus the base image), so an image gives 64 base features plus 128-256 tile features
+and one newline per tile row: 200-336 image tokens, varying with the image's size as on the real model."""
+
+
+def build_tiny_llava_next_config(text_overrides: dict | None = None, **pruning_fields: Any) -> LlavaNextConfig:
+    """Config of the tiny LLaVA-NeXT (anyres at 112 px tiles); vocabulary as ``build_tiny_tokenizer()``."""
+    tokenizer = build_tiny_tokenizer()
+    text = tiny_llama_config(vocab_size=len(tokenizer), **(text_overrides or {}))
+    return LlavaNextConfig(
+        vision_config=tiny_vision_config(image_size=TINY_NEXT_TILE),
+        text_config=PruningLlamaConfig.from_llama_config(text, **pruning_fields),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_grid_pinpoints=TINY_NEXT_PINPOINTS,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+
+
+def build_tiny_llava_next(
+    seed: int = 0, text_overrides: dict | None = None, **pruning_fields: Any
+) -> PruningLlavaNextForConditionalGeneration:
+    """Random tiny LLaVA-NeXT (eval mode) with the given pruning config fields."""
+    config = build_tiny_llava_next_config(text_overrides, **pruning_fields)
+    torch.manual_seed(seed)
+    return PruningLlavaNextForConditionalGeneration(config).eval()
+
+
+def build_tiny_llava_next_processor() -> LlavaNextProcessor:
+    """The tiny LLaVA-NeXT's processor: anyres tiles of 112 px and ``<image>`` expanded per image size."""
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": TINY_NEXT_TILE},
+        crop_size={"height": TINY_NEXT_TILE, "width": TINY_NEXT_TILE},
+        image_grid_pinpoints=TINY_NEXT_PINPOINTS,
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor, tokenizer=build_tiny_tokenizer(), patch_size=14,
+        vision_feature_select_strategy="default", image_token=IMAGE_TOKEN, num_additional_image_tokens=1,
+    )
