@@ -24,31 +24,41 @@ from kvcompress.evaluation.timing import prefill_flops, rotated
 from kvcompress.methods.dead_heads import DeadHeadPruner
 from kvcompress.methods.registry import NoCompression
 from kvcompress.models.loading import load_model_and_tokenizer
+from toolkit_common.devices import synchronize
+from toolkit_common.script_args import (
+    apply_execution_flags,
+    check_execution_flags,
+    execution_flags,
+    model_flag,
+    text_flag,
+    threads_flag,
+)
 
 
 @torch.no_grad()
 def time_prefill_ms(model: torch.nn.Module, input_ids: torch.Tensor) -> float:
+    synchronize(input_ids.device)
     started = time.perf_counter()
     model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
+    synchronize(input_ids.device)
     return (time.perf_counter() - started) * 1000.0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[model_flag(), text_flag(DEFAULT_TEXT), threads_flag(1), execution_flags()])
     parser.add_argument("classification", help="head_classification.json whose dead heads are removed")
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--text", default=str(DEFAULT_TEXT))
     parser.add_argument("--tokens", type=int, default=600, help="prompt length")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_execution_flags(parser, args)
     classification = HeadClassification.load(args.classification)
     if not classification.heads_labelled("dead"):
         parser.error(f"{args.classification} labels no head dead: nothing to remove")
-    torch.set_num_threads(args.threads)
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    execution = apply_execution_flags(args)
+    model, tokenizer = load_model_and_tokenizer(args.model, execution.dtype, execution.device)
     classification.check_model(model)
-    input_ids = load_token_stream(args.text, tokenizer, max_tokens=args.tokens)[None]
+    input_ids = load_token_stream(args.text, tokenizer, max_tokens=args.tokens)[None].to(execution.device)
     rows = {"full": NoCompression(), "dead (zero, control)": DeadHeadPruner(classification, mode="zero"),
             "dead (structural)": DeadHeadPruner(classification, mode="structural")}
     times: dict[str, list[float]] = {name: [] for name in rows}
@@ -63,7 +73,8 @@ def main() -> None:
                 times[name].append(elapsed)
     removed = len(classification.heads_labelled("dead"))
     shape = classification.shape
-    print(f"model={args.model} tokens={input_ids.shape[1]} repeats={args.repeats} threads={args.threads} "
+    print(f"model={args.model} device={execution.device} dtype={execution.dtype_name} tokens={input_ids.shape[1]} "
+          f"repeats={args.repeats} threads={args.threads} "
           f"removed heads={removed}/{shape.num_layers * shape.num_query_heads}")
     print(f"{'row':<22}{'ms':>10}{'vs full':>9}{'FLOPs':>8}{'meas/theory':>13}")
     full_ms = statistics.median(times["full"])

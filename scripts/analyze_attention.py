@@ -3,7 +3,8 @@
     python scripts/analyze_attention.py --model smollm2
     python scripts/analyze_attention.py --model EleutherAI/pythia-70m --lengths 256 512 1024 2048
 
-Writes ``results/attention_analysis_<model>/``: ``statistics.json`` (main length),
+Writes ``results/attention_analysis_<model>/``: ``run.json`` (model, device, dtype, threads; each classification's
+``parameters`` repeat model, device and dtype), ``statistics.json`` (main length),
 ``statistics_by_length.json``, ``head_classification.json`` (statistics classifier),
 ``head_classification_calibration.json`` (with ``--calibrate``), ``head_classification_gates_w<W>.json``
 (with ``--optimize-gates``: DuoAttention-style gates trained on longer calibration sequences, see
@@ -19,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-import torch
 
 from kvcompress.adapters import adapter_for
 from kvcompress.analysis.calibration import CalibrationConfig, CalibrationSet, classify_by_calibration
@@ -49,6 +48,15 @@ from toolkit_common.cli import (
     missing_file_problem,
     setting_error,
 )
+from toolkit_common.script_args import (
+    apply_execution_flags,
+    execution_flags,
+    execution_problem,
+    model_flag,
+    out_flag,
+    text_flag,
+    threads_flag,
+)
 
 NUMERIC_FLAGS: dict[str, Range] = {
     **dict.fromkeys(("seq_len", "samples", "lengths", "chunk_rows", "local_window", "calibration_text_len",
@@ -75,9 +83,11 @@ def text_problems(args: argparse.Namespace) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2", help="smollm2 (offline GGUF) or a hub id / folder")
-    parser.add_argument("--text", default=str(DEFAULT_TEXT), help="text file for the statistics")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[model_flag(), text_flag(DEFAULT_TEXT, help="text file for the statistics"),
+                 out_flag(help="output folder (default results/attention_analysis_<model>)"),
+                 threads_flag(), execution_flags()])
     parser.add_argument("--seq-len", type=int, default=1024, help="main sequence length")
     parser.add_argument("--samples", type=int, default=4, help="windows at the main length")
     parser.add_argument("--lengths", type=int, nargs="*", default=[128, 256, 512, 1024, 2048],
@@ -119,12 +129,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gate-head-penalty", type=float, default=0.0, help="> 0 also trains head gates (removal)")
     parser.add_argument("--gate-threshold", type=float, default=0.5)
     parser.add_argument("--reuse", action="store_true", help="reuse statistics JSON files already in --out")
-    parser.add_argument("--out", default=None, help="output folder (default results/attention_analysis_<model>)")
-    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     check_ranges(parser, args, NUMERIC_FLAGS)
     if problems := text_problems(args):
         setting_error(parser, "; ".join(problems))
+    if problem := execution_problem(args):
+        setting_error(parser, problem)
     if problem := model_problem(args.model):
         setting_error(parser, problem)
     return args
@@ -132,14 +142,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    execution = apply_execution_flags(args)
     out = Path(args.out or f"results/attention_analysis_{model_slug(args.model)}")
     out.mkdir(parents=True, exist_ok=True)
     thresholds = StatisticsThresholds(args.positional_min_window_mass, args.positional_max_entropy,
                                       args.dead_min_entropy, args.dead_max_output_ratio)
     config = StatisticsConfig(sinks=args.sinks, local_window=args.local_window)
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, execution.dtype, execution.device)
+    run = {"model": args.model, "device": str(execution.device), "dtype": execution.dtype_name}
+    (out / "run.json").write_text(json.dumps({**run, "threads": execution.threads}, indent=1))
     longest = max([args.seq_len, *args.lengths])
     tokens = load_token_stream(args.text, tokenizer, max_tokens=args.samples * args.seq_len + 2 * longest)
 
@@ -150,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
                                              args.chunk_rows)
         statistics.save(out / "statistics.json")
     classification = classify_by_statistics(statistics, thresholds)
-    classification.parameters["model"] = args.model
+    classification.parameters.update(run)
     classification.save(out / "head_classification.json")
     plot_entropy_heatmap(statistics, out / "entropy_heatmap.png")
     plot_position_preference(statistics, out / "position_preference.png")
@@ -194,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
             window_candidates=groups[: args.window_candidates] if args.window_candidates else None,
             removal_candidates=heads[: args.removal_candidates] if args.removal_candidates else None,
             cost_log=out / "calibration_costs.jsonl")
-        calibrated.parameters["model"] = args.model
+        calibrated.parameters.update(run)
         calibrated.save(out / f"head_classification_calibration{suffix}.json")
         plot_classification(statistics, calibrated, out / f"classification_calibration{suffix}.png")
         print(f"calibration classifier: {calibrated.counts()}, windowed KV groups: "
@@ -202,10 +213,11 @@ def main(argv: list[str] | None = None) -> None:
               f"{calibrated.parameters['dead_joint_cost']:.4f}, with the windows {calibrated.parameters['joint_cost']:.4f}")
 
     if args.optimize_gates:
-        optimize_gates(args, model, tokenizer, out, statistics)
+        optimize_gates(args, model, tokenizer, out, statistics, run)
 
 
-def optimize_gates(args: argparse.Namespace, model, tokenizer, out: Path, statistics: HeadStatistics) -> None:
+def optimize_gates(args: argparse.Namespace, model, tokenizer, out: Path, statistics: HeadStatistics,
+                   run: dict) -> None:
     """Train window (and head) gates on longer calibration sequences; save the classification and plot."""
     window = args.calibration_window or args.local_window
     config = GateTrainingConfig(args.sinks, window, args.gate_steps, args.gate_lr, args.gate_window_penalty,
@@ -217,7 +229,7 @@ def optimize_gates(args: argparse.Namespace, model, tokenizer, out: Path, statis
     gates, history = train_gates(model, CalibrationSet(texts, prompts), config, checkpoint=out / f"gates_w{window}.pt")
     shape = adapter_for(model).model_shape(model)
     classification = classify_by_gates(shape, gates, config, history)
-    classification.parameters.update(model=args.model, texts=len(texts), text_len=args.gate_text_len,
+    classification.parameters.update(**run, texts=len(texts), text_len=args.gate_text_len,
                                      prompts=len(prompts), prompt_len=args.gate_prompt_len)
     classification.save(out / f"head_classification_gates_w{window}.json")
     plot_gates(classification, history, out / f"gates_w{window}.png")

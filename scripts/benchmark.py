@@ -8,7 +8,10 @@
 A method is ``name`` or ``name@classification``; StreamingLLM and SnapKV get the KV fraction of
 ``--budget-from`` (a ``positional+dead@...`` method) at the same context length, or ``--kv-fraction``.
 Speed first, every method side by side (warm-up, then ``--repeats`` rounds that each time every method
-once, medians): TTFT, TPOT, throughput, peak memory, KV bytes, prefill FLOPs. Then per method: strided
+once, medians; CUDA / MPS synchronised): TTFT, TPOT, throughput, peak memory (peak RSS on the CPU,
+``torch.cuda.max_memory_allocated`` on CUDA, the driver's allocation on MPS), KV bytes, prefill FLOPs.
+``--device`` / ``--dtype`` say where and in which precision the model runs (``results.json``'s metadata
+records both). Then per method: strided
 perplexity on ``--text`` (default WikiText-2 test) and passkey accuracy; each method's quality row is
 appended to ``quality.jsonl`` as soon as it is measured and reused by a re-run with the same settings.
 ``results.json`` and ``results.md`` are rewritten after every method.
@@ -56,6 +59,15 @@ from toolkit_common.cli import (
     setting_error,
 )
 from toolkit_common.jsonl import JsonlAppender, read_jsonl
+from toolkit_common.script_args import (
+    apply_execution_flags,
+    execution_flags,
+    execution_problem,
+    model_flag,
+    out_flag,
+    text_flag,
+    threads_flag,
+)
 
 NUMERIC_FLAGS: dict[str, Range] = {
     "kv_fraction": FRACTION, "sinks": AT_LEAST_0, "window": AT_LEAST_1, "ppl_max_length": Range(2),
@@ -69,8 +81,10 @@ UNCOMPRESSED = ("full",)  # methods on the stock attention and cache: no control
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[model_flag(), text_flag(DEFAULT_TEXT), out_flag(help="default results/benchmark_<model>"),
+                 threads_flag(), execution_flags()])
     parser.add_argument("--methods", nargs="+", default=["full"], help=f"from {sorted(METHODS)}, optionally @name")
     parser.add_argument("--classification", action="append", default=[], metavar="NAME=PATH",
                         help="head_classification.json files; the first is the default")
@@ -78,7 +92,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kv-fraction", type=float, default=None, help="explicit KV fraction for the baselines")
     parser.add_argument("--sinks", type=int, default=4)
     parser.add_argument("--window", type=int, default=64)
-    parser.add_argument("--text", default=str(DEFAULT_TEXT))
     parser.add_argument("--ppl-max-length", type=int, default=512)
     parser.add_argument("--ppl-stride", type=int, default=256)
     parser.add_argument("--ppl-windows", type=int, default=16, help="number of strided windows (0: all)")
@@ -91,8 +104,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     check_ranges(parser, args, NUMERIC_FLAGS)
     if problem := stride_problem(args.ppl_stride, args.ppl_max_length):
@@ -107,6 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if problems := [problem for spec in [*args.methods, *filter(None, [args.budget_from])]
                     if (problem := method_spec_problem(spec, given))]:
         setting_error(parser, "; ".join(problems))
+    if problem := execution_problem(args):
+        setting_error(parser, problem)
     if problem := model_problem(args.model):  # last: the flags' own errors come first, whatever is installed
         setting_error(parser, problem)
     args.methods = with_kvcompress_control(args.methods)
@@ -148,8 +161,7 @@ def parse_method(spec: str, classifications: dict[str, HeadClassification]) -> t
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    execution = apply_execution_flags(args)
     classifications = {}
     for item in args.classification:
         name, _, path = item.partition("=")
@@ -159,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"benchmark.py: error: --classification {error}") from None
     specs = [(spec, *parse_method(spec, classifications)) for spec in args.methods]
     out = Path(args.out or f"results/benchmark_{model_slug(args.model)}")
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, execution.dtype, execution.device)
     for _, _, classification in specs:
         if classification is not None:
             classification.check_model(model)
@@ -190,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
                                  args.ppl_stride, args.ppl_windows or None)
 
     metadata = {key: value for key, value in vars(args).items()}
-    metadata.update({"device": str(next(model.parameters()).device), "threads": torch.get_num_threads()})
+    metadata.update({**execution.metadata(), "device": str(next(model.parameters()).device),
+                     "requested_device": args.device})
 
     def make_method(spec: str, context: int):
         _, name, classification = next(item for item in specs if item[0] == spec)
@@ -250,6 +263,8 @@ def quality_key(spec: str, classification: HeadClassification | None, args: argp
     settings = {name: getattr(args, name) for name in (
         "model", "sinks", "window", "text", "ppl_max_length", "ppl_stride", "ppl_windows", "no_perplexity",
         "passkey_len", "passkey_prompts")}
+    if getattr(args, "dtype", "float32") != "float32":  # float32 rows keep the keys they had before --dtype
+        settings["dtype"] = args.dtype
     labels = None if classification is None else classification.labels
     return hashlib.sha1(json.dumps([spec, labels, settings, budget], sort_keys=True).encode()).hexdigest()[:16]
 

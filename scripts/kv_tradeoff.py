@@ -6,7 +6,8 @@ one) and remove the classification's dead heads (``k = 0``: the dead heads alone
 length: the passkey prompts and the perplexity windows). Each point
 gets passkey accuracy and strided perplexity (``kvcompress.evaluation.benchmark.measure_quality``).
 The full model is measured once as the reference (dashed line). Rows are appended to
-``tradeoff.jsonl`` as they finish (a re-run skips the points it holds) and
+``tradeoff.jsonl`` as they finish, with the ``device`` and ``dtype`` they ran in (a re-run on the same
+device kind and dtype skips the points it holds) and
 ``tradeoff.png`` plots accuracy and perplexity against the KV reduction (default folder
 ``results/kv_tradeoff_<model>_w<window>/``).
 
@@ -23,7 +24,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from kvcompress.analysis.calibration import with_cheapest_windows  # noqa: E402
@@ -43,6 +43,15 @@ from toolkit_common.cli import (  # noqa: E402
     setting_error,
 )
 from toolkit_common.jsonl import JsonlAppender, read_jsonl  # noqa: E402
+from toolkit_common.script_args import (  # noqa: E402
+    apply_execution_flags,
+    execution_flags,
+    execution_problem,
+    model_flag,
+    out_flag,
+    text_flag,
+    threads_flag,
+)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -77,13 +86,14 @@ NUMERIC_FLAGS: dict[str, Range] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[model_flag(), text_flag(DEFAULT_TEXT), threads_flag(),
+                 out_flag(type=Path, help="default results/kv_tradeoff_<model>_w<window>"), execution_flags()])
     parser.add_argument("classification", type=Path)
-    parser.add_argument("--model", default="smollm2")
     parser.add_argument("--groups", type=int, nargs="+", default=[15, 30, 45, 54, 63, 72])
     parser.add_argument("--sinks", type=int, default=4)
     parser.add_argument("--window", type=int, default=64)
-    parser.add_argument("--text", default=str(DEFAULT_TEXT))
     parser.add_argument("--ppl-windows", type=int, default=16)
     parser.add_argument("--ppl-max-length", type=int, default=512, help="strided window length")
     parser.add_argument("--ppl-stride", type=int, default=256)
@@ -92,16 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=["positional+dead", *BASELINES],
                         choices=["positional+dead", *BASELINES],
                         help="methods measured at each count (the baselines do not depend on the classification)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     check_ranges(parser, args, NUMERIC_FLAGS)
     if problem := stride_problem(args.ppl_stride, args.ppl_max_length):
         setting_error(parser, problem)
     if problem := missing_file_problem("classification", args.classification, CLASSIFICATION_HINT):
         setting_error(parser, problem)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
         base = HeadClassification.load(args.classification)
     except ValueError as error:
@@ -113,10 +119,14 @@ def main(argv: list[str] | None = None) -> None:
         setting_error(parser, str(error))
     if not Path(args.text).is_file():
         setting_error(parser, f"--text {args.text} is absent: the perplexity of every point needs it")
+    if problem := execution_problem(args):
+        setting_error(parser, problem)
     if problem := model_problem(args.model):  # last: the flags' own errors come first, whatever is installed
         setting_error(parser, problem)
+    execution = apply_execution_flags(args)
     out = args.out or Path(f"results/kv_tradeoff_{model_slug(args.model)}_w{args.window}")
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model, execution.dtype, execution.device)
+    run = {"device": str(execution.device), "dtype": execution.dtype_name}
     base.check_model(model)
     text = load_token_stream(args.text, tokenizer, max_tokens=args.ppl_stride * args.ppl_windows + args.ppl_max_length + 1)
     prompts = make_passkey_prompts(tokenizer, args.passkey_len, args.passkey_prompts)
@@ -126,7 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = BenchmarkSettings(text[None, :context], ppl_max_length=args.ppl_max_length, ppl_stride=args.ppl_stride,
                                  ppl_max_windows=args.ppl_windows)
     log = out / "tradeoff.jsonl"
-    rows = read_jsonl(log)[0] if log.is_file() else []
+    # rows of other runs' device / dtype are kept but not reused (rows without them: float32 on the CPU)
+    rows = [row for row in (read_jsonl(log)[0] if log.is_file() else [])
+            if (row.get("device", "cpu").split(":")[0], row.get("dtype", "float32"))
+            == (execution.device.type, execution.dtype_name)]
     done = {(row["method"], row["groups"]) for row in rows}
     plan = [("full", 0)] + [(method, k) for k in args.groups for method in args.methods]
     plan = [point for point in plan if point not in done]
@@ -141,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         quality = measure_quality(model, tokenizer, make_method, settings, text, prompts)
         row = {"method": method, "groups": k, "kv_fraction": fraction, "context": context,
                "ppl_kv_fraction": kv_fraction(classification, ppl_context, args.sinks, args.window),
-               "ppl_context": ppl_context, **quality}
+               "ppl_context": ppl_context, **run, **quality}
         with JsonlAppender(log) as appender:
             appender.write(row)
         rows.append(row)

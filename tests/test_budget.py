@@ -1,4 +1,4 @@
-"""FLOPs, equivalent tokens and FLOPs-matched keep counts (DESIGN.md section 3)."""
+"""FLOPs, equivalent tokens and FLOPs-matched keep counts (README.md, "Budgets and FLOPs")."""
 
 import pytest
 

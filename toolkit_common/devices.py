@@ -165,17 +165,15 @@ def op_runs_on_mps(name: str) -> bool | None:
     return False
 
 
+@functools.cache
+def _lacks_mps(full_name: str) -> bool:
+    namespace, _, name = full_name.rpartition("::")
+    return namespace in ("", "aten") and op_runs_on_mps(name.removesuffix(".default")) is False
+
+
 def mps_missing_ops(op_names: Iterable[str]) -> list[str]:
     """The ``aten`` operators of ``op_names`` (``"aten::add.Tensor"`` or ``"add.Tensor"``) that MPS lacks."""
-    missing = []
-    for full in sorted(set(op_names)):
-        namespace, _, name = full.rpartition("::")
-        if namespace not in ("", "aten"):
-            continue
-        name = name.removesuffix(".default")
-        if op_runs_on_mps(name) is False:
-            missing.append(full)
-    return missing
+    return [name for name in sorted(set(op_names)) if _lacks_mps(name)]
 
 
 def _tensors(value) -> Iterable[torch.Tensor]:
@@ -210,7 +208,7 @@ class RaiseOnMpsMissingOps(torch.utils._python_dispatch.TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.name()  # "aten::add.Tensor"
         self.seen.add(name)
-        if name not in self.allowed and mps_missing_ops([name]):
+        if name not in self.allowed and _lacks_mps(name):
             raise MpsOpError(f"{name} has no MPS kernel in torch {torch.__version__} (on a Mac, "
                              "PYTORCH_ENABLE_MPS_FALLBACK=1 runs it on the CPU)")
         out = func(*args, **(kwargs or {}))

@@ -93,7 +93,7 @@ def next_token_log_probs(logits: torch.Tensor) -> torch.Tensor:
 def answer_nll(log_probs: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
     """Mean NLL of ``answer_ids`` ``[A]``, the last ``A`` tokens of a sequence with ``log_probs`` ``[N, V]``."""
     predicted = log_probs[-answer_ids.numel() - 1 : -1]
-    return -predicted.gather(-1, answer_ids[:, None]).mean()
+    return -predicted.gather(-1, answer_ids.to(log_probs.device)[:, None]).mean()
 
 
 def _answer_nlls(log_probs: list[torch.Tensor], calibration: CalibrationSet) -> list[float]:
@@ -103,8 +103,9 @@ def _answer_nlls(log_probs: list[torch.Tensor], calibration: CalibrationSet) -> 
 
 def reference_outputs(model: nn.Module, calibration: CalibrationSet) -> Reference:
     """Full-model next-token log-probabilities and layer inputs on every sequence, answer NLLs on the prompts."""
+    device = next(model.parameters()).device
     with torch.no_grad():
-        runs = [layer_inputs(model, sequence) for sequence in calibration_sequences(calibration)]
+        runs = [layer_inputs(model, sequence.to(device)) for sequence in calibration_sequences(calibration)]
     log_probs = [next_token_log_probs(logits) for logits, _ in runs]
     return Reference(log_probs, _answer_nlls(log_probs, calibration), [inputs for _, inputs in runs])
 
@@ -129,10 +130,11 @@ def measure_intervention(model: nn.Module, method: CompressionMethod, calibratio
     output is the reference's stream entering ``first_layer``).
     """
     log_probs = []
+    device = next(model.parameters()).device
     with torch.no_grad(), method.apply(model):
         for sequence, inputs in zip(calibration_sequences(calibration), reference.layer_inputs, strict=True):
             with starting_at_layer(model, first_layer, inputs[first_layer]):
-                log_probs.append(next_token_log_probs(model(input_ids=sequence, use_cache=False).logits))
+                log_probs.append(next_token_log_probs(model(input_ids=sequence.to(device), use_cache=False).logits))
     kl = [F.kl_div(modified, full, log_target=True, reduction="batchmean").item()
           for modified, full in zip(log_probs, reference.log_probs, strict=True)]
     texts = len(calibration.texts)
@@ -142,11 +144,14 @@ def measure_intervention(model: nn.Module, method: CompressionMethod, calibratio
     return InterventionEffect(mean(kl[:texts]), mean(kl[texts:]), mean(nll))
 
 
-def calibration_fingerprint(calibration: CalibrationSet) -> str:
-    """Hash of the calibration tokens (texts, then prompts with their answers)."""
+def calibration_fingerprint(calibration: CalibrationSet, dtype: torch.dtype = torch.float32) -> str:
+    """Hash of the calibration tokens (texts, then prompts with their answers) and of the model's dtype when it
+    is not float32 (effects measured in another precision are not reused; float32 keeps its old hashes)."""
     digest = hashlib.sha1()
+    if dtype != torch.float32:
+        digest.update(f"{dtype}|".encode())
     for sequence in calibration_sequences(calibration):
-        digest.update(sequence.to(torch.int64).numpy().tobytes())
+        digest.update(sequence.to(torch.int64).cpu().numpy().tobytes())
         digest.update(b"|")
     return digest.hexdigest()[:16]
 
@@ -235,7 +240,7 @@ def classify_by_calibration(model: nn.Module, calibration: CalibrationSet,
     config = config or CalibrationConfig()
     shape = adapter_for(model).model_shape(model)
     reference = reference_outputs(model, calibration)
-    log = CostLog(cost_log, calibration_fingerprint(calibration))
+    log = CostLog(cost_log, calibration_fingerprint(calibration, next(model.parameters()).dtype))
 
     def method(dead: list[tuple[int, int]], windowed: list[tuple[int, int]]) -> CompressionMethod:
         parts = [DeadHeadPruner(dead, mode="zero")] if dead else []

@@ -134,7 +134,7 @@ def _training_settings(config: dict) -> dict:
 def _load_checkpoint(path: Path | None, fingerprint: str, config: GateTrainingConfig) -> _Checkpoint | None:
     if path is None or not path.is_file():
         return None
-    saved = torch.load(path, weights_only=True)
+    saved = torch.load(path, map_location="cpu", weights_only=True)  # the gates move to the model's device
     if saved["fingerprint"] != fingerprint or _training_settings(saved["config"]) != _training_settings(asdict(config)):
         return None  # other data or training settings: start again
     policy = WindowKV(config.sinks, config.window)
@@ -143,7 +143,7 @@ def _load_checkpoint(path: Path | None, fingerprint: str, config: GateTrainingCo
 
 def checkpoint_history(path: str | Path) -> list[dict]:
     """The per-step history stored in a gate checkpoint (``gates_w<W>.pt``)."""
-    return torch.load(path, weights_only=True)["history"]
+    return torch.load(path, map_location="cpu", weights_only=True)["history"]
 
 
 def train_gates(model: nn.Module, calibration: CalibrationSet, config: GateTrainingConfig | None = None,
@@ -155,18 +155,19 @@ def train_gates(model: nn.Module, calibration: CalibrationSet, config: GateTrain
         raise ValueError("the calibration set is empty: give at least one text window or passkey prompt")
     shape = adapter_for(model).model_shape(model)
     path = None if checkpoint is None else Path(checkpoint)
-    fingerprint = calibration_fingerprint(calibration)
+    fingerprint = calibration_fingerprint(calibration, next(model.parameters()).dtype)
     state = _load_checkpoint(path, fingerprint, config) or _Checkpoint(
         AttentionGates.open(shape, WindowKV(config.sinks, config.window)), None, [])
-    gates = state.gates
+    device = next(model.parameters()).device
+    gates = state.gates = AttentionGates(state.gates.window.to(device), state.gates.heads.to(device), state.gates.policy)
     trained = [gates.window] + ([gates.heads] if config.head_penalty > 0 else [])
     for tensor in trained:
         tensor.requires_grad_(True)
     optimizer = torch.optim.Adam(trained, lr=config.learning_rate)
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
-    sequences = calibration_sequences(calibration)
-    answers = [None] * len(calibration.texts) + [prompt.answer_ids[0] for prompt in calibration.prompts]
+    sequences = [sequence.to(device) for sequence in calibration_sequences(calibration)]
+    answers = [None] * len(calibration.texts) + [prompt.answer_ids[0].to(device) for prompt in calibration.prompts]
     remaining = range(len(state.history), config.steps)
     if not remaining:
         return _frozen(gates), state.history

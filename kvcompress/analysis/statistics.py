@@ -1,4 +1,4 @@
-"""Per-head attention statistics as pure functions over attention rows (DESIGN.md section 6).
+"""Per-head attention statistics as pure functions over attention rows (docs/kvcompress.md, "Definitions").
 
 For a query row ``i`` (absolute position, keys ``j = 0..i``) with attention ``p_ij``:
 
@@ -114,10 +114,11 @@ def row_statistics(
     argmax_distance = rows[None, None, :] - argmax
     bins = torch.bucketize(argmax_distance, torch.tensor(config.distance_edges, device=probs.device),
                            right=True) + 1
-    bins = torch.where(argmax < config.sinks, torch.zeros_like(bins), bins)
-    histogram = torch.zeros(heads, len(config.bin_labels()), dtype=torch.float64, device=probs.device)
+    bins = torch.where(argmax < config.sinks, torch.zeros_like(bins), bins).cpu()
+    # float64 counts and sums are kept on the CPU: MPS has no float64
+    histogram = torch.zeros(heads, len(config.bin_labels()), dtype=torch.float64)
     histogram.scatter_add_(1, bins.permute(1, 0, 2).reshape(heads, -1),
-                           torch.ones(heads, bins.numel() // heads, dtype=torch.float64, device=probs.device))
+                           torch.ones(heads, bins.numel() // heads, dtype=torch.float64))
     per_row = {
         "entropy": entropy,
         "normalized_entropy": normalized,
@@ -134,8 +135,8 @@ def row_statistics(
         gram = torch.matmul(contribution.output_weight.float().transpose(1, 2), contribution.output_weight.float())
         squared = (torch.matmul(head_out, gram[None]) * head_out).sum(-1)
         per_row["output_norm"] = squared.clamp_min(0).sqrt()
-    sums = {name: value.double().sum(dim=(0, 2)).cpu() for name, value in per_row.items()}
-    return StatisticSums(sums, histogram.cpu(), rows=batch * int(used.sum()))
+    sums = {name: value.cpu().double().sum(dim=(0, 2)) for name, value in per_row.items()}
+    return StatisticSums(sums, histogram, rows=batch * int(used.sum()))
 
 
 def chunked_head_statistics(

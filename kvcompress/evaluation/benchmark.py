@@ -39,12 +39,14 @@ def measure_speed(model: nn.Module, methods: dict[str, CompressionMethod],
     ``warmup`` untimed rounds, then ``repeats`` rounds; each round applies every method in turn, runs one
     greedy generation of ``settings.prompt`` and undoes it, so load on the machine hits every method
     alike; the order rotates by one method per round, so no method always runs first. Per method:
-    median TTFT / TPOT, throughput from the median total time, the largest peak memory, KV bytes after
-    the run and the analytic prefill FLOPs.
+    median TTFT / TPOT, throughput from the median total time, the largest peak memory (and what it reads:
+    ``peak_memory_source``, see :class:`~kvcompress.evaluation.timing.PeakMemory`), KV bytes after the run and
+    the analytic prefill FLOPs.
     """
     device = next(model.parameters()).device
     runs: dict[str, list] = {name: [] for name in methods}
     peaks: dict[str, list] = {name: [] for name in methods}
+    sources: dict[str, str | None] = dict.fromkeys(methods)
     flops: dict[str, float] = {}
     names = list(methods)
     for round_index in tqdm(range(settings.warmup + settings.repeats), desc="speed rounds", leave=False):
@@ -55,6 +57,7 @@ def measure_speed(model: nn.Module, methods: dict[str, CompressionMethod],
             if round_index >= settings.warmup:
                 runs[name].append(run)
                 peaks[name].append(memory.peak_bytes)
+                sources[name] = memory.source or sources[name]
     results = {}
     for name, timed in runs.items():
         known_peaks = [peak for peak in peaks[name] if peak is not None]
@@ -64,6 +67,7 @@ def measure_speed(model: nn.Module, methods: dict[str, CompressionMethod],
             "throughput_tok_s": settings.new_tokens / statistics.median(run.total_s for run in timed),
             "kv_bytes": timed[-1].kv_bytes,
             "peak_memory_bytes": max(known_peaks) if known_peaks else None,
+            "peak_memory_source": sources[name],
             "prompt_tokens": settings.prompt.shape[1],
             "new_tokens": settings.new_tokens,
             "speed_repeats": len(timed),

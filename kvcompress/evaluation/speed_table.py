@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from kvcompress.evaluation.benchmark import markdown_table
+from toolkit_common.script_args import out_flag
 
 REFERENCES = ("full", "full_kvcompress")
 RATIO_COLUMNS = (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("peak_memory_bytes", "peak RSS"), ("kv_bytes", "KV"))
@@ -109,9 +110,9 @@ def save_report(rows: list[dict], metadata: dict, out: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Merge benchmark runs into one report (rows in file order).")
+    parser = argparse.ArgumentParser(description="Merge benchmark runs into one report (rows in file order).",
+                                     parents=[out_flag(type=Path, required=True)])
     parser.add_argument("results", type=Path, nargs="+", help="results.json files of scripts/benchmark.py")
-    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     missing = [str(path) for path in args.results if not path.is_file()]
     if missing:

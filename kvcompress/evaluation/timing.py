@@ -1,8 +1,11 @@
 """Latency, memory and FLOPs measurements for greedy generation.
 
 * TTFT: wall time of the prefill forward plus the first token's argmax.
-* TPOT: mean wall time of one decoding step afterwards; throughput = new tokens / total time.
-* Peak memory: ``torch.cuda.max_memory_allocated`` on GPU; on Linux CPU the process peak RSS (``VmHWM``)
+* TPOT: mean wall time of one decoding step afterwards; throughput = new tokens / total time. Every clock
+  read is preceded by ``toolkit_common.devices.synchronize`` (CUDA and MPS queue their kernels).
+* Peak memory (``PeakMemory``; ``source`` says which): ``torch.cuda.max_memory_allocated`` on CUDA; on MPS the
+  driver's allocated bytes at the end of the block after emptying the allocator cache at its start (MPS has
+  no peak counter; ``toolkit_common.devices.PeakDeviceMemory``); on Linux CPU the process peak RSS (``VmHWM``)
   since the block began - it includes the weights and the runtime. Writing ``5`` to ``/proc/self/clear_refs``
   resets ``VmHWM`` to the current RSS (Linux >= 4.0), so several methods are measured apart in one process:
   checked by allocating and freeing 1 GiB, resetting, and allocating 64 MiB (peak = RSS + 64 MiB, not + 1 GiB;
@@ -28,6 +31,7 @@ from transformers.cache_utils import Cache
 
 from kvcompress.adapters import adapter_for
 from kvcompress.cache import kv_cache_bytes
+from toolkit_common.devices import PeakDeviceMemory, synchronize
 from toolkit_common.transformers_compat import cache_kwargs
 
 
@@ -40,29 +44,24 @@ class GenerationTiming:
     kv_bytes: int
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: int, cache: Cache) -> GenerationTiming:
     """Greedy decoding with an explicit loop (one prefill, then one token per step) and its timings."""
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
     tokens, step_times = [], []
     with torch.no_grad():
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         logits = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **cache_kwargs(cache)).logits[:, -1]
         token = logits.argmax(-1, keepdim=True)
-        _sync(device)
+        synchronize(device)
         ttft = time.perf_counter() - start
         tokens.append(token)
         for _ in range(max_new_tokens - 1):
             step = time.perf_counter()
             logits = model(input_ids=token, use_cache=True, **cache_kwargs(cache)).logits[:, -1]
             token = logits.argmax(-1, keepdim=True)
-            _sync(device)
+            synchronize(device)
             step_times.append(time.perf_counter() - step)
             tokens.append(token)
         total = time.perf_counter() - start
@@ -72,17 +71,20 @@ def greedy_generate(model: nn.Module, input_ids: torch.Tensor, max_new_tokens: i
 
 class PeakMemory:
     """Context manager measuring peak memory in bytes (``None`` where it cannot be measured); see the module
-    docstring. ``start_bytes``: the RSS when the block began (CPU)."""
+    docstring. ``start_bytes``: the RSS when the block began (CPU). ``source``: ``cuda_max_allocated``,
+    ``mps_driver_allocated`` or ``cpu_peak_rss`` (None where nothing was measured)."""
 
     def __init__(self, device: torch.device):
-        self.device = device
+        self.device = torch.device(device)
         self.peak_bytes: int | None = None
         self.start_bytes: int | None = None
+        self.source: str | None = None
         self._reset = False
+        self._accelerator = PeakDeviceMemory(self.device) if self.device.type in ("cuda", "mps") else None
 
     def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        if self._accelerator is not None:
+            self._accelerator.__enter__()
             return self
         gc.collect()
         release_free_memory()
@@ -93,10 +95,12 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self.device.type == "cuda":
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        if self._accelerator is not None:
+            self._accelerator.__exit__(*exc_info)
+            self.peak_bytes, self.source = self._accelerator.peak_bytes, self._accelerator.source
         elif self._reset:
             self.peak_bytes = process_memory().get("VmHWM")
+            self.source = "cpu_peak_rss" if self.peak_bytes is not None else None
 
 
 def process_memory() -> dict[str, int]:
