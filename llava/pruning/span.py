@@ -20,7 +20,10 @@ def span_from_token_id(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
                 "(or pass prune_span=(start, end) for a text span, or disable pruning for text-only inputs)"
             )
     if len(set(counts.tolist())) > 1:
-        raise ValueError(f"every sample must hold the same number of prunable tokens, got {counts.tolist()}")
+        raise ValueError(
+            f"every sample must hold the same number of prunable tokens, got {counts.tolist()} (LLaVA-NeXT images of"
+            " different sizes give different counts: batch images of one size, or run them one at a time)"
+        )
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     start = torch.where(is_span, positions, input_ids.shape[1]).min(dim=1).values
     end = torch.where(is_span, positions, -1).max(dim=1).values + 1
