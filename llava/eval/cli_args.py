@@ -189,7 +189,11 @@ def add_generation_and_pruning_flags(parser: argparse.ArgumentParser) -> None:
     )
     pruning = parser.add_argument_group("pruning")
     pruning.add_argument("--pruning_method", "--pruning-method", default=None, help="registry name")
-    pruning.add_argument("--visual_token_num", "--visual-token-num", type=int, default=None, help="budget")
+    pruning.add_argument("--visual_token_num", "--visual-token-num", type=int, default=None, help="budget in equivalent tokens")
+    pruning.add_argument(
+        "--retain-ratio", "--retain_ratio", type=float, default=None,
+        help="budget as a share of each image's tokens, in (0, 1] (for any family; LLaVA-NeXT's token count varies)",
+    )
     pruning.add_argument("--H", type=int, default=None, help="number of selected heads (fine-head methods)")
     pruning.add_argument("--head-strategy", "--head_strategy", default=None)
     pruning.add_argument(
@@ -236,6 +240,7 @@ def pruning_params(args: argparse.Namespace) -> dict[str, Any]:
     """Method parameters for ``load_pretrained_model`` from the flags that were given (``--H`` -> heads)."""
     named = {
         "visual_token_num": args.visual_token_num,
+        "retain_ratio": args.retain_ratio,
         "heads": args.H,
         "head_strategy": args.head_strategy,
         "debug_mode": args.debug_mode or None,
@@ -251,6 +256,7 @@ def run_config_metadata(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "pruning_method": pruning_method(args),
         "visual_token_num": args.visual_token_num,
+        "retain_ratio": args.retain_ratio,
         "H": args.H,
         "head_strategy": args.head_strategy,
         "dynamic_selection": bool(args.enable_dynamic_selection),
@@ -291,6 +297,10 @@ def setting_problems(args: argparse.Namespace) -> list[str]:
         plan_placement(**placement_args(args))
     except ValueError as error:
         problems.append(str(error))
+    if args.retain_ratio is not None and not (math.isfinite(args.retain_ratio) and 0 < args.retain_ratio <= 1):
+        problems.append(f"--retain-ratio must be in (0, 1], got {args.retain_ratio}")
+    if args.retain_ratio is not None and args.visual_token_num is not None:
+        problems.append("--retain-ratio and --visual_token_num both set the budget: give one of them")
     if args.visual_token_num is not None and args.visual_token_num < 1:
         problems.append(f"--visual_token_num must be >= 1, got {args.visual_token_num}")
     if args.question_file is not None and not Path(args.question_file).is_file():

@@ -10,11 +10,13 @@ from typing import Any
 
 import torch
 from PIL import Image
+from transformers import ProcessorMixin
 
 from llava.conversation import build_question_prompt, uses_im_start_end
 from llava.eval.cli_args import placement_args, pruning_method, pruning_params
-from llava.mm_utils import process_images, tokenizer_image_token
+from llava.mm_utils import process_images, to_rgb, tokenizer_image_token
 from llava.model.builder import TINY_MODELS, load_pretrained_model, planned_method, pruning_decoder, split_engine_fields
+from llava.model.families import family_of
 from llava.model.placement import plan_placement
 from llava.model.vision import image_features_per_image
 from llava.pruning.budget import prefill_flops
@@ -43,8 +45,16 @@ class ModelBundle:
 
     @property
     def num_image_tokens(self) -> int:
-        """Image tokens per ``<image>`` placeholder (576 for LLaVA-1.5 at 336 px)."""
-        return image_features_per_image(self.model.config)
+        """Image tokens per ``<image>`` placeholder (576 for LLaVA-1.5 at 336 px; for a family whose count varies
+        with the image, LLaVA-NeXT, the most one image can give: what the context check assumes)."""
+        family = family_of(self.model.config)
+        return image_features_per_image(self.model.config) if family is None else family.max_image_tokens(self.model.config)
+
+    @property
+    def expands_images_itself(self) -> bool:
+        """Whether the family's processor turns ``<image>`` into its per-image token count (LLaVA-NeXT's anyres)
+        and returns the pixel values with it, instead of LLaVA-1.5's ``tokenizer_image_token`` + ``process_images``."""
+        return isinstance(self.image_processor, ProcessorMixin)
 
 
 @dataclass(frozen=True)
@@ -106,12 +116,24 @@ def _replanned(bundle: ModelBundle, model_path: str, pruning_method: str | None,
     """``bundle`` with the method planned for its own model (same validation as a fresh load)."""
     params = dict(params)
     visual_token_num = params.pop("visual_token_num", None)
+    retain_ratio = params.pop("retain_ratio", None)
     config = bundle.model.config
     text_config = getattr(config, "text_config", config)
     span = bundle.num_image_tokens if text_config is not config else text_config.fast_v_image_token_length
-    method = planned_method(pruning_method, text_config, span, visual_token_num, params, model_path)
+    method = planned_method(pruning_method, text_config, span, visual_token_num, params, model_path, retain_ratio)
     pruning_decoder(bundle.model).set_pruning_method(method)
     return bundle
+
+
+def _varying_image_tokens(model_path: str) -> bool:
+    """Whether the checkpoint's family gives each image a token count of its own (LLaVA-NeXT)."""
+    from transformers import AutoConfig
+
+    try:
+        family = family_of(AutoConfig.from_pretrained(model_path))
+    except (OSError, ValueError):
+        return False  # an original-format LLaVA checkpoint (LLaVA-1.5) or one the loader will refuse
+    return family is not None and family.fixed_image_tokens is None
 
 
 def load_model_bundle(
@@ -128,7 +150,8 @@ def load_model_bundle(
     plan = plan_placement(device, dtype, **placement)
     engine, params = split_engine_fields(method_params or {})
     key = (model_path, str(plan), model_base, tuple(sorted(engine.items())))
-    reusable = _reused_bundles is not None and model_path not in TINY_MODELS  # tiny models: built per seed
+    # tiny models are built per seed; a family whose image token count varies plans its method per prompt
+    reusable = _reused_bundles is not None and model_path not in TINY_MODELS and not _varying_image_tokens(model_path)
     if reusable and key in _reused_bundles:
         return _replanned(_reused_bundles[key], model_path, pruning_method, params)
     tokenizer, model, image_processor, _ = load_pretrained_model(
@@ -168,10 +191,10 @@ def left_pad(token_lists: list[list[int]], pad_id: int) -> tuple[torch.Tensor, t
     return input_ids, attention_mask
 
 
-def unpruned_cost(bundle: ModelBundle, prompt_length: int, with_image: bool) -> dict[str, Any]:
-    """Cost fields of an unpruned prefill (visual tokens in every layer; SwiGLU FLOPs convention)."""
+def unpruned_cost(bundle: ModelBundle, tokens: list[int]) -> dict[str, Any]:
+    """Cost fields of an unpruned prefill of prompt ``tokens`` (its image tokens in every layer; SwiGLU FLOPs)."""
     text_config = bundle.model.config.text_config
-    span = bundle.num_image_tokens if with_image else 0
+    span, prompt_length = tokens.count(bundle.image_token_id), len(tokens)
     flops = prefill_flops(
         [span] * text_config.num_hidden_layers,
         prompt_length - span,
@@ -233,6 +256,32 @@ def fitted_prompt_tokens(
     )
 
 
+def llava_inputs(
+    bundle: ModelBundle, settings: GenerationSettings, token_lists: list[list[int]], images: list[Image.Image] | None,
+    pad_id: int,
+) -> dict[str, torch.Tensor]:
+    """LLaVA-1.5's model inputs: the prompts' tokens (image tokens expanded) left-padded, and the images
+    through ``process_images`` (padded to a square when ``image_aspect_ratio`` is ``pad``)."""
+    input_ids, attention_mask = left_pad(token_lists, pad_id)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if images is not None:
+        inputs["pixel_values"] = process_images(images, bundle.image_processor, settings.image_aspect_ratio)
+    return inputs
+
+
+def processor_inputs(
+    bundle: ModelBundle, settings: GenerationSettings, questions: list[str], images: list[Image.Image]
+) -> dict[str, torch.Tensor]:
+    """A family processor's model inputs (LLaVA-NeXT: anyres tiles, ``image_sizes``, ``<image>`` expanded to
+    each image's token count), the prompts built with the same conversation template, left-padded."""
+    prompts = [build_question_prompt(question, settings.conv_mode, True, uses_im_start_end(bundle.model.config))
+               for question in questions]
+    encoded = bundle.image_processor(
+        images=[to_rgb(image) for image in images], text=prompts, return_tensors="pt", padding=True, padding_side="left"
+    )
+    return dict(encoded)
+
+
 def answer_batch(
     bundle: ModelBundle, settings: GenerationSettings, questions: list[str], images: list[Image.Image] | None
 ) -> tuple[list[str], list[dict[str, Any]]]:
@@ -245,26 +294,26 @@ def answer_batch(
     """
     with_image = images is not None
     fitted = [fitted_prompt_tokens(bundle, settings, question, with_image) for question in questions]
-    token_lists = [tokens for tokens, _ in fitted]
     pad_id = bundle.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = bundle.tokenizer.eos_token_id
-    input_ids, attention_mask = left_pad(token_lists, pad_id)
-    inputs: dict[str, Any] = {
-        "input_ids": input_ids.to(bundle.device),
-        "attention_mask": attention_mask.to(bundle.device),
-    }
-    if with_image:
-        pixel_values = process_images(images, bundle.image_processor, settings.image_aspect_ratio)
-        inputs["pixel_values"] = pixel_values.to(bundle.device, bundle.dtype)
+    if with_image and bundle.expands_images_itself:
+        inputs = processor_inputs(bundle, settings, questions, images)
+    else:
+        inputs = llava_inputs(bundle, settings, [tokens for tokens, _ in fitted], images, pad_id)
+    inputs = {name: value.to(bundle.device) for name, value in inputs.items()}
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(bundle.dtype)
     with pruning_context(bundle.model, with_image), torch.inference_mode():
         output_ids = bundle.model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=pad_id)
-    answers = bundle.tokenizer.batch_decode(output_ids[:, input_ids.shape[1] :], skip_special_tokens=True)
+    prompt_length = inputs["input_ids"].shape[1]
+    answers = bundle.tokenizer.batch_decode(output_ids[:, prompt_length:], skip_special_tokens=True)
+    token_lists = [row[mask.bool()].tolist() for row, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True)]
     costs = []
     for sample, tokens in enumerate(token_lists):
         record = bundle.model.sample_pruning_record(sample) if with_image and hasattr(bundle.model, "sample_pruning_record") else None
         if record is None:
-            costs.append(unpruned_cost(bundle, len(tokens), with_image))
+            costs.append(unpruned_cost(bundle, tokens))
         else:
             costs.append({name: record.get(name) for name in RECORD_FIELDS})
     for cost, (_, cut) in zip(costs, fitted, strict=True):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlamaConfig, PretrainedConfig
+from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer, LlamaConfig, PretrainedConfig
 
 from llava.model.families import VlmFamily, family_of, supported_configs
 from llava.model.language_model.pruning_config import PruningLlamaConfig
@@ -198,7 +198,8 @@ def _loaded(source: _Source, family: VlmFamily | None, placement: Placement, eng
     if family is not None:
         model = family.model_class.from_pretrained(source.path, config=config, **load_kwargs)
         # PIL backend: LLaVA's pixels (the torchvision backend resizes slightly differently)
-        image_processor = AutoImageProcessor.from_pretrained(source.path, backend="pil")
+        processor_class = AutoProcessor if family.processor_expands_images else AutoImageProcessor
+        image_processor = processor_class.from_pretrained(source.path, backend="pil")
     else:
         pruned = PruningLlamaConfig.from_llama_config(config, **engine)
         model = PruningLlamaForCausalLM.from_pretrained(source.path, config=pruned, **load_kwargs)
@@ -233,5 +234,5 @@ def _build_tiny(model_path: str, seed: int, engine: dict[str, Any]) -> tuple[tor
     if model_path == "tiny-random-llava":
         return build_tiny_llava(seed=seed, **engine), build_tiny_image_processor()
     if model_path == "tiny-random-llava-next":
-        return build_tiny_llava_next(seed=seed, **engine), build_tiny_llava_next_processor().image_processor
+        return build_tiny_llava_next(seed=seed, **engine), build_tiny_llava_next_processor()
     return build_tiny_llama(seed=seed, **engine), None

@@ -44,6 +44,9 @@ class VlmFamily:
     model_class: type
     fixed_image_tokens: Callable[[PretrainedConfig], int] | None
     max_image_tokens: Callable[[PretrainedConfig], int]
+    processor_expands_images: bool = False
+    """The loaders use the family's processor (text and images together: it expands ``<image>`` per image);
+    else LLaVA-1.5's image processor, ``tokenizer_image_token`` and ``process_images``."""
 
     def image_tokens(self, config: PretrainedConfig) -> int | None:
         """Image tokens of every image when the family's count is fixed, else None."""
@@ -52,7 +55,7 @@ class VlmFamily:
 
 FAMILIES = (
     VlmFamily("llava", LlavaConfig, PruningLlavaForConditionalGeneration, image_features_per_image, image_features_per_image),
-    VlmFamily("llava_next", LlavaNextConfig, PruningLlavaNextForConditionalGeneration, None, anyres_max_image_tokens),
+    VlmFamily("llava_next", LlavaNextConfig, PruningLlavaNextForConditionalGeneration, None, anyres_max_image_tokens, True),
 )
 
 

@@ -127,7 +127,9 @@ class PruningVlmMixin:
         state = self.language_model.pruning_state
         if state is None:
             return None
-        return prefill_cost(self.config, state.record, state.prompt_length, state.prefill_ms, sample)
+        # a sample's own prompt (its left padding is not computed for it)
+        length = state.prompt_length if sample is None else int(state.prompt_mask[sample].sum())
+        return prefill_cost(self.config, state.record, length, state.prefill_ms, sample)
 
 
 class PruningLlavaForConditionalGeneration(PruningVlmMixin, LlavaForConditionalGeneration):
