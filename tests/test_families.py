@@ -146,3 +146,12 @@ def test_a_batch_of_images_of_different_sizes_says_what_to_do(next_model):
     model = load_pretrained_model("tiny-random-llava-next", pruning_method="fastv", retain_ratio=0.5)[1]
     with pytest.raises(ValueError, match="same number of prunable tokens"):
         model(**batch)
+
+
+@pytest.mark.parametrize("config_class", ["LlavaOnevisionConfig", "Qwen2_5_VLConfig"])
+def test_families_not_supported_yet_are_refused_in_one_line_before_any_weight(tmp_path, config_class):
+    import transformers
+
+    getattr(transformers, config_class)().save_pretrained(tmp_path)  # a config alone: no weights to read
+    with pytest.raises(ValueError, match=f"unsupported architecture {config_class}: expected one of LlavaConfig, LlavaNextConfig"):
+        load_pretrained_model(str(tmp_path), pruning_method="fastv", visual_token_num=64)
