@@ -40,7 +40,7 @@ class DecoderSequence:
     sin: torch.Tensor  # [B, N, head_dim]
     valid: torch.Tensor  # [B, N] bool, False = padding
     original_index: torch.Tensor  # [B, N] index of each token in the unpruned input
-    positions: torch.Tensor  # [B, N] RoPE position of each token
+    positions: torch.Tensor  # [B, N] RoPE position of each token ([3, B, N] (t, h, w) for M-RoPE, Qwen2.5-VL)
     mask: Any  # what the attention implementation takes (4D tensor, None, BlockMask, ...)
     span_index: torch.Tensor | None = None  # [B, S]
     span_valid: torch.Tensor | None = None  # [B, S]
@@ -81,8 +81,13 @@ def compact(seq: DecoderSequence, selection: TokenSelection, renumber: bool = Fa
     if selection.sources is not None:
         source_tokens = seq.span_index.gather(1, selection.sources.to(seq.span_index.device))
         original_index = original_index.scatter(1, span_index, seq.original_index.gather(1, source_tokens))
-    positions = seq.positions.gather(1, index)
+    positions = gather_positions(seq.positions, index)
     position_shift = None
+    if renumber and seq.positions.dim() == 3:
+        raise ValueError(
+            "renumbering M-RoPE (t, h, w) positions is not defined: on Qwen2.5-VL every kept token keeps its position"
+            " (run the method with positions='original')"
+        )
     if renumber:
         stays_valid = torch.zeros_like(seq.valid).scatter(1, index, valid)  # on the old sequence
         removed_before = (seq.valid & ~stays_valid).long().cumsum(dim=1)
@@ -102,6 +107,11 @@ def compact(seq: DecoderSequence, selection: TokenSelection, renumber: bool = Fa
         query_index=new_position.gather(1, seq.query_index[:, None])[:, 0],
         compacted=True,
     )
+
+
+def gather_positions(positions: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``positions`` ``[B, N]`` or ``[3, B, N]`` (M-RoPE) at token ``index`` ``[B, N']`` of each sample."""
+    return positions.gather(-1, index.expand(*positions.shape[:-2], *index.shape))
 
 
 def soft_keep(seq: DecoderSequence, selection: SoftSelection) -> DecoderSequence:
