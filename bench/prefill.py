@@ -15,6 +15,10 @@ decoder only) and measured / theoretical. The last line is ``fastv_r144_measured
     python -m bench.prefill --quick                          # CPU, width 512
     python -m bench.prefill --device cuda --dtype bfloat16   # full 7B width (4096 / 11008)
     python -m bench.prefill --quick --all-methods            # every method at 192/128/64 (bench.methods)
+    python -m bench.prefill --quick --family llava_next      # LLaVA-NeXT's 2,880 image tokens, R = 1/2, 1/4, 1/8
+
+``--family`` sets the image token count of the prompt (``llava``: 576; ``llava_next``: 2,880, a 7B model's
+anyres image at 336 px with a 2 x 2 grid); R is the same share of it (1/2, 1/4, 1/8) in every family.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from llava.model.language_model.pruning_config import PruningLlamaConfig
 from llava.model.language_model.pruning_llama import PruningLlamaModel
 from llava.pruning.budget import prefill_flops, span_tokens_per_layer
 
+FAMILY_IMAGE_TOKENS = {"llava": IMAGE_TOKENS, "llava_next": 2880}
+KEEP_SHARES = (2, 4, 8)  # R = image tokens / share
+
 
 @dataclass
 class Row:
@@ -39,7 +46,7 @@ class Row:
     keep: int | None
 
 
-def build_rows(hidden: int, mlp: int, heads: int, dtype: torch.dtype, device: str) -> list[Row]:
+def build_rows(hidden: int, mlp: int, heads: int, dtype: torch.dtype, device: str, image_tokens: int) -> list[Row]:
     base = dict(
         vocab_size=1000,
         hidden_size=hidden,
@@ -47,7 +54,7 @@ def build_rows(hidden: int, mlp: int, heads: int, dtype: torch.dtype, device: st
         num_hidden_layers=32,
         num_attention_heads=heads,
         num_key_value_heads=heads,
-        max_position_embeddings=4096,
+        max_position_embeddings=8192,
         fast_v_agg_layer=AGG_LAYER,
     )
     torch.manual_seed(0)
@@ -62,9 +69,10 @@ def build_rows(hidden: int, mlp: int, heads: int, dtype: torch.dtype, device: st
         return model
 
     rows = [Row("vanilla sdpa", sdpa, None), Row("vanilla eager", variant("eager"), None)]
-    for keep in (288, 144, 72):
+    keeps = [image_tokens // share for share in KEEP_SHARES]
+    for keep in keeps:
         rows.append(Row(f"fastv ours R={keep}", variant("sdpa", use_fast_v=True, fast_v_attention_rank=keep), keep))
-    for keep in (288, 144, 72):
+    for keep in keeps:
         fields = dict(use_fast_v=True, fast_v_attention_rank=keep, pruning_scoring="full_matrix")
         rows.append(Row(f"fastv reference R={keep}", variant("eager", **fields), keep))
     return rows
@@ -75,6 +83,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CPU-friendly width 512 (default: 7B width 4096)")
     parser.add_argument("--all-methods", action="store_true",
                         help="time every registered method at 192/128/64 instead (same as python -m bench.methods)")
+    parser.add_argument("--family", default="llava", choices=sorted(FAMILY_IMAGE_TOKENS),
+                        help="the prompt's image token count: llava 576, llava_next 2,880")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 5 quick, 10 full)")
@@ -99,9 +109,10 @@ def main() -> None:
     hidden, mlp, heads = (512, 1376, 8) if args.quick else (4096, 11008, 32)
     repeats = args.repeats or (5 if args.quick else 10)
     dtype = getattr(torch, args.dtype)
-    rows = build_rows(hidden, mlp, heads, dtype, args.device)
-    n = SYSTEM_TOKENS + IMAGE_TOKENS + QUESTION_TOKENS
-    span = (SYSTEM_TOKENS, SYSTEM_TOKENS + IMAGE_TOKENS)
+    image_tokens = FAMILY_IMAGE_TOKENS[args.family]
+    rows = build_rows(hidden, mlp, heads, dtype, args.device, image_tokens)
+    n = SYSTEM_TOKENS + image_tokens + QUESTION_TOKENS
+    span = (SYSTEM_TOKENS, SYSTEM_TOKENS + image_tokens)
     embeds = torch.randn(1, n, hidden, generator=torch.Generator().manual_seed(0)).to(args.device, dtype) * 0.02
 
     for row in rows:  # warm-up
@@ -111,24 +122,24 @@ def main() -> None:
         for row in rows:
             times[row.name].append(time_prefill(row.model, embeds, span))
 
-    other = n - IMAGE_TOKENS
-    full_flops = prefill_flops([IMAGE_TOKENS] * 32, other, hidden, mlp, "swiglu")
+    other = n - image_tokens
+    full_flops = prefill_flops([image_tokens] * 32, other, hidden, mlp, "swiglu")
     vanilla_ms = statistics.median(times["vanilla sdpa"])
     print(
-        f"device={args.device} dtype={args.dtype} width={hidden} mlp={mlp} layers=32 prompt={n} "
+        f"family={args.family} device={args.device} dtype={args.dtype} width={hidden} mlp={mlp} layers=32 prompt={n} "
         f"repeats={repeats} threads={torch.get_num_threads()}"
     )
     print(f"{'row':<26}{'median ms':>11}{'vs sdpa':>9}{'FLOPs':>8}{'meas/theory':>13}")
     result = None
     for row in rows:
         ms = statistics.median(times[row.name])
-        per_layer = span_tokens_per_layer(32, IMAGE_TOKENS, [(AGG_LAYER, row.keep)] if row.keep else [])
+        per_layer = span_tokens_per_layer(32, image_tokens, [(AGG_LAYER, row.keep)] if row.keep else [])
         theory = prefill_flops(per_layer, other, hidden, mlp, "swiglu") / full_flops
         ratio = ms / vanilla_ms
         print(f"{row.name:<26}{ms:>11.1f}{ratio:>9.3f}{theory:>8.3f}{ratio / theory:>13.3f}")
-        if row.name == "fastv ours R=144":
+        if row.name == f"fastv ours R={image_tokens // 4}":
             result = ratio / theory
-    print(f"fastv_r144_measured_over_theoretical={result:.3f}")
+    print(f"fastv_quarter_measured_over_theoretical={result:.3f}")
 
 
 if __name__ == "__main__":
