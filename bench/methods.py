@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +31,8 @@ from llava.pruning.methods.base import PruningMethod
 from llava.pruning.methods.pre_llm import PreLLMMethod, VisualTokens
 from llava.pruning.registry import available_methods
 from llava.pruning.reporting import plan_budget
+from toolkit_common.script_args import threads_flag
+from toolkit_common.stopwatch import Stopwatch
 
 BUDGETS = (192, 128, 64)
 NEEDS_TRAINING = ("learned", "learned_merger")  # needs a trained checkpoint for this model: not benchmarked here
@@ -54,13 +55,13 @@ def method_params(name: str, heads: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[threads_flag(help="CPU threads (default 1 with --quick)")])
     parser.add_argument("--all-methods", action="store_true", help=argparse.SUPPRESS)  # bench.prefill's switch
     parser.add_argument("--quick", action="store_true", help="CPU-friendly width 512 (default: 7B width 4096)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 3 quick, 10 full)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default 1 with --quick)")
     args = parser.parse_args(argv)
     threads = args.threads or (1 if args.quick else None)
     if threads:
@@ -109,13 +110,12 @@ def main(argv: list[str] | None = None) -> None:
         )
 
         def run() -> tuple[float, float]:
-            started = time.perf_counter()
-            kept = method.select_visual(tokens).indices[0].to(device)
-            selection_ms = (time.perf_counter() - started) * 1000.0
+            with Stopwatch(device) as watch:  # CUDA: the selection's GPU time, read after the prefill synchronised
+                kept = method.select_visual(tokens).indices[0].to(device)
             shortened = torch.cat([embeds[:, : span[0]], image[:, kept], embeds[:, span[1] :]], dim=1)
             with vanilla.pruning_disabled():
                 ms = time_prefill(vanilla, shortened, (0, 1))
-            return ms + selection_ms, selection_ms
+            return ms + watch.elapsed_ms, watch.elapsed_ms
 
         return run
 

@@ -11,19 +11,24 @@ same image tokens with the same features (``PruningState.pre_llm_keep`` / ``pre_
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from llava.model.language_model.pruning_state import PruningState
 from llava.model.vision import cls_attention
 from llava.pruning.methods.pre_llm import PreLLMMethod, VisualTokens
 from llava.pruning.record import PruningRecord, StageRecord
+from llava.pruning.selection import detached_values
 from llava.pruning.span import compaction_index, last_valid_index, span_from_token_id
+from toolkit_common.stopwatch import Stopwatch
 
 
-def visual_tokens(llava, input_ids: torch.Tensor, pixel_values: torch.Tensor, span: torch.Tensor, query: torch.Tensor) -> tuple[VisualTokens, torch.Tensor]:
-    """What pre-LLM methods look at, from one pass of the vision tower; also the projected features ``[B, S, d]``."""
+def visual_tokens(
+    llava, input_ids: torch.Tensor, pixel_values: torch.Tensor, bounds: list[tuple[int, int]]
+) -> tuple[VisualTokens, torch.Tensor]:
+    """What pre-LLM methods look at, from one pass of the vision tower; also the projected features ``[B, S, d]``.
+
+    ``bounds``: per sample ``(start, end)`` of the instruction in the prompt (``instruction_bounds``).
+    """
     layer = llava.config.vision_feature_layer
     if not isinstance(layer, int):
         raise ValueError(f"pre-LLM pruning needs a single vision_feature_layer, got {layer}")
@@ -35,7 +40,7 @@ def visual_tokens(llava, input_ids: torch.Tensor, pixel_values: torch.Tensor, sp
     features = llava.model.multi_modal_projector(selected)
     producing_layer = layer % len(hidden) - 1  # hidden[i] is the output of encoder layer i - 1
     embeddings = llava.get_input_embeddings()(input_ids)
-    instruction = [embeddings[b, int(span[b, 1]) : int(query[b]) + 1] for b in range(input_ids.shape[0])]
+    instruction = [embeddings[b, start:end] for b, (start, end) in enumerate(bounds)]
     tokens = VisualTokens(
         features=features,
         vision_features=selected,
@@ -56,27 +61,38 @@ def projected_features(llava, pixel_values: torch.Tensor) -> torch.Tensor:
     return torch.stack(list(features))
 
 
+def instruction_bounds(span: torch.Tensor, query: torch.Tensor) -> list[tuple[int, int]]:
+    """Per sample ``(start, end)`` of the instruction, the text after the image up to the last prompt token
+    (``span`` ``[B, 2]``, ``query`` ``[B]``).
+
+    Its length differs between samples (left padding), so the slices need host integers: one copy of ``[B, 2]``
+    read from the prompt's ids and mask, taken before the vision tower runs (the device queue holds only the
+    span's input checks then), never after the image work was queued."""
+    return [(start, end) for start, end in torch.stack([span[:, 1], query + 1], dim=1).tolist()]
+
+
 def choose_prompt_tokens(
     llava, method: PreLLMMethod, input_ids: torch.Tensor, pixel_values: torch.Tensor, attention_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, PruningState]:
-    """``keep`` ``[B, N]`` (the prompt tokens the LLM sees), the projected features, and the new state."""
+    """``keep`` ``[B, N]`` (the prompt tokens the LLM sees), the projected features, and the new state.
+
+    The record keeps the selection's tensors on the device and its stopwatch (``llava.pruning.record``)."""
     batch, seq_len = input_ids.shape
     span = span_from_token_id(input_ids, llava.config.image_token_id)
     query = last_valid_index(attention_mask, batch, seq_len, input_ids.device)
-    tokens, features = visual_tokens(llava, input_ids, pixel_values, span, query)
-    started = time.perf_counter()
-    selection = method.select_visual(tokens)
-    selection_ms = (time.perf_counter() - started) * 1000.0
+    tokens, features = visual_tokens(llava, input_ids, pixel_values, instruction_bounds(span, query))
+    with Stopwatch(features.device) as watch:  # no synchronisation: read when the record is
+        selection = method.select_visual(tokens)
     if selection.replacement is not None:
         features = replaced_features(features, selection.indices.to(features.device), *selection.replacement)
     kept = selection.indices.to(input_ids.device) + span[:, :1]  # prompt positions of the kept image tokens
     positions = torch.arange(seq_len, device=input_ids.device)
     keep = ~((positions >= span[:, :1]) & (positions < span[:, 1:]))
     keep = keep.scatter(1, kept, True)
-    record = PruningRecord(
-        method.name, span.cpu(), llava.config.text_config.num_hidden_layers, params=method.params()
+    record = PruningRecord(method.name, span, llava.config.text_config.num_hidden_layers, params=method.params())
+    record.stages.append(
+        StageRecord(0, kept, selection.scores.detach(), detached_values(selection.device_metadata), watch)
     )
-    record.stages.append(StageRecord(0, kept.cpu(), selection.scores.detach().cpu(), selection.metadata, selection_ms))
     state = PruningState(record=record, prompt_ids=input_ids.clone(), prompt_mask=attention_mask.bool().clone())
     state.pre_llm_keep, state.pre_llm_features = keep, features
     return keep, features, state

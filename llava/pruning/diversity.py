@@ -26,7 +26,6 @@ in place, never re-ordered).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from llava.pruning.budget import COUNT_ROUNDINGS
@@ -58,8 +57,10 @@ def remove_duplicates(
     (official): the list becomes the rest of ``A`` by descending similarity, then ``B``; otherwise the
     dropped tokens leave the list in place. The cosine matrix is computed once in ``features``' dtype (the
     official code normalises and multiplies in the tower's dtype; a single flipped near-tie re-orders every
-    later round, so the precision matters); the rounds (inherently sequential, up to ``S / 8`` of them) run
-    in NumPy on the CPU. Returns the survivors in list order.
+    later round, so the precision matters), then compared in float64. The rounds (inherently sequential, up
+    to ``S / 8`` of them) run on the features' device without reading a value back: every round's sizes
+    follow from ``len(candidates)`` and ``target``, the order is a stable ``argsort`` and a removal a stable
+    sort of the kept flags. Returns the survivors in list order.
     """
     if not 0 <= target <= len(candidates):
         raise ValueError(f"cannot keep {target} of {len(candidates)} candidates: valid range is [0, {len(candidates)}]")
@@ -67,18 +68,20 @@ def remove_duplicates(
         return candidates[:0]
     unit = features[candidates]
     unit = unit / unit.norm(dim=-1, keepdim=True)
-    similarity = (unit @ unit.T).double().cpu().numpy()  # exact copy: float64 holds every narrower value
-    remaining = np.arange(len(candidates))  # positions in ``candidates``
+    similarity = (unit @ unit.T).double()  # exact: float64 holds every narrower value
+    remaining = torch.arange(len(candidates), device=similarity.device)  # positions in ``candidates``
     while len(remaining) > target:
         first, second = remaining[0::2], remaining[1::2]
         drop = min(DUPLICATES_PER_ROUND, len(remaining) - target)
-        duplication = similarity[np.ix_(first, second)].max(axis=1)
-        ranked = first[np.argsort(-duplication, kind="stable")]
+        duplication = similarity[first][:, second].max(dim=1).values
+        ranked = first[torch.argsort(-duplication, stable=True)]
         if reorder:
-            remaining = np.concatenate([ranked[drop:], second])
+            remaining = torch.cat([ranked[drop:], second])
         else:
-            remaining = remaining[~np.isin(remaining, ranked[:drop])]
-    return candidates[torch.from_numpy(remaining).to(candidates.device)]
+            dropped = ranked[:drop]  # all of ``A`` when it is shorter than ``drop``
+            flags = (remaining[:, None] == dropped[None, :]).any(dim=1)
+            remaining = remaining[flags.to(torch.uint8).argsort(stable=True)[: len(remaining) - len(dropped)]]
+    return candidates[remaining.to(candidates.device)]
 
 
 def vispruner_keep(

@@ -24,6 +24,10 @@ with the same float32 arithmetic up to and including that one, then fill the rem
 lowest-indexed tokens not yet kept (what that ``argmax`` would return with the marks intact): a keep set
 of ``T`` tokens that contains the official one, equal to it whenever the greedy never runs out of gains.
 
+The greedy runs on the kernel's device without reading a value back: each pick is a 0-d index tensor
+(``argmax``), the chosen tokens a mask, and the switch from the greedy to the fill a device flag, so the
+``T`` steps queue their work without waiting for the device (one step's picks as above, whatever the device).
+
 Our option (off by default, our previous rule): ``ridge`` ``eps`` > 0 (we used ``1e-3``) solves ``L + eps max_j L_jj I`` instead, so every token
 keeps a gain and picks past the rank still trade relevance against what the chosen set spans.
 """
@@ -59,13 +63,6 @@ def conditional_kernel(image_features: torch.Tensor, relevance: torch.Tensor) ->
     return relevance[:, None] * (unit @ unit.T) * relevance[None, :]
 
 
-def lowest_unchosen(size: int, chosen: list[int], count: int) -> list[int]:
-    """The ``count`` lowest indices in ``range(size)`` not in ``chosen``."""
-    free = torch.ones(size, dtype=torch.bool)
-    free[chosen] = False
-    return free.nonzero()[:count, 0].tolist()
-
-
 def dpp_greedy_map(kernel: torch.Tensor, count: int, ridge: float = 0.0) -> torch.Tensor:
     """Indices ``[count]`` chosen greedily to maximise ``det(L_Y)``, in the order they were chosen.
 
@@ -74,6 +71,10 @@ def dpp_greedy_map(kernel: torch.Tensor, count: int, ridge: float = 0.0) -> torc
     against the official ``einsum``). The first pick whose gain is not positive ends the greedy and the
     lowest-indexed free tokens fill the rest (module docstring). ``ridge`` > 0 (our option) adds
     ``ridge * max_j L_jj`` to the diagonal first.
+
+    On the device throughout: step ``t`` picks ``argmax_j d_j^2`` while ``greedy`` (a 0-d bool: no pick has
+    run out of gains) holds, else the lowest free index; after a pick whose gain is not positive, the row and
+    the gains are left as they are (``c = 0``), as the official loop stops updating them.
     """
     size = kernel.shape[0]
     if not 0 < count <= size:
@@ -83,16 +84,16 @@ def dpp_greedy_map(kernel: torch.Tensor, count: int, ridge: float = 0.0) -> torc
         kernel = kernel + ridge * kernel.diagonal().max() * torch.eye(size, dtype=kernel.dtype, device=kernel.device)
     cholesky = kernel.new_zeros(count, size)
     gains = kernel.diagonal().clone()
-    chosen: list[int] = []
+    chosen = torch.empty(count, dtype=torch.long, device=kernel.device)
+    free = torch.ones(size, dtype=torch.bool, device=kernel.device)
+    greedy = torch.ones((), dtype=torch.bool, device=kernel.device)
     for step in range(count):
-        best = int(gains.argmax())
-        chosen.append(best)
-        gain = gains[best]
-        if not gain > 0:
-            break
-        row = (kernel[best] - cholesky[:step, best] @ cholesky[:step]) / gain.sqrt()
-        cholesky[step] = row
-        gains = gains - row.square()
-        gains[chosen] = float("-inf")
-    chosen += lowest_unchosen(size, chosen, count - len(chosen))
-    return torch.tensor(chosen, device=kernel.device)
+        best = torch.where(greedy, gains.argmax(), free.to(torch.uint8).argmax()).view(1)  # argmax: first max
+        chosen[step : step + 1] = best
+        free = free.index_fill(0, best, False)
+        gain = gains.index_select(0, best)
+        greedy = greedy & (gain[0] > 0)
+        row = (kernel.index_select(0, best)[0] - cholesky[:step].index_select(1, best)[:, 0] @ cholesky[:step]) / gain.sqrt()
+        cholesky[step] = row = torch.where(greedy, row, 0.0)
+        gains = (gains - row.square()).masked_fill(~free, float("-inf"))
+    return chosen

@@ -1,7 +1,7 @@
 """Fine-grained head selection for FastV ("FinePruner"): score heads, keep ``H``, aggregate their attention.
 
 Input everywhere is ``attn`` ``[B, H_total, S]``: the attention of the selection query (the last prompt
-token) over the span tokens, per head (``a_h`` in DESIGN.md section 4). Some strategies look at the
+token) over the span tokens, per head (``a_h`` in docs/methods.md, "FastV fine-grained heads"). Some strategies look at the
 head's *distribution* ``p_h = softmax(a_h)`` over the span (as the design says; note that the softmax of
 probabilities is close to uniform, so those scores differ between heads by small amounts, and every
 strategy that mixes terms min-max normalises them across heads first).
@@ -300,6 +300,9 @@ def select_tokens_dynamic(attn: torch.Tensor, keep: int) -> TokenSelection:
     """``ablation_a``: per sample, pick the best (strategy, head count) of ``dynamic_candidates(keep)``.
 
     Metadata lists the chosen strategy, head count and quality per sample (the debug log's content).
+    A search on the host, the one selection that reads the device as it goes: each candidate's head count
+    sets the shapes that follow (and ``hierarchical``'s coarse set) and the candidates' qualities are compared
+    in Python (per sample and candidate: three counts, one quality).
     """
     strategies, head_range = dynamic_candidates(keep)
     head_range = clamp_head_range(head_range, attn.shape[1])

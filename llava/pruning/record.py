@@ -1,4 +1,10 @@
-"""What a pruned prefill did: kept tokens per stage and per sample, token counts, equivalent tokens."""
+"""What a pruned prefill did: kept tokens per stage and per sample, token counts, equivalent tokens.
+
+The engine records while the prefill runs, so a record holds what the selection computed as it is: tensors on
+their device (detached), the selection's stopwatch (``toolkit_common.stopwatch``); nothing is copied to the
+host or synchronised there. The conversions happen when a reader asks: ``StageRecord.metadata`` (tensors as
+lists), ``kept_counts``, ``selection_ms`` (CUDA: waits for the selection's end event), ``summary``.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +13,34 @@ from dataclasses import dataclass, field
 import torch
 
 from llava.pruning.budget import equivalent_tokens
+from llava.pruning.selection import MetadataView
+from toolkit_common.stopwatch import Stopwatch
 
 
 @dataclass
-class StageRecord:
+class StageRecord(MetadataView):
     """One pruning boundary: before ``layer`` the span shrank to ``kept_index.shape[1]`` slots.
 
     ``kept_index``: ``[B, R]`` positions in the *unpruned* input of the span tokens kept;
     ``kept_valid``: ``[B, R]`` bool when samples keep different counts (False = padding slot), else None;
     ``scores``: ``[B, S]`` the method's per-token scores over the live span (may be empty);
-    ``selection_ms``: time spent choosing (scoring + top-k), for overhead reports.
+    all three on the device the selection ran on.
+    ``device_metadata``: the selection's metadata as recorded (tensors on their device); ``metadata`` reads it
+    as Python values (``llava.pruning.selection.host_values``).
+    ``stopwatch``: the time spent choosing (scoring + top-k), read as ``selection_ms`` for overhead reports.
     """
 
     layer: int
     kept_index: torch.Tensor
     scores: torch.Tensor
-    metadata: dict
-    selection_ms: float
+    device_metadata: dict
+    stopwatch: Stopwatch
     kept_valid: torch.Tensor | None = None
+
+    @property
+    def selection_ms(self) -> float:
+        """Milliseconds the selection took (on CUDA the GPU time between its events, read now)."""
+        return self.stopwatch.elapsed_ms
 
     @property
     def kept_counts(self) -> list[int]:
@@ -38,8 +54,9 @@ class StageRecord:
         merged tokens (SparseVLM's cluster tokens)."""
         kept = self.kept_counts
         summary = {"layer": self.layer, "kept": kept[0] if len(set(kept)) == 1 else kept}
-        if "cluster_tokens" in self.metadata:
-            summary["merged"] = self.metadata["cluster_tokens"]
+        metadata = self.metadata
+        if "cluster_tokens" in metadata:
+            summary["merged"] = metadata["cluster_tokens"]
         return summary
 
     def kept_positions(self, sample: int) -> torch.Tensor:
@@ -51,7 +68,7 @@ class StageRecord:
 @dataclass
 class PruningRecord:
     method: str
-    span: torch.Tensor  # [B, 2] (start, end) in the unpruned input
+    span: torch.Tensor  # [B, 2] (start, end) in the unpruned input, on the prefill's device
     num_layers: int
     stages: list[StageRecord] = field(default_factory=list)
     params: dict = field(default_factory=dict)  # the method's parameters (the authors' setting, e.g. presets)
@@ -68,8 +85,9 @@ class PruningRecord:
         """Span tokens each layer processed for one sample."""
         per_layer = [self.span_length] * self.num_layers
         for stage in self.stages:
+            kept = stage.kept_counts[sample]
             for i in range(stage.layer, self.num_layers):
-                per_layer[i] = stage.kept_counts[sample]
+                per_layer[i] = kept
         return per_layer
 
     @property

@@ -22,6 +22,10 @@ so that ties are broken at random; we add none (deterministic, so a batch equals
 tied densities are not denser than each other, as in its comparison. It computes in the model's dtype
 (float16), we in float64. ``topk`` ties (recycled tokens, centres) go to the lower index here (stable sort);
 the official order on ties is unspecified.
+
+Every count here follows from the span and the kept count (host integers), so nothing reads the device: the
+pruned tokens are listed by a stable sort of the mask (``ascending_true``), not ``nonzero`` (whose size CUDA
+must read back), and cluster sizes are counted by ``index_add_``, not ``bincount`` (which reads its maximum).
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ def recycled_and_cluster_counts(pruned: int, ratio: float = RECYCLE_RATIO) -> tu
         return 0, 0
     recycled = int(pruned * ratio) + 1
     return recycled, int(recycled / CLUSTER_DIVISOR) + 1
+
+
+def ascending_true(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """``[count]`` indices of the True entries of a 1-d ``mask`` that holds ``count`` of them, ascending:
+    ``mask.nonzero()[:, 0]`` with its size known beforehand (a stable sort puts the True entries first)."""
+    return (~mask).to(torch.uint8).argsort(stable=True)[:count]
 
 
 def density_peak_clusters(features: torch.Tensor, clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +76,8 @@ def density_peak_clusters(features: torch.Tensor, clusters: int) -> tuple[torch.
 def merge_clusters(hidden: torch.Tensor, assignment: torch.Tensor, clusters: int) -> torch.Tensor:
     """``[clusters, d]``: each cluster's summed members over ``members + 1e-6`` (utils.py l.298-309)."""
     sums = hidden.new_zeros(clusters, hidden.shape[-1]).index_add_(0, assignment, hidden)
-    counts = torch.bincount(assignment, minlength=clusters).to(hidden.dtype)
+    members = torch.zeros(clusters, dtype=torch.long, device=assignment.device)
+    counts = members.index_add_(0, assignment, torch.ones_like(assignment)).to(hidden.dtype)
     return sums / (counts[:, None] + MERGE_EPS)
 
 
@@ -81,7 +92,7 @@ def recycle_pruned_tokens(
     """
     pruned_mask = torch.ones(scores.shape[0], dtype=torch.bool, device=scores.device)
     pruned_mask[kept] = False
-    pruned = pruned_mask.nonzero()[:, 0]
+    pruned = ascending_true(pruned_mask, scores.shape[0] - kept.numel())
     recycled_count, cluster_count = recycled_and_cluster_counts(pruned.numel(), ratio)
     if cluster_count == 0:
         return kept.new_zeros(0), hidden.new_zeros(0, hidden.shape[-1])

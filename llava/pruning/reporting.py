@@ -53,7 +53,8 @@ def plan_budget(
 
 
 def kept_indices_by_layer(record: PruningRecord) -> list[torch.Tensor | None]:
-    """Per decoder layer, ``[B, R_l]`` prompt positions of the span tokens that layer processed (None: all of them)."""
+    """Per decoder layer, ``[B, R_l]`` prompt positions of the span tokens that layer processed (None: all of them),
+    the record's tensors, on the prefill's device."""
     per_layer: list[torch.Tensor | None] = [None] * record.num_layers
     for stage in record.stages:
         for layer in range(stage.layer, record.num_layers):

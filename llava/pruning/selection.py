@@ -11,20 +11,63 @@ attention they receive at layer K-1. The three strategies of FastV-Advanced:
 * ``avg_all_heads``:        s_j = mean_h A[h, j]                                   (original FastV)
 * ``max_head``:             h* = argmax_h sum_j A[h, j];  s_j = A[h*, j]
 * ``weighted_combination``: s_j = alpha * A[h*, j] + (1 - alpha) * mean_{h != h*} A[h, j]
+
+Metadata is recorded as the methods compute it, tensors left on their device (``device_metadata``), so a
+selection never waits for the device inside the timed prefill; ``metadata`` reads it as Python values,
+each tensor as its ``tolist()`` (``host_values``), when a reader asks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 TOKEN_SELECTION_STRATEGIES = ("avg_all_heads", "max_head", "weighted_combination")
 
 
+def map_tensors(value: Any, convert: Callable[[torch.Tensor], Any]) -> Any:
+    """``value`` with every tensor in it replaced by ``convert(tensor)``: dicts, lists and tuples are walked (a
+    per-sample ragged value may be a list of tensors), anything else is returned as it is."""
+    if isinstance(value, torch.Tensor):
+        return convert(value)
+    if isinstance(value, Mapping):
+        return {key: map_tensors(item, convert) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(map_tensors(item, convert) for item in value)
+    return value
+
+
+def host_values(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """``metadata`` as Python values (JSON-friendly): each tensor as its ``tolist()``, read from its device here."""
+    return map_tensors(dict(metadata), torch.Tensor.tolist)
+
+
+def detached_values(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """``metadata`` with each tensor detached from autograd (what a record keeps), left on its device."""
+    return map_tensors(dict(metadata), torch.Tensor.detach)
+
+
+class MetadataView:
+    """``metadata``: the ``device_metadata`` (tensors on their device) read as Python values, converted on every
+    read (``host_values``): a new plain dict, so a reader can neither change the stored values nor make the
+    measured path wait for the device."""
+
+    device_metadata: dict[str, Any]
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return host_values(self.device_metadata)
+
+
 @dataclass
-class TokenSelection:
+class TokenSelection(MetadataView):
     """Kept span indices ``[B, R]`` (ascending), the per-token scores ``[B, S]`` and strategy metadata.
+
+    ``device_metadata``: what the method reports beside the scores, tensors left on their device (e.g.
+    FastV's ``max_head_idx`` ``[B]``); ``metadata`` reads it as Python values (``host_values``).
 
     ``replacement``: optional ``(columns [B, C], hidden [B, C, d])``: the kept tokens at those columns of
     ``indices`` enter the next layer with these hidden states instead of their own (merged tokens, e.g.
@@ -40,7 +83,7 @@ class TokenSelection:
 
     indices: torch.Tensor
     scores: torch.Tensor
-    metadata: dict = field(default_factory=dict)
+    device_metadata: dict = field(default_factory=dict)
     replacement: tuple[torch.Tensor, torch.Tensor] | None = None
     valid: torch.Tensor | None = None
     sources: torch.Tensor | None = None
@@ -108,10 +151,11 @@ def score_span_tokens(attn: torch.Tensor, strategy: str = "avg_all_heads", alpha
 
 
 def strategy_metadata(attn: torch.Tensor, strategy: str = "avg_all_heads", alpha: float = 0.5) -> dict:
-    """What FastV-Advanced reports beside the scores: the strategy (``method``), ``max_head_idx`` and
-    ``head_importance`` per sample, and ``weighted_alpha`` where it was used."""
+    """What FastV-Advanced reports beside the scores: the strategy (``method``), ``max_head_idx`` ``[B]`` and
+    ``head_importance`` ``[B, H]`` per sample (tensors, read as lists through ``metadata``), and
+    ``weighted_alpha`` where it was used."""
     importance = head_importance(attn)
-    metadata = {"method": strategy, "max_head_idx": importance.argmax(dim=-1).tolist(), "head_importance": importance.tolist()}
+    metadata = {"method": strategy, "max_head_idx": importance.argmax(dim=-1), "head_importance": importance}
     if strategy == "weighted_combination" and attn.shape[1] > 1:
         metadata["weighted_alpha"] = alpha
     return metadata

@@ -24,7 +24,6 @@ required. ``pruning_scoring="full_matrix"`` materialises the N x N map instead (
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -47,8 +46,9 @@ from llava.pruning.methods.base import PruneStep, PruningMethod
 from llava.pruning.record import PruningRecord, StageRecord
 from llava.pruning.registry import PARAMETER_ALIASES, method_from_config
 from llava.pruning.scoring import decoder_attention_rows
-from llava.pruning.selection import SoftSelection
+from llava.pruning.selection import SoftSelection, detached_values
 from llava.pruning.span import last_valid_index, span_from_offset, span_from_token_id, validate_span
+from toolkit_common.stopwatch import Stopwatch
 from toolkit_common.transformers_compat import cache_kwargs, resolve_cache
 
 
@@ -187,7 +187,7 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
                         f"pruning needs a DynamicCache (layers hold different lengths), got {type(cache).__name__}"
                     )
                 self.pruning_state = PruningState(
-                    record=PruningRecord(method.name, span.cpu(), self.config.num_hidden_layers, params=method.params()),
+                    record=PruningRecord(method.name, span.clone(), self.config.num_hidden_layers, params=method.params()),
                     prompt_ids=None if prompt_ids is None else prompt_ids.detach().clone(),
                     prompt_mask=mask_2d.bool().clone(),
                 )
@@ -341,9 +341,8 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
                 input_embeddings=inputs_embeds,
                 rope=seq.rope,
             )
-            started = time.perf_counter()
-            selection = method.select(step, keep)
-            selection_ms = (time.perf_counter() - started) * 1000.0
+            with Stopwatch(seq.hidden.device) as watch:  # no synchronisation: read when the record is
+                selection = method.select(step, keep)
         if isinstance(selection, SoftSelection):
             seq = soft_keep(seq, selection)
             state.soft_stages.append((layer, selection, seq.key_weights.gather(1, seq.span_index)))
@@ -352,21 +351,21 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
         seq = compact(seq, selection, renumber=not method.keeps_original_positions())
         if seq.position_shift is not None:
             seq.cos, seq.sin = self._rope(seq.hidden, seq.positions)
-        if replay is None:
-            metadata = dict(selection.metadata)
+        if replay is None:  # recorded as computed, on the device: readers convert (``llava.pruning.record``)
+            metadata = detached_values(selection.device_metadata)
             if selection.replacement is not None:
                 slots = selection.indices if selection.sources is None else selection.sources
                 merged = previous.span_index.gather(1, slots.to(previous.span_index.device))
                 merged = merged.gather(1, selection.replacement[0].to(merged.device))
-                metadata["merged_positions"] = previous.original_index.gather(1, merged).tolist()
+                metadata["merged_positions"] = previous.original_index.gather(1, merged)
             state.record.stages.append(
                 StageRecord(
                     layer=layer,
-                    kept_index=seq.original_index.gather(1, seq.span_index).cpu(),
-                    scores=selection.scores.detach().cpu(),
-                    metadata=metadata,
-                    selection_ms=selection_ms,
-                    kept_valid=None if selection.valid is None else selection.valid.cpu(),
+                    kept_index=seq.original_index.gather(1, seq.span_index),
+                    scores=selection.scores.detach(),
+                    device_metadata=metadata,
+                    stopwatch=watch,
+                    kept_valid=None if selection.valid is None else selection.valid.detach(),
                 )
             )
             state.selections.append(selection)

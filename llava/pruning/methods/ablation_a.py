@@ -1,6 +1,6 @@
 """``ablation_a``: FastV with a dynamic, per-sample choice of head strategy and head count.
 
-The three steps of DESIGN.md section 4 (``llava.pruning.head_selection.select_tokens_dynamic``):
+The three steps of docs/methods.md, "Dynamic selection" (``llava.pruning.head_selection.select_tokens_dynamic``):
 resource-aware candidate strategies and head range from R, a head count per candidate (median of three
 estimates), and a quality score that picks the best (strategy, heads). With ``debug_mode`` every sample's
 choice is logged (logger ``llava.pruning.methods.ablation_a``, level INFO); it is always in the

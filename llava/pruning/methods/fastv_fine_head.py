@@ -2,7 +2,7 @@
 
 Like FastV (prune once before layer K to R span tokens, from the last prompt token's attention at layer
 K - 1), but the token scores average only the ``heads`` that ``head_strategy`` ranks best, weighted by a
-softmax of their head scores (``llava.pruning.head_selection``; DESIGN.md section 4).
+softmax of their head scores (``llava.pruning.head_selection``; docs/methods.md, "FastV fine-grained heads").
 """
 
 from __future__ import annotations
@@ -45,11 +45,12 @@ class FastVFineHead(ScorerMethod):
         return self.head_choice(step).token_scores
 
     def score_metadata(self, step: PruneStep) -> dict[str, Any]:
+        """The head strategy and count, ``selected_heads`` and ``head_weights`` ``[B, H]`` (tensors, read as lists)."""
         choice = self.head_choice(step)
         return {
             "method": self.name,
             "head_strategy": self.head_strategy,
             "heads": self.heads,
-            "selected_heads": choice.head_index.tolist(),
-            "head_weights": choice.head_weights.tolist(),
+            "selected_heads": choice.head_index,
+            "head_weights": choice.head_weights,
         }

@@ -76,7 +76,8 @@ def per_sample_keep(logits: torch.Tensor, upper: int) -> tuple[torch.Tensor, tor
     """Indices ``[B, R]`` (ascending) and validity ``[B, R]`` of each sample's tokens with ``l > 0``.
 
     Sample ``b`` keeps ``c_b = #{j: l_bj > 0}`` tokens, clamped to ``[1, upper]``; ``R = max_b c_b`` and the
-    columns beyond a sample's own ``c_b`` best are marked invalid.
+    columns beyond a sample's own ``c_b`` best are marked invalid. ``R`` is the data's, so reading it is the one
+    host sync of the threshold rule (the planned rule's counts are known beforehand).
     """
     counts = (logits > 0).sum(dim=1).clamp(1, upper)
     width = int(counts.max())
@@ -190,8 +191,8 @@ class LearnedPruning(PruningMethod):
             metadata["kept"] = [keep] * len(indices)
         else:
             indices, valid = per_sample_keep(logits, keep)
-            metadata["kept"] = valid.sum(dim=1).tolist()
-        return TokenSelection(indices=indices, scores=torch.sigmoid(logits), metadata=metadata, valid=valid)
+            metadata["kept"] = valid.sum(dim=1)  # [B], read as a list
+        return TokenSelection(indices=indices, scores=torch.sigmoid(logits), device_metadata=metadata, valid=valid)
 
     @classmethod
     def for_budget(

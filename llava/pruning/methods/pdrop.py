@@ -23,7 +23,7 @@ here, as the engine needs a live span.
 
 Budgets: the official repository ships only the ``[8, 16, 24]`` / ``lambda = 0.5`` script. A
 ``visual_token_num`` of 192 / 128 / 64 on a 32-layer LLM with 576 image tokens uses layers ``[2, 8, 16, 24]``
-and ``lambda`` 0.581 / 0.437 / 0.196 (ratios ``lambda^s`` after stage ``s``; DESIGN.md's FLOPs-matched
+and ``lambda`` 0.581 / 0.437 / 0.196 (ratios ``lambda^s`` after stage ``s``; docs/methods.md's FLOPs-matched
 settings), counted as the official code counts (``int``): 334/194/112/65, 251/109/48/21, 112/22/4/0
 tokens (the last 0 keeps 1: the edge below), 191.4 / 127.6 / 63.8 equivalent tokens. Any other budget or model: the ``lambda`` (bisection) whose
 schedule costs ``T`` (ours).
@@ -44,10 +44,10 @@ from llava.pruning.methods.base import (
     validate_stages,
     without_budget_fields,
 )
-from llava.pruning.selection import TokenSelection, select_span_tokens
+from llava.pruning.selection import TokenSelection, score_span_tokens, top_r_sorted
 
 BUDGET_LAYERS = (2, 8, 16, 24)
-LLAVA_7B_DECAY = {192: 0.581, 128: 0.437, 64: 0.196}  # DESIGN.md section 4, over BUDGET_LAYERS
+LLAVA_7B_DECAY = {192: 0.581, 128: 0.437, 64: 0.196}  # docs/methods.md, "PDrop (`pdrop`)", over BUDGET_LAYERS
 
 
 @register_method
@@ -100,16 +100,17 @@ class PyramidDrop(PruningMethod):
         return list(zip(self.layer_list, stage_keeps(span, self.ratios, self.count_rounding), strict=True))
 
     def select(self, step: PruneStep, keep: int) -> TokenSelection:
-        selection = select_span_tokens(step.query_attention_over_span(step.layer), keep, "avg_all_heads")
-        selection.metadata = {"method": "pdrop", "stage": step.stage, "scoring_layer": step.layer}
-        return selection
+        scores = score_span_tokens(step.query_attention_over_span(step.layer), "avg_all_heads")
+        return TokenSelection(
+            top_r_sorted(scores, keep), scores, {"method": "pdrop", "stage": step.stage, "scoring_layer": step.layer}
+        )
 
     @classmethod
     def for_budget(
         cls, target_tokens: float, num_layers: int, span: int, params: Mapping[str, Any] | None = None
     ) -> PyramidDrop:
         """Layers ``[2, 8, 16, 24]`` (those below ``num_layers``, or ``layer_list`` when given) and a ``lambda``:
-        DESIGN.md's LLaVA-1.5-7B settings (``LLAVA_7B_DECAY``) for 192 / 128 / 64 tokens of a 576-token span
+        docs/methods.md's LLaVA-1.5-7B settings (``LLAVA_7B_DECAY``) for 192 / 128 / 64 tokens of a 576-token span
         over 32 layers, else the ``lambda`` (bisection) that costs ``target_tokens``."""
         params = without_budget_fields(cls, params, ("ratio_list", "decay", "lambda"))
         layers = tuple(params.pop("layer_list", [layer for layer in BUDGET_LAYERS if layer < num_layers]))

@@ -24,10 +24,13 @@ class RandomKeep(ScorerMethod):
     name = "random"
 
     def score(self, step: PruneStep) -> torch.Tensor:
-        """The same seeded draw for every sample, on the CPU where it is drawn (so is the top-R: the keep set
-        is the same on every device)."""
+        """The same seeded draw for every sample: drawn on the CPU (the same numbers on every device), then
+        copied to the span's device without waiting for it (``non_blocking``), where the top-R runs. The keep
+        set is the same on every device unless two draws tie at the top-R boundary (24-bit draws: rare), where
+        devices may break the tie differently."""
         batch, span = step.span_index.shape
-        return seeded_random_scores(span, self.seed).expand(batch, -1)
+        scores = seeded_random_scores(span, self.seed).to(step.span_valid.device, non_blocking=True)
+        return scores.expand(batch, -1)
 
     def score_metadata(self, step: PruneStep) -> dict[str, Any]:
         return {"method": self.name, "seed": self.seed}

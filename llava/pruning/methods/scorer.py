@@ -8,7 +8,8 @@ the base's ``select`` does the rest for every such method alike:
 * the ``keep`` best slots are kept in original (ascending) order, ties broken as ``top_r_sorted``
   (``torch.topk``, as FastV's code), so a method's keep set is exactly that of its pure scoring function;
 * the ``TokenSelection`` carries the scores and ``score_metadata(step)`` (default ``{"method": name}``),
-  which the engine stores in the record (``last_selection_metadata``).
+  which the engine stores in the record (``last_selection_metadata``); tensors in it stay on the device and
+  are read as lists (``llava.pruning.selection.host_values``), so ``score_metadata`` never waits for the device.
 
 What ``score`` and ``score_metadata`` share (attention rows, a head choice) is computed once per step:
 ``step.query_attention_over_span`` is cached, and ``step.cached(key, compute)`` caches anything else.
@@ -37,10 +38,11 @@ class ScorerMethod(SinglePruneMethod):
         A sample's scores must depend on its own row only (batch size N == batch size 1)."""
 
     def score_metadata(self, step: PruneStep) -> dict[str, Any]:
-        """What the record stores beside the scores (JSON-friendly values)."""
+        """What the record stores beside the scores: JSON-friendly values or tensors (e.g. ``[B]`` per sample),
+        which readers get as lists; never read a tensor's values here (``.tolist()``, ``int()``: a device sync)."""
         return {"method": self.name}
 
     def select(self, step: PruneStep, keep: int) -> TokenSelection:
         scores = self.score(step)
         indices = top_valid_sorted(scores, step.span_valid.to(scores.device), keep)
-        return TokenSelection(indices=indices, scores=scores, metadata=self.score_metadata(step))
+        return TokenSelection(indices=indices, scores=scores, device_metadata=self.score_metadata(step))

@@ -6,7 +6,7 @@ The default is what the official v1.5 code does: Gumpest/SparseVLMs, branch ``v1
 every layer runs ``LlamaDynamicvitFlashAttention2``, installed by ``llava/model/builder.py`` l.114-121):
 
 1. raters (MSL l.199-204): text tokens after the span chosen once from the layer-0 embeddings
-   (``llava.pruning.text_guided.text_raters``);
+   (``llava.pruning.text_guided.text_raters``, for the whole batch at once: ``padded_text_raters``);
 2. each layer ``l`` of ``prune_layers`` (MSL l.69: 2, 6, 15) runs on the whole current sequence and returns
    its attention probabilities (MSL l.223-267; ``softmax(q k^T / sqrt(d) + causal)`` of layer ``l``'s q/k,
    l.564-578); in the engine that is the boundary ``l + 1`` scored with ``step.attention(l)``;
@@ -42,7 +42,8 @@ Not reproduced (see ``llava.pruning.recycling`` / ``text_guided``): the random d
 arithmetic, the empty rater set; GQA keys are repeated as the attention does (the official logits path
 has no repeat). Record: in the official layout a kept token may move to an earlier slot to make room for
 the cluster tokens; the selection's ``sources`` label every slot with its token (a cluster with its centre),
-so ``kept_index`` names tokens; ``kept_by_score_positions`` leaves the cluster tokens out.
+so ``kept_index`` names tokens; ``kept_by_score_positions`` leaves the cluster tokens out. The metadata
+(``raters``, ``kept_by_score``, ``cluster_centres``) is recorded as tensors on the device and read as lists.
 Pinned by ``tests/reference/test_sparsevlm_reference.py``.
 """
 
@@ -66,10 +67,10 @@ from llava.pruning.methods.base import (
     without_budget_fields,
 )
 from llava.pruning.record import PruningRecord
-from llava.pruning.recycling import RECYCLE_RATIO, recycle_pruned_tokens, recycled_and_cluster_counts
+from llava.pruning.recycling import RECYCLE_RATIO, ascending_true, recycle_pruned_tokens, recycled_and_cluster_counts
 from llava.pruning.scoring import gather_rows
 from llava.pruning.selection import TokenSelection, top_r_sorted
-from llava.pruning.text_guided import rater_span_scores, rope_logit_bias, text_raters, top_rater_heads
+from llava.pruning.text_guided import rater_span_scores, rope_logit_bias, top_rater_heads
 
 PRUNE_LAYERS = (2, 6, 15)
 OFFICIAL_SPAN = 576
@@ -82,28 +83,55 @@ VERSION_DEFAULTS = {"v1.5": (True, RENUMBERED_POSITIONS), "v2": (False, ORIGINAL
 V2_HEADS = 14
 
 
+def padded_text_raters(visual: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor) -> torch.Tensor:
+    """``[B, W]`` bool: ``text_raters`` of every sample at once, sample ``b``'s text being the rows of ``text[b]``
+    where ``text_valid[b]`` (``[B, W]``, its first ``T_b`` columns) is True; padding rows never rate.
+
+    The rule of ``llava.pruning.text_guided.text_raters`` (v1.5 MSL l.200-204) with the padding masked out:
+    ``r_t = mean_v softmax_t(e_v . e_t)`` over the sample's own text tokens (padding logits at ``-inf``, so
+    ``exp = 0``), raters ``r_t > mean_t r_t`` (the mean over its ``T_b`` tokens), every text token where none is
+    above. ``visual``: ``[B, S, d]``; ``text``: ``[B, W, d]`` layer-0 embeddings.
+    """
+    logits = (visual @ text.transpose(-1, -2)).masked_fill(~text_valid[:, None, :], float("-inf"))
+    relevance = logits.softmax(dim=-1).mean(dim=1)  # [B, W], 0 on padding
+    mean = relevance.sum(dim=-1, keepdim=True) / text_valid.sum(dim=-1, keepdim=True)
+    raters = (relevance > mean) & text_valid
+    return raters | (text_valid & ~raters.any(dim=-1, keepdim=True))
+
+
+def most_raters(count: torch.Tensor) -> int:
+    """The most raters of any sample (``count`` ``[B, 1]``): the width of the rater rows, whose attention the
+    stage computes. Read on the host, the one sync of the rater rows (a shape from the data)."""
+    return int(count.max())
+
+
 def rater_rows(step: PruneStep) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[B, Q]`` current indices of each sample's text raters (padded with the query row) and their weights.
+    """``[B, Q]`` current indices of each sample's text raters, ascending, then the query row as padding, and
+    their weights ``[B, Q]``: ``1 / raters`` on a rater's row, 0 on padding; ``Q`` the most raters of any sample.
 
     The text is what follows the span up to the selection query (the last prompt token), as the official
-    code's "everything after the image" at prefill.
+    code's "everything after the image" at prefill; its raters come from the layer-0 embeddings
+    (``padded_text_raters``). Computed for the whole batch on the device, the text padded to ``W``, the number
+    of tokens outside the span (never pruned: a bound on every sample's text read off the shapes); only ``Q``
+    is read back (``most_raters``).
     """
-    rows, weights = [], []
-    for b in range(step.query_index.shape[0]):
-        query = int(step.query_index[b])
-        original_query = int(step.original_index[b, query])
-        start, end = (int(x) for x in step.original_span[b])
-        embeddings = step.input_embeddings[b]
-        raters = text_raters(embeddings[start:end], embeddings[end : original_query + 1])
-        offsets = raters.nonzero()[:, 0]  # positions after the span end
-        rows.append(query - (original_query - end) + offsets)
-        weights.append(torch.full((len(offsets),), 1.0 / len(offsets)))
-    width = max(len(r) for r in rows)
-    index = step.query_index[:, None].repeat(1, width).clone()
-    weight = torch.zeros(len(rows), width)
-    for b, (row, w) in enumerate(zip(rows, weights, strict=True)):
-        index[b, : len(row)] = row.to(index.device)
-        weight[b, : len(w)] = w
+    embeddings = step.input_embeddings
+    length = embeddings.shape[1]
+    outside = step.hidden_states.shape[1] - step.span_index.shape[1]
+    device = step.query_index.device
+    start, end = step.original_span[:, :1].to(device), step.original_span[:, 1:].to(device)  # [B, 1]
+    query = step.query_index[:, None]
+    original_query = step.original_index.gather(1, query)
+    offsets = torch.arange(outside, device=device)  # positions after the span end
+    visual = gather_rows(embeddings, start + torch.arange(length - outside, device=device))  # [B, S_0, d]
+    text = gather_rows(embeddings, (end + offsets).clamp_max(length - 1))  # [B, W, d]
+    raters = padded_text_raters(visual, text, offsets <= original_query - end)
+    count = raters.sum(dim=1, keepdim=True)  # [B, 1]
+    width = most_raters(count)
+    first = (~raters).to(torch.uint8).argsort(dim=1, stable=True)[:, :width]  # rater offsets first, ascending
+    is_rater = offsets[:width] < count
+    index = torch.where(is_rater, query - (original_query - end) + first, query)
+    weight = torch.where(is_rater, (1.0 / count.double()).float(), 0.0)  # 1 / n in float64, then float32
     return index, weight.to(step.hidden_states.device)
 
 
@@ -129,13 +157,16 @@ def cluster_layout(
         return slots, labels[order], slots, content[order]
     pruned = torch.ones(hidden.shape[0], dtype=torch.bool, device=kept.device)
     pruned[kept] = False
-    tail = pruned.nonzero()[:, 0][hidden.shape[0] - kept.numel() - centres.numel() :]
+    tail = ascending_true(pruned, hidden.shape[0] - kept.numel())[hidden.shape[0] - kept.numel() - centres.numel() :]
     return torch.cat([kept, tail]).sort().values, labels, sources, content
 
 
 def replacement_columns(slots: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``[B, M]`` columns whose slot holds another token than its own (``M``: the most of any sample; a
-    sample with fewer is padded with columns that hold their own token, where a replacement changes nothing)."""
+    sample with fewer is padded with columns that hold their own token, where a replacement changes nothing).
+
+    ``M`` depends on the data (the kept tokens after the first cluster slot move), so it is read on the host:
+    with ``most_raters``, one of the two syncs a recycling stage keeps on the measured path."""
     moved = slots != labels
     return (~moved).long().argsort(dim=1, stable=True)[:, : int(moved.sum(dim=1).max())]
 
@@ -223,8 +254,8 @@ class SparseVLM(PruningMethod):
             "version": self.version,
             "stage": step.stage,
             "scoring_layer": step.layer - 1,
-            "raters": (weights > 0).sum(dim=1).tolist(),
-            "kept_by_score": kept.tolist(),
+            "raters": (weights > 0).sum(dim=1),
+            "kept_by_score": kept,
         }
         if not self.recycling:
             return TokenSelection(kept, scores, metadata)
@@ -252,10 +283,11 @@ class SparseVLM(PruningMethod):
         for b in range(scores.shape[0]):
             sample_centres, merged = recycle_pruned_tokens(scores[b], span_hidden[b], kept[b], self.recycle_ratio)
             per_sample.append(cluster_layout(kept[b], sample_centres, merged, span_hidden[b], at_centres))
-            centres.append(sample_centres.tolist())
+            centres.append(sample_centres)
         slots, labels, sources, content = (torch.stack(parts) for parts in zip(*per_sample, strict=True))
         columns = replacement_columns(slots, labels)
-        metadata["cluster_tokens"] = len(centres[0])
+        centres = torch.stack(centres)  # [B, C]: equal spans give every sample the same count
+        metadata["cluster_tokens"] = centres.shape[1]
         metadata["cluster_centres"] = centres
         metadata["cluster_layout"] = "centres" if at_centres else "after_kept"
         replacement = (columns, gather_rows(content, columns))
@@ -284,11 +316,12 @@ def kept_by_score_positions(record: PruningRecord, sample: int = 0) -> list[list
     start, end = (int(x) for x in record.span[sample])
     labels, per_stage = list(range(start, end)), []
     for stage in record.stages:
-        kept = stage.metadata["kept_by_score"][sample]
+        metadata = stage.metadata
+        kept = metadata["kept_by_score"][sample]
         kept_labels = [labels[column] for column in kept]
         per_stage.append([label for label in kept_labels if label >= 0])
-        centres = stage.metadata.get("cluster_centres", [[]] * (sample + 1))[sample]
-        if stage.metadata.get("cluster_layout") == "centres":
+        centres = metadata.get("cluster_centres", [[]] * (sample + 1))[sample]
+        if metadata.get("cluster_layout") == "centres":
             kept_set = set(kept)
             labels = [labels[column] if column in kept_set else -1 for column in sorted(kept + centres)]
         else:
