@@ -26,6 +26,7 @@ from llava.model.placeholders import expand_image_placeholders, has_placeholders
 from llava.model.vision import check_image_tokens, image_features_per_image
 from llava.pruning.methods.base import PruningMethod
 from llava.pruning.span import span_from_token_id
+from toolkit_common.devices import synchronize
 from toolkit_common.transformers_compat import cache_kwargs, output_cache, resolve_cache
 
 # transformers skips its checkpoint key conversions for classes defined outside it: without this, a
@@ -103,9 +104,8 @@ class PruningVlmMixin:
         return outputs
 
     def _record_prefill_time(self, outputs: Any, started: float, input_ids, inputs_embeds) -> None:
-        """Store the prefill wall time (synchronising CUDA first) and the unpruned prompt length."""
-        if outputs.logits.is_cuda:
-            torch.cuda.synchronize()
+        """Store the prefill wall time (synchronising CUDA / MPS first) and the unpruned prompt length."""
+        synchronize(outputs.logits.device)
         state = self.language_model.pruning_state
         self._last_prefill_ms = (time.perf_counter() - started) * 1000.0
         self._last_prompt_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
