@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -152,56 +152,77 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
         past_seen = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen).unsqueeze(0)
-        batch, seq_len = inputs_embeds.shape[:2]
-        device = inputs_embeds.device
         prompt_ids = input_ids if input_ids is not None else prune_input_ids
+        plan = self._forward_plan(past_seen, prompt_ids, attention_mask, cache)
+        seq = self._initial_sequence(inputs_embeds, attention_mask, position_ids, cache, plan.soft)
+        if plan.method is not None:
+            plan = self._start_pruning(plan, seq, prompt_ids, attention_mask, prune_span, prune_query_index, cache)
+        seq = self._run_layers(plan, seq, inputs_embeds, position_ids, attention_mask, cache, use_cache, kwargs)
+        if plan.recording is not None and cache is not None:
+            plan.recording.attach_cache(cache)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(seq.hidden), **cache_kwargs(cache))
+
+    # ----- the phases of one forward --------------------------------------------------------------
+    def _forward_plan(self, past_seen: int, prompt_ids, attention_mask, cache: Cache | None) -> ForwardPlan:
+        """What this forward is: a prefill that prunes (its method), a decode step after a pruned prefill (that
+        prefill's state: which cached tokens each layer kept), or a no-cache step that continues the last pruned
+        prompt (its selections, replayed)."""
         method = self.active_method if past_seen == 0 else None
         soft = method is not None and getattr(method, "soft", False)
         if soft and cache is not None:
             raise ValueError("soft pruning (training) runs without a KV cache: pass use_cache=False")
-
-        replay = decode_state = None
         state = self.pruning_state
         if past_seen > 0:
-            decode_state = self._decode_state(cache)
-        elif method is not None and not soft and cache is None and state is not None and state.continued_by(prompt_ids, attention_mask):
-            replay = state
-        else:
-            self.pruning_state = None
+            return ForwardPlan(None, False, decode=self._decode_state(cache))
+        if method is not None and not soft and cache is None and state is not None and state.continued_by(prompt_ids, attention_mask):
+            return ForwardPlan(method, False, replay=state)
+        self.pruning_state = None
+        return ForwardPlan(method, soft)
 
-        seq = self._initial_sequence(inputs_embeds, attention_mask, position_ids, cache, soft)
-        schedule: dict[int, int] = {}
-        if method is not None:
-            mask_2d = attention_mask if attention_mask is not None else torch.ones(batch, seq_len, dtype=torch.long, device=device)
-            span = self._resolve_span(prompt_ids, mask_2d, prune_span, batch, seq_len, device)
-            query = (
-                last_valid_index(mask_2d, batch, seq_len, device)
-                if prune_query_index is None
-                else torch.as_tensor(prune_query_index, device=device, dtype=torch.long).expand(batch).clone()
+    def _start_pruning(
+        self, plan: ForwardPlan, seq: DecoderSequence, prompt_ids, attention_mask, prune_span, prune_query_index,
+        cache: Cache | None,
+    ) -> ForwardPlan:
+        """Find the span and the selection query, check them, start the prefill's record (not when replaying) and
+        put the span's bookkeeping on ``seq``; the plan gains the stage schedule and the state it records into."""
+        batch, seq_len = seq.hidden.shape[:2]
+        device = seq.hidden.device
+        mask_2d = attention_mask if attention_mask is not None else torch.ones(batch, seq_len, dtype=torch.long, device=device)
+        span = self._resolve_span(prompt_ids, mask_2d, prune_span, batch, seq_len, device)
+        query = (
+            last_valid_index(mask_2d, batch, seq_len, device)
+            if prune_query_index is None
+            else torch.as_tensor(prune_query_index, device=device, dtype=torch.long).expand(batch).clone()
+        )
+        span_len = validate_span(span, query, seq_len)
+        recording = None
+        if plan.replay is None:
+            plan.method.validate(self.config.num_hidden_layers, span_len, self.config.num_attention_heads)
+            if cache is not None and type(cache) is not DynamicCache:
+                raise ValueError(f"pruning needs a DynamicCache (layers hold different lengths), got {type(cache).__name__}")
+            recording = PruningState(
+                record=PruningRecord(plan.method.name, span.clone(), self.config.num_hidden_layers, params=plan.method.params()),
+                prompt_ids=None if prompt_ids is None else prompt_ids.detach().clone(),
+                prompt_mask=mask_2d.bool().clone(),
             )
-            span_len = validate_span(span, query, seq_len)
-            if replay is None:
-                method.validate(self.config.num_hidden_layers, span_len, self.config.num_attention_heads)
-                if cache is not None and type(cache) is not DynamicCache:
-                    raise ValueError(
-                        f"pruning needs a DynamicCache (layers hold different lengths), got {type(cache).__name__}"
-                    )
-                self.pruning_state = PruningState(
-                    record=PruningRecord(method.name, span.clone(), self.config.num_hidden_layers, params=method.params()),
-                    prompt_ids=None if prompt_ids is None else prompt_ids.detach().clone(),
-                    prompt_mask=mask_2d.bool().clone(),
-                )
-            schedule = dict(method.schedule(span_len))
-            seq.span_index = span[:, :1].to(device) + torch.arange(span_len, device=device)
-            seq.span_valid = torch.ones(batch, span_len, dtype=torch.bool, device=device)
-            seq.query_index = query
+            self.pruning_state = recording
+        seq.span_index = span[:, :1].to(device) + torch.arange(span_len, device=device)
+        seq.span_valid = torch.ones(batch, span_len, dtype=torch.bool, device=device)
+        seq.query_index = query
+        return replace(plan, schedule=dict(plan.method.schedule(span_len)), recording=recording)
 
+    def _run_layers(
+        self, plan: ForwardPlan, seq: DecoderSequence, inputs_embeds: torch.Tensor, position_ids, attention_mask,
+        cache: Cache | None, use_cache: bool | None, kwargs: dict[str, Any],
+    ) -> DecoderSequence:
+        """The one decoder loop: each layer on the current sequence, a pruning stage (or a decode step's mask of a
+        pruned layer) before the layers the plan names."""
         previous_input = None
         for idx, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
-            if idx in schedule:
-                seq = self._run_stage(method, idx, schedule[idx], seq, previous_input, inputs_embeds, replay, cache)
-            elif decode_state is not None and idx in decode_state.stage_valid:
-                seq = self._decode_stage(idx, seq, decode_state, attention_mask, cache)
+            if idx in plan.schedule:
+                seq = self._run_stage(plan, idx, seq, previous_input, inputs_embeds, cache)
+            elif plan.decode is not None and idx in plan.decode.stage_valid:
+                seq = self._decode_stage(idx, seq, plan.decode, attention_mask, cache)
             previous_input = seq.hidden
             seq.hidden = decoder_layer(
                 seq.hidden,
@@ -212,9 +233,7 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
                 **cache_kwargs(cache),
                 **kwargs,
             )
-        if method is not None and replay is None and cache is not None:
-            self.pruning_state.attach_cache(cache)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(seq.hidden), **cache_kwargs(cache))
+        return seq
 
     # ----- helpers -------------------------------------------------------------------------------
     def _initial_sequence(self, inputs_embeds, attention_mask, position_ids, cache, soft: bool) -> DecoderSequence:
@@ -310,68 +329,35 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
 
     def _run_stage(
         self,
-        method: PruningMethod,
+        plan: ForwardPlan,
         layer: int,
-        keep: int,
         seq: DecoderSequence,
         previous_input: torch.Tensor | None,
         inputs_embeds: torch.Tensor,
-        replay: PruningState | None,
         cache: Cache | None,
     ) -> DecoderSequence:
-        """One boundary: the method's selection (or the replayed one) applied to the sequence."""
-        state = self.pruning_state
+        """One boundary: the method's selection (or the replayed one) applied to the sequence, recorded into
+        ``plan.recording`` (nothing is recorded when replaying)."""
         if seq.hidden.device != inputs_embeds.device:  # a model split over devices: select where the bookkeeping is
             seq = replace(seq, hidden=seq.hidden.to(inputs_embeds.device))
             previous_input = None if previous_input is None else previous_input.to(inputs_embeds.device)
-        stage = len(state.selections) + len(state.soft_stages) if replay is None else None
-        if replay is not None:
-            selection = replay.selections[sorted(replay.stage_valid).index(layer)]
+        watch = None
+        if plan.replay is not None:
+            selection = plan.replay.selections[sorted(plan.replay.stage_valid).index(layer)]
         else:
-            step = PruneStep(
-                layer=layer,
-                stage=stage,
-                span_index=seq.span_index,
-                span_valid=seq.span_valid,
-                query_index=seq.query_index,
-                hidden_states=seq.hidden,
-                attention=self._attention_fn(layer, seq, previous_input, cache),
-                original_index=seq.original_index,
-                original_span=state.record.span.to(seq.hidden.device),
-                input_embeddings=inputs_embeds,
-                rope=seq.rope,
-            )
+            step = self._prune_step(plan.recording, layer, seq, previous_input, inputs_embeds, cache)
             with Stopwatch(seq.hidden.device) as watch:  # no synchronisation: read when the record is
-                selection = method.select(step, keep)
+                selection = plan.method.select(step, plan.schedule[layer])
         if isinstance(selection, SoftSelection):
             seq = soft_keep(seq, selection)
-            state.soft_stages.append((layer, selection, seq.key_weights.gather(1, seq.span_index)))
+            plan.recording.soft_stages.append((layer, selection, seq.key_weights.gather(1, seq.span_index)))
             return replace(seq, mask=keyed_causal_bias(seq.valid, seq.key_weights, seq.hidden.dtype))
         previous = seq
-        seq = compact(seq, selection, renumber=not method.keeps_original_positions())
+        seq = compact(seq, selection, renumber=not plan.method.keeps_original_positions())
         if seq.position_shift is not None:
             seq.cos, seq.sin = self._rope(seq.hidden, seq.positions)
-        if replay is None:  # recorded as computed, on the device: readers convert (``llava.pruning.record``)
-            metadata = detached_values(selection.device_metadata)
-            if selection.replacement is not None:
-                slots = selection.indices if selection.sources is None else selection.sources
-                merged = previous.span_index.gather(1, slots.to(previous.span_index.device))
-                merged = merged.gather(1, selection.replacement[0].to(merged.device))
-                metadata["merged_positions"] = previous.original_index.gather(1, merged)
-            state.record.stages.append(
-                StageRecord(
-                    layer=layer,
-                    kept_index=seq.original_index.gather(1, seq.span_index),
-                    scores=selection.scores.detach(),
-                    device_metadata=metadata,
-                    stopwatch=watch,
-                    kept_valid=None if selection.valid is None else selection.valid.detach(),
-                )
-            )
-            state.selections.append(selection)
-            state.stage_valid[layer] = seq.valid
-            if seq.position_shift is not None:
-                state.position_shift[layer] = seq.position_shift
+        if plan.recording is not None:
+            record_stage(plan.recording, layer, selection, previous, seq, watch)
         seq.mask = create_causal_mask(
             config=self.config,
             inputs_embeds=seq.hidden,
@@ -381,6 +367,25 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
             layer_idx=layer,
         )
         return seq
+
+    def _prune_step(
+        self, state: PruningState, layer: int, seq: DecoderSequence, previous_input: torch.Tensor | None,
+        inputs_embeds: torch.Tensor, cache: Cache | None,
+    ) -> PruneStep:
+        """What a method sees at the boundary before ``layer`` (``llava.pruning.methods.base.PruneStep``)."""
+        return PruneStep(
+            layer=layer,
+            stage=len(state.selections) + len(state.soft_stages),
+            span_index=seq.span_index,
+            span_valid=seq.span_valid,
+            query_index=seq.query_index,
+            hidden_states=seq.hidden,
+            attention=self._attention_fn(layer, seq, previous_input, cache),
+            original_index=seq.original_index,
+            original_span=state.record.span.to(seq.hidden.device),
+            input_embeddings=inputs_embeds,
+            rope=seq.rope,
+        )
 
     def _decode_stage(
         self, layer: int, seq: DecoderSequence, state: PruningState, attention_mask, cache: Cache
@@ -410,6 +415,51 @@ class PruningLlamaModel(PruningReadouts, LlamaModel):
         positions = seq.positions - shift[:, None].to(seq.positions.device)
         cos, sin = self._rope(seq.hidden, positions)
         return replace(seq, mask=mask, compacted=True, positions=positions, cos=cos, sin=sin)
+
+
+@dataclass
+class ForwardPlan:
+    """What one forward of the decoder does (``PruningLlamaModel._forward_plan``).
+
+    ``method``: the method of a prefill (None on decode steps and without pruning); ``soft``: its training mode;
+    ``replay``: the state of the pruned prompt a no-cache step continues (its selections are replayed);
+    ``decode``: the state of the pruned prefill whose cache a decode step extends; ``recording``: the state this
+    prefill records into; ``schedule``: ``{layer: tokens kept from it on}`` of the stages.
+    """
+
+    method: PruningMethod | None
+    soft: bool
+    replay: PruningState | None = None
+    decode: PruningState | None = None
+    recording: PruningState | None = None
+    schedule: dict[int, int] = field(default_factory=dict)
+
+
+def record_stage(
+    state: PruningState, layer: int, selection, before: DecoderSequence, after: DecoderSequence, watch: Stopwatch
+) -> None:
+    """Append one hard stage to the prefill's record and remember what decode steps and replays need, tensors
+    on the device as computed (readers convert: ``llava.pruning.record``)."""
+    metadata = detached_values(selection.device_metadata)
+    if selection.replacement is not None:
+        slots = selection.indices if selection.sources is None else selection.sources
+        merged = before.span_index.gather(1, slots.to(before.span_index.device))
+        merged = merged.gather(1, selection.replacement[0].to(merged.device))
+        metadata["merged_positions"] = before.original_index.gather(1, merged)
+    state.record.stages.append(
+        StageRecord(
+            layer=layer,
+            kept_index=after.original_index.gather(1, after.span_index),
+            scores=selection.scores.detach(),
+            device_metadata=metadata,
+            stopwatch=watch,
+            kept_valid=None if selection.valid is None else selection.valid.detach(),
+        )
+    )
+    state.selections.append(selection)
+    state.stage_valid[layer] = after.valid
+    if after.position_shift is not None:
+        state.position_shift[layer] = after.position_shift
 
 
 def layer_keys(cache: Cache | None, layer: int, length: int) -> torch.Tensor | None:
