@@ -1,10 +1,11 @@
-"""lmms-eval model plugin: evaluate a (pruned) LLaVA-1.5 on any lmms-eval task.
+"""lmms-eval model plugin: evaluate a (pruned) LLaVA-1.5 or LLaVA-NeXT on any lmms-eval task.
 
 Registered through the ``lmms_eval.models`` entry point as ``llava_prune``::
 
     lmms-eval --model llava_prune --model_args pretrained=llava-hf/llava-1.5-7b-hf,pruning_method=fastv,visual_token_num=128 --tasks gqa
 
-``model_args``: ``pretrained``, ``pruning_method``, ``visual_token_num``, ``H``, ``head_strategy``,
+``model_args``: ``pretrained`` (LLaVA-1.5 or LLaVA-NeXT, ``docs/families.md``), ``pruning_method``,
+``visual_token_num`` or ``retain_ratio`` (share of each image's tokens), ``H``, ``head_strategy``,
 ``enable_dynamic_selection``, ``conv_mode`` (vicuna_v1), ``image_aspect_ratio`` (pad), ``device``,
 ``dtype``, ``device_map``, ``attn_implementation``, ``use_flash_attn``, ``load_8bit``, ``load_4bit`` (as
 ``load_pretrained_model`` takes them), ``batch_size`` (default 1; on the command line use lmms-eval's ``--batch_size``, which it
@@ -117,6 +118,7 @@ class LlavaPrune(lmms):
         pretrained: str = DEFAULT_MODEL_PATH,
         pruning_method: str | None = None,
         visual_token_num: int | None = None,
+        retain_ratio: float | str | None = None,
         H: int | None = None,
         head_strategy: str | None = None,
         enable_dynamic_selection: bool = False,
@@ -135,7 +137,10 @@ class LlavaPrune(lmms):
     ) -> None:
         super().__init__()
         self.batch_size = parse_batch_size(batch_size)
-        named = {"visual_token_num": visual_token_num, "heads": H, "head_strategy": head_strategy}
+        named = {
+            "visual_token_num": visual_token_num, "heads": H, "head_strategy": head_strategy,
+            "retain_ratio": None if retain_ratio is None else float(retain_ratio),
+        }
         method_params.update({name: value for name, value in named.items() if value is not None})
         method = DYNAMIC_SELECTION_METHOD if str(enable_dynamic_selection).lower() == "true" else pruning_method
         flags = {"use_flash_attn": use_flash_attn, "load_8bit": load_8bit, "load_4bit": load_4bit}

@@ -125,6 +125,18 @@ def test_batched_replies_equal_one_by_one(stub_lmms_eval) -> None:
     ]
 
 
+def test_llava_next_through_the_plugin_prunes_each_image_by_its_own_token_count(stub_lmms_eval) -> None:
+    from llava.eval.lmms_eval_plugin import LlavaPrune
+
+    model = LlavaPrune(pretrained="tiny-random-llava-next", pruning_method="pdrop", retain_ratio="0.25")
+    docs = {0: {"image": Image.new("RGB", (200, 130), (10, 20, 200))}, 1: {"image": Image.new("RGB", (300, 300), (9, 9, 9))}}
+    model.task_dict = {"toy": {"test": docs}}
+    replies = model.generate_until(toy_requests(docs, {"max_new_tokens": 2}))
+    records = [reply.token_counts.to_dict()["pruning"] for reply in replies]
+    assert [record["span_length"] for record in records] == [234, 336]
+    assert [record["equivalent_tokens"] for record in records] == pytest.approx([0.25 * 234, 0.25 * 336], abs=1.0)
+
+
 @pytest.mark.parametrize("batch_size", ["0", "auto", "-2"])
 def test_batch_size_must_be_a_positive_integer(stub_lmms_eval, batch_size: str) -> None:
     from llava.eval.lmms_eval_plugin import parse_batch_size
