@@ -5,7 +5,8 @@ and per pruning stage the layer and the kept patches (raster indices into the 24
 
 * ``overlay``: the image as the model sees it (LLaVA-1.5's padding: centred on a square of CLIP's mean
   colour, as the eval pads it; then resized to a multiple of the 24-patch grid, at least 336 px) with
-  pruned patches faded and the answer's cells outlined (last stage kept); any image size works;
+  pruned patches faded and the answer's evidence cells outlined, their patches marked green when kept and
+  red when pruned (last stage kept); any image size works;
 * ``layers``: span tokens per layer (multi-stage methods shrink in steps).
 
     python -m llava.viz overlay --record kept.json --output kept.png
@@ -25,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from transformers.image_utils import OPENAI_CLIP_MEAN
 
+from llava.eval.evidence import evidence_patches
 from llava.mm_utils import expand2square, to_rgb
 from toolkit_common.cli import setting_error
 
@@ -62,9 +64,21 @@ def model_view(image: Image.Image) -> Image.Image:
     return square if square.width == side else square.resize((side, side), Image.Resampling.BICUBIC)
 
 
+EVIDENCE_KEPT, EVIDENCE_PRUNED = (0, 170, 0), (220, 0, 0)  # outlines of an evidence cell's kept / pruned patches
+
+
+def evidence_counts(kept: Sequence[int], cells: Sequence[Sequence[int]], grid_cells: int = 6) -> tuple[int, int]:
+    """``(kept, total)`` patches of the evidence ``cells`` (the answer's cells; ``grid_cells`` x ``grid_cells``
+    over the 24 x 24 patch grid): what an overlay's caption reports."""
+    patches = set(evidence_patches(cells, grid_cells, GRID_SIDE))
+    return len(patches & set(kept)), len(patches)
+
+
 def kept_overlay(image: Image.Image, kept: Sequence[int], cells: Sequence[Sequence[int]], grid_cells: int = 6) -> Image.Image:
     """``image`` as the model sees it (``model_view``) with patches outside ``kept`` faded to 25 % and the
-    answer's ``cells`` (of a ``grid_cells`` x ``grid_cells`` grid over the padded square) outlined."""
+    answer's evidence ``cells`` (of a ``grid_cells`` x ``grid_cells`` grid over the padded square) outlined in
+    black, each of their patches outlined inside it in green when kept, in red when pruned (the patches
+    evidence recall counts, ``llava.eval.evidence``)."""
     pixels = np.asarray(model_view(image), dtype=np.float32)
     patch = pixels.shape[0] // GRID_SIDE
     keep = np.zeros(GRID_SIDE * GRID_SIDE, dtype=bool)
@@ -74,7 +88,13 @@ def kept_overlay(image: Image.Image, kept: Sequence[int], cells: Sequence[Sequen
     result = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(result)
     cell = pixels.shape[0] // grid_cells
+    per_cell = GRID_SIDE // grid_cells
     for row, col in cells:
+        for dy in range(per_cell):
+            for dx in range(per_cell):
+                y, x = row * per_cell + dy, col * per_cell + dx
+                colour = EVIDENCE_KEPT if keep[y * GRID_SIDE + x] else EVIDENCE_PRUNED
+                draw.rectangle((x * patch + 1, y * patch + 1, (x + 1) * patch - 2, (y + 1) * patch - 2), outline=colour, width=1)
         draw.rectangle((col * cell, row * cell, (col + 1) * cell - 1, (row + 1) * cell - 1), outline=(0, 0, 0), width=3)
     return result
 

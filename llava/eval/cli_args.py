@@ -183,6 +183,10 @@ def add_generation_and_pruning_flags(parser: argparse.ArgumentParser) -> None:
     generation.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=128)
     generation.add_argument("--batch-size", "--batch_size", type=int, default=1)
     generation.add_argument(
+        "--record-kept-patches", "--record_kept_patches", action="store_true",
+        help="write each pruned answer's kept image tokens per stage into its metadata (kept_stages: overlays, evidence recall)",
+    )
+    generation.add_argument(
         "--truncate-long-prompts", "--truncate_long_prompts", action="store_true",
         help="cut the end of a question whose prompt + --max-new-tokens exceeds the model's context (with a warning);"
         " default: such a question is an error, logged and skipped",

@@ -22,6 +22,8 @@ from llava.model.vision import image_features_per_image
 from llava.pruning.budget import prefill_flops
 
 RECORD_FIELDS = ("method", "kept_per_layer", "equivalent_tokens", "flops", "prefill_ms")
+KEPT_FIELD = "kept_stages"
+"""Answers' metadata with ``record_kept_patches``: ``[{"layer", "kept": [span offsets]}, ...]`` per pruning stage."""
 
 
 class PromptTooLongError(ValueError):
@@ -68,6 +70,7 @@ class GenerationSettings:
     num_beams: int = 1
     max_new_tokens: int = 128
     truncate_long_prompts: bool = False
+    record_kept_patches: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GenerationSettings:
@@ -80,6 +83,7 @@ class GenerationSettings:
             num_beams=args.num_beams,
             max_new_tokens=args.max_new_tokens,
             truncate_long_prompts=args.truncate_long_prompts,
+            record_kept_patches=getattr(args, "record_kept_patches", False),
         )
 
     def generate_kwargs(self) -> dict[str, Any]:
@@ -316,6 +320,8 @@ def answer_batch(
             costs.append(unpruned_cost(bundle, tokens))
         else:
             costs.append({name: record.get(name) for name in RECORD_FIELDS})
+            if settings.record_kept_patches:
+                costs[-1][KEPT_FIELD] = bundle.model.language_model.pruning_state.record.sample_kept_stages(sample)
     for cost, (_, cut) in zip(costs, fitted, strict=True):
         if cut:
             cost["truncated_question_tokens"] = cut

@@ -7,6 +7,12 @@ heads, head strategy, dynamic selection); None when the run recorded none (never
 ``coverage`` is ``{"asked", "answered", "fraction"}``; ``complete`` is False under 100 %, and the scorers
 then exit with ``INCOMPLETE_EXIT_CODE``. ``cost`` (mean equivalent tokens and FLOPs; median prefill ms and
 its interquartile range ``prefill_ms_iqr``) comes from the answers' ``metadata``.
+
+``metrics.per_question`` (GQA, POPE and ScienceQA scorers): each question's outcome (``correct``; POPE's
+``split`` / ``label`` / ``prediction``; ScienceQA's ``first_letter`` / ``image``), from which
+``llava.eval.intervals`` bootstraps the intervals ``summarize`` prints. ``evidence`` (optional, added by
+``llava.eval.evidence.attach_evidence``): ``{"questions": {question id: [[layer, evidence kept, evidence,
+kept, span], ...]}}``, each question's evidence recall per pruning stage.
 """
 
 from __future__ import annotations
@@ -129,9 +135,15 @@ def result_problem(record: Any) -> str | None:
         return "no 'benchmark' name: not a result record written by a scorer's --result-json"
     if record.get("score") is not None and not _is_number(record["score"]):
         return f"'score' must be a number or null, got {record['score']!r}"
-    for name in ("config", "coverage", "cost"):
+    for name in ("config", "coverage", "cost", "metrics", "evidence"):
         if record.get(name) is not None and not isinstance(record[name], dict):
             return f"'{name}' must be an object or null, got {type(record[name]).__name__}"
+    per_question = (record.get("metrics") or {}).get("per_question")
+    if per_question is not None and not (isinstance(per_question, dict) and all(isinstance(v, dict) for v in per_question.values())):
+        return "'metrics.per_question' must map question ids to objects"
+    questions = (record.get("evidence") or {}).get("questions", {})
+    if not (isinstance(questions, dict) and all(isinstance(v, list) for v in questions.values())):
+        return "'evidence.questions' must map question ids to lists of stages"
     fraction = (record.get("coverage") or {}).get("fraction", 1.0)
     if not _is_number(fraction):
         return f"'coverage.fraction' must be a number, got {fraction!r}"

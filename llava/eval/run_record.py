@@ -101,7 +101,7 @@ def claim_answers_file(answers_file: str | Path, record: dict[str, Any], has_ans
             f"{answers_file} holds answers but no run record ({run_record_path(answers_file).name}), so its "
             "settings are unknown: use a new --answers-file, or --overwrite to start it again"
         )
-    if existing is not None and has_answers and existing != record:
+    if existing is not None and has_answers and differences(existing, record):  # a setting added later reads as None
         raise RunMismatchError(
             f"{answers_file} was written with other settings ({'; '.join(differences(existing, record))}): "
             "use a new --answers-file, or --overwrite to start it again"

@@ -13,6 +13,20 @@ asked over the row's benchmarks; ``incomplete`` names the benchmarks under 100 %
 exits with ``INCOMPLETE_EXIT_CODE`` after writing the table. Costs: mean equivalent tokens and FLOPs over the
 row's benchmarks; ``prefill_ms`` the median of the benchmarks' median prefill times (one per question, so a
 stall under load moves it little), ``prefill_ms_iqr`` likewise of their interquartile ranges.
+
+**Intervals** (``llava.eval.intervals``: percentile bootstrap over questions, 1000 resamples, seed 0), where
+the scorers recorded per-question outcomes (``metrics.per_question``): ``<benchmark>_lo`` / ``_hi`` beside each
+score, the same for the secondary metrics ``SECONDARY_METRICS`` shown beside the primary one (POPE-style
+accuracy beside F1: ``pope_acc``; ScienceQA first-letter accuracy beside the strict one: ``sqa_first_letter``),
+and ``relative_lo`` / ``_hi`` (paired: each resample scores the row and vanilla on the same questions).
+**Seeds**: rows that differ only in a ``seed`` parameter (``random``'s keep sets) get a row of their own,
+``mean over N seeds``: scores, relative and intervals are the means over the seeds (resampled together),
+``seeds`` their number and ``relative_seed_min`` / ``_max`` the spread. **Evidence recall** (result records
+with ``evidence``, ``llava.eval.evidence``): ``evidence_recall_%`` of the first pruning stage (at
+``evidence_layer``) with its interval, ``evidence_chance_%`` (kept / total: a random keep set's expectation)
+and every stage in ``evidence_stages`` (``L<layer> recall/chance``). ``ranks.csv`` / ``ranks.md``: per
+budget, the rows by relative score with the paired-bootstrap difference to the best and to the next one
+(``*``: the difference's interval excludes 0).
 """
 
 from __future__ import annotations
@@ -27,10 +41,17 @@ from pathlib import Path
 from statistics import fmean, median
 from typing import Any
 
+import numpy as np
+
+from llava.eval import intervals
+from llava.eval.evidence import recall_by_stage
 from llava.eval.jsonl_io import exit_code_on_input_error
 from llava.eval.results import COST_FIELDS, INCOMPLETE_EXIT_CODE, TIMING_FIELDS, read_results
 
 VANILLA = "vanilla"
+SECONDARY_METRICS = {"pope": (("acc", "accuracy_mean"),), "sqa": (("first_letter", "first_letter_img_accuracy"),)}
+"""Per benchmark, ``(column suffix, metric)`` shown beside the primary score (from the result's ``metrics``)."""
+SEED_MEAN = "mean over"  # the params of a seed-mean row: "mean over 5 seeds"
 
 
 @dataclass(frozen=True, order=True)
@@ -71,6 +92,12 @@ class SummaryRow:
     coverage: dict[str, float] = field(default_factory=dict)  # answered / asked per benchmark
     sources: dict[str, str] = field(default_factory=dict)  # record file per benchmark
     costs: dict[str, list[float]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # the scorer's metrics per benchmark
+    primary: dict[str, str | None] = field(default_factory=dict)  # the score's metric per benchmark
+    outcomes: dict[str, intervals.Outcomes] = field(default_factory=dict)  # per-question outcomes per benchmark
+    evidence: dict[str, list] = field(default_factory=dict)  # "<benchmark>/<question id>": evidence per stage
+    seeds: list[SummaryRow] = field(default_factory=list)  # a seed-mean row's rows, one per seed
+    seed_member: bool = False  # one seed of a seed-mean row (which stands for it in the ranks and plots)
 
     def cost(self, name: str) -> float | None:
         """A cost field over this row's benchmarks (None when no benchmark recorded it): the mean of a computed
@@ -101,11 +128,69 @@ def build_rows(results: Sequence[dict[str, Any]]) -> list[SummaryRow]:
             value = (result.get("cost") or {}).get(name)
             if value is not None:
                 row.costs.setdefault(name, []).append(value)
-    return sorted(rows.values(), key=lambda row: (row.config.method != VANILLA, _sort_key(row.config)))
+        metrics = dict(result.get("metrics") or {})
+        per_question = metrics.pop("per_question", None)
+        row.metrics[benchmark], row.primary[benchmark] = metrics, result.get("primary_metric")
+        if per_question:
+            row.outcomes[benchmark] = intervals.Outcomes.from_per_question(per_question)
+        for qid, stages in ((result.get("evidence") or {}).get("questions") or {}).items():
+            row.evidence[f"{benchmark}/{qid}"] = stages
+    ordered = sorted(rows.values(), key=lambda row: (row.config.method != VANILLA, _sort_key(row.config)))
+    return with_seed_means(ordered)
 
 
 def _sort_key(config: RunConfig) -> tuple:
     return (config.method, config.tokens or 0, config.heads or 0, config.strategy or "", config.dynamic, config.params or "")
+
+
+def split_seed(params: str | None) -> tuple[str | None, str | None]:
+    """``(params without the seed, the seed)`` of a row's params string (``"a=1, seed=3"`` -> ``("a=1", "3")``)."""
+    parts = [part for part in (params or "").split(", ") if part]
+    seeds = [part.removeprefix("seed=") for part in parts if part.startswith("seed=")]
+    rest = ", ".join(part for part in parts if not part.startswith("seed="))
+    return rest or None, seeds[0] if seeds else None
+
+
+def with_seed_means(rows: Sequence[SummaryRow]) -> list[SummaryRow]:
+    """``rows`` with, after each group of two or more rows that differ only in their ``seed`` parameter (one
+    may leave it at the method's default), a seed-mean row: mean scores and metrics over the seeds, pooled
+    costs and evidence, the lowest coverage; its ``seeds`` are the group's rows (marked ``seed_member``)."""
+    groups: dict[tuple, list[SummaryRow]] = {}
+    for row in rows:
+        config = row.config
+        rest, _ = split_seed(config.params)
+        groups.setdefault((config.method, config.tokens, config.heads, config.strategy, config.dynamic, rest), []).append(row)
+    means = {}
+    for (method, tokens, heads, strategy, dynamic, rest), members in groups.items():
+        if len(members) < 2 or not any(split_seed(m.config.params)[1] is not None for m in members) or method == VANILLA:
+            continue
+        label = f"{SEED_MEAN} {len(members)} seeds" + (f", {rest}" if rest else "")
+        mean = SummaryRow(RunConfig(method, tokens, heads, strategy, dynamic, label), seeds=members)
+        for benchmark in sorted({name for m in members for name in m.scores}):
+            scores = [m.scores.get(benchmark) for m in members]
+            mean.scores[benchmark] = fmean(scores) if None not in scores else None
+            mean.coverage[benchmark] = min(m.coverage.get(benchmark, 0.0) for m in members)
+            mean.primary[benchmark] = members[0].primary.get(benchmark)
+            shared = set.intersection(*(set(m.metrics.get(benchmark, {})) for m in members))
+            mean.metrics[benchmark] = {name: fmean(m.metrics[benchmark][name] for m in members) for name in shared
+                                       if all(_is_number(m.metrics[benchmark][name]) for m in members)}
+        for member in members:
+            member.seed_member = True
+            for name, values in member.costs.items():
+                mean.costs.setdefault(name, []).extend(values)
+            seed = split_seed(member.config.params)[1] or "default"
+            mean.evidence.update({f"seed {seed}/{key}": stages for key, stages in member.evidence.items()})
+        means[id(members[-1])] = mean
+    ordered = []
+    for row in rows:
+        ordered.append(row)
+        if id(row) in means:
+            ordered.append(means[id(row)])
+    return ordered
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def relative_score(row: SummaryRow, vanilla: SummaryRow | None) -> float | None:
@@ -120,22 +205,220 @@ def relative_score(row: SummaryRow, vanilla: SummaryRow | None) -> float | None:
     return fmean(ratios) if ratios else None
 
 
+Replicates = tuple[float, np.ndarray]  # (point estimate, bootstrap replicates on the question set's resamples)
+
+
+class Bootstrap:
+    """Bootstrap replicates of the rows' scores, metrics and relative scores (``llava.eval.intervals``), each
+    computed once; every row on the same questions is resampled alike, so differences and ratios are paired."""
+
+    def __init__(self, rows: Sequence[SummaryRow]) -> None:
+        self.vanilla = next((row for row in rows if row.config.method == VANILLA), None)
+        self._cache: dict[tuple, Replicates | None] = {}
+
+    def metric(self, row: SummaryRow, benchmark: str, metric: str | None) -> Replicates | None:
+        """A metric of a row on a benchmark (a seed-mean row: the mean over its seeds), or None without
+        per-question outcomes for it."""
+        key = (id(row), benchmark, metric)
+        if key not in self._cache:
+            self._cache[key] = self._metric(row, benchmark, metric)
+        return self._cache[key]
+
+    def _metric(self, row: SummaryRow, benchmark: str, metric: str | None) -> Replicates | None:
+        if metric is None:
+            return None
+        if row.seeds:
+            found = [self.metric(member, benchmark, metric) for member in row.seeds]
+            ids = {member.outcomes[benchmark].ids if benchmark in member.outcomes else None for member in row.seeds}
+            if None in found or len(ids) != 1:
+                return None
+            return fmean(point for point, _ in found), np.mean([replicates for _, replicates in found], axis=0)
+        outcomes = row.outcomes.get(benchmark)
+        if outcomes is None or not intervals.supports(outcomes, metric):
+            return None
+        return intervals.metric_replicates(outcomes, metric)
+
+    def score(self, row: SummaryRow, benchmark: str) -> Replicates | None:
+        return self.metric(row, benchmark, row.primary.get(benchmark) or (row.seeds[0].primary.get(benchmark) if row.seeds else None))
+
+    def relative(self, row: SummaryRow) -> np.ndarray | None:
+        """Replicates of ``relative_score``: per resample the mean over benchmarks of ``100 * score / vanilla
+        score`` on the same questions; None when a benchmark lacks outcomes or has other questions."""
+        key = (id(row), "relative")
+        if key in self._cache:
+            return self._cache[key]
+        vanilla, ratios = self.vanilla, []
+        names = [name for name, score in row.scores.items() if score is not None and vanilla and vanilla.scores.get(name)]
+        for name in names:
+            own, base = self.score(row, name), self.score(vanilla, name)
+            if own is None or base is None or _question_ids(row, name) != _question_ids(vanilla, name):
+                ratios = []
+                break
+            ratios.append(intervals.ratio_replicates(own[1], base[1]))
+        self._cache[key] = np.mean(ratios, axis=0) if ratios else None
+        return self._cache[key]
+
+
+def _question_ids(row: SummaryRow, benchmark: str) -> tuple[str, ...] | None:
+    source = row.seeds[0] if row.seeds else row
+    outcomes = source.outcomes.get(benchmark)
+    return None if outcomes is None else outcomes.ids
+
+
+def _interval(replicates: Replicates | np.ndarray | None) -> tuple[float | None, float | None]:
+    if replicates is None:
+        return None, None
+    found = intervals.percentile_interval(replicates[1] if isinstance(replicates, tuple) else replicates)
+    return found if found is not None else (None, None)
+
+
+def evidence_cells(row: SummaryRow) -> list[Any]:
+    """``evidence_layer``, ``evidence_recall_%`` with ``_lo`` / ``_hi``, ``evidence_chance_%`` (first pruning
+    stage) and ``evidence_stages`` (``L<layer> recall/chance`` per stage) of a row; blanks without evidence."""
+    stages = recall_by_stage(row.evidence) if row.evidence else []
+    if not stages:
+        return [None] * len(EVIDENCE_COLUMNS)
+    first = stages[0]
+    listing = "; ".join(f"L{stage['layer']} {stage['recall']:.1f}/{stage['chance']:.1f}" for stage in stages)
+    return [first["layer"], first["recall"], first["recall_low"], first["recall_high"], first["chance"], listing]
+
+
+EVIDENCE_COLUMNS = ("evidence_layer", "evidence_recall_%", "evidence_recall_lo", "evidence_recall_hi", "evidence_chance_%",
+                    "evidence_stages")
+
+
 def table(rows: Sequence[SummaryRow]) -> tuple[list[str], list[list[Any]]]:
-    """Header and cells of the summary table."""
+    """Header and cells of the summary table (interval, secondary-metric, seed and evidence columns only
+    where some row has what they show)."""
     benchmarks = sorted({name for row in rows for name in row.scores})
-    header = ["method", "tokens", "heads", "strategy", "dynamic", "params", *benchmarks, "relative_%", "coverage_%",
-              "incomplete", *COST_FIELDS]
-    vanilla = next((row for row in rows if row.config.method == VANILLA), None)
+    boot = Bootstrap(rows)
+    vanilla = boot.vanilla
+    with_intervals = {name for name in benchmarks if any(boot.score(row, name) is not None for row in rows)}
+    secondary = {name: [(suffix, metric) for suffix, metric in SECONDARY_METRICS.get(name, ())
+                        if any(metric in row.metrics.get(name, {}) for row in rows)] for name in benchmarks}
+    relative_intervals = any(boot.relative(row) is not None for row in rows)
+    seeded = any(row.seeds for row in rows)
+    with_evidence = any(row.evidence for row in rows)
+
+    header = ["method", "tokens", "heads", "strategy", "dynamic", "params"]
+    for name in benchmarks:
+        header += [name] + ([f"{name}_lo", f"{name}_hi"] if name in with_intervals else [])
+        for suffix, _ in secondary[name]:
+            header += [f"{name}_{suffix}"] + ([f"{name}_{suffix}_lo", f"{name}_{suffix}_hi"] if name in with_intervals else [])
+    header += ["relative_%"] + (["relative_lo", "relative_hi"] if relative_intervals else [])
+    header += ["seeds", "relative_seed_min", "relative_seed_max"] if seeded else []
+    header += list(EVIDENCE_COLUMNS) if with_evidence else []
+    header += ["coverage_%", "incomplete", *COST_FIELDS]
+
     cells = []
     for row in rows:
         config = row.config
-        cells.append(
-            [config.method, config.tokens, config.heads, config.strategy, config.dynamic, config.params]
-            + [row.scores.get(name) for name in benchmarks]
-            + [relative_score(row, vanilla), 100 * min(row.coverage.values()), " ".join(incomplete(row)) or None]
-            + [row.cost(name) for name in COST_FIELDS]
-        )
+        line = [config.method, config.tokens, config.heads, config.strategy, config.dynamic, config.params]
+        for name in benchmarks:
+            line.append(row.scores.get(name))
+            if name in with_intervals:
+                line += _interval(boot.score(row, name))
+            for _, metric in secondary[name]:
+                line.append(row.metrics.get(name, {}).get(metric))
+                if name in with_intervals:
+                    line += _interval(boot.metric(row, name, metric))
+        line.append(relative_score(row, vanilla))
+        if relative_intervals:
+            line += _interval(boot.relative(row))
+        if seeded:
+            spread = [relative_score(member, vanilla) for member in row.seeds]
+            spread = [value for value in spread if value is not None]
+            line += [len(row.seeds) or None, min(spread, default=None), max(spread, default=None)]
+        if with_evidence:
+            line += evidence_cells(row)
+        line += [100 * min(row.coverage.values()), " ".join(incomplete(row)) or None]
+        line += [row.cost(name) for name in COST_FIELDS]
+        cells.append(line)
     return header, cells
+
+
+def with_intervals_shown(header: Sequence[str], cells: Sequence[Sequence[Any]]) -> tuple[list[str], list[list[Any]]]:
+    """The table for reading: each ``X`` with ``X_lo`` / ``X_hi`` columns becomes one ``X [95% CI]`` column
+    (``"90.8 [85.0, 95.8]"``); ``relative_%`` keeps its name. Cells read back from the CSV (``""``) count as
+    missing."""
+    names = list(header)
+    pairs = {}
+    for index, name in enumerate(names):
+        base = name.removesuffix("_%")
+        if f"{base}_lo" in names and f"{base}_hi" in names:
+            pairs[index] = (names.index(f"{base}_lo"), names.index(f"{base}_hi"))
+    dropped = {position for pair in pairs.values() for position in pair}
+    shown_header = [name for index, name in enumerate(names) if index not in dropped]
+    shown = []
+    for row in cells:
+        line = []
+        for index, value in enumerate(row):
+            if index in dropped:
+                continue
+            value = None if value == "" else value
+            if index in pairs and value is not None:
+                low, high = (None if row[i] == "" else row[i] for i in pairs[index])
+                if low is not None and high is not None:
+                    value = f"{_format(value)} [{_format(low)}, {_format(high)}]"
+            line.append(value)
+        shown.append(line)
+    return shown_header, shown
+
+
+def row_label(config: RunConfig) -> str:
+    """A row's name in the rank table: its series and its heads / strategy (the budget is the table's group)."""
+    parts = [series_label(config), f"h{config.heads}" if config.heads else "", config.strategy or ""]
+    return " ".join(part for part in parts if part)
+
+
+RANK_HEADER = ["tokens", "rank", "configuration", "relative_%", "relative_lo", "relative_hi", "to_best", "to_best_lo",
+               "to_best_hi", "below_best", "to_next", "to_next_lo", "to_next_hi", "above_next"]
+
+
+def rank_table(rows: Sequence[SummaryRow]) -> tuple[list[str], list[list[Any]]]:
+    """Per token budget, the rows by relative score, best first (a seed-mean row stands for its seeds), with
+    the paired-bootstrap difference to the best and to the next one down and whether its 95 % interval
+    excludes 0 (``below_best`` / ``above_next``). Rows without relative replicates are left out."""
+    boot = Bootstrap(rows)
+    cells = []
+    for tokens in sorted({row.config.tokens for row in rows if row.config.tokens is not None}, reverse=True):
+        entries = []
+        for row in rows:
+            if row.config.tokens != tokens or row.seed_member:
+                continue
+            replicates, point = boot.relative(row), relative_score(row, boot.vanilla)
+            if replicates is not None and point is not None:
+                entries.append((row_label(row.config), point, replicates))
+        for position, ranked in enumerate(intervals.rank(entries), 1):
+            cells.append([tokens, position, ranked.label, ranked.point, *(ranked.interval or (None, None)),
+                          ranked.to_best, *(ranked.to_best_interval or (None, None)), ranked.below_best if position > 1 else None,
+                          ranked.to_next, *(ranked.to_next_interval or (None, None)),
+                          ranked.above_next if ranked.to_next is not None else None])
+    return list(RANK_HEADER), cells
+
+
+def rank_display(header: Sequence[str], cells: Sequence[Sequence[Any]]) -> tuple[list[str], list[list[Any]]]:
+    """The rank table for reading (from ``rank_table`` or read back from ``ranks.csv``): intervals in
+    brackets, `` *`` on a difference beyond its interval."""
+    def number(value: Any) -> float | None:
+        return None if value in (None, "") else float(value)
+
+    def difference(point: Any, low: Any, high: Any, beyond: Any) -> str:
+        if number(point) is None:
+            return ""
+        bounds = f" [{number(low):+.1f}, {number(high):+.1f}]" if number(low) is not None else ""
+        return f"{number(point):+.1f}{bounds}{' *' if beyond in (True, 'True') else ''}"
+
+    shown = []
+    for line in cells:
+        values = dict(zip(header, line, strict=True))
+        low, high = number(values["relative_lo"]), number(values["relative_hi"])
+        relative = f"{number(values['relative_%']):.1f}" + (f" [{low:.1f}, {high:.1f}]" if low is not None else "")
+        shown.append([values["tokens"], values["rank"], values["configuration"], relative,
+                      difference(values["to_best"], values["to_best_lo"], values["to_best_hi"], values["below_best"]),
+                      difference(values["to_next"], values["to_next_lo"], values["to_next_hi"], values["above_next"])])
+    return ["tokens", "rank", "configuration", "relative_% [95% CI]", "vs best (paired)", "vs next (paired)"], shown
+
 
 
 def incomplete(row: SummaryRow) -> list[str]:
@@ -277,8 +560,18 @@ def row_accuracy(row: SummaryRow, vanilla: SummaryRow | None) -> float | None:
 
 
 def series_label(config: RunConfig) -> str:
-    """The series a row is drawn in: its method (and other parameters); budgets and heads label the points."""
-    return config.method + (" (dynamic)" if config.dynamic else "") + (f" [{config.params}]" if config.params else "")
+    """The series a row is drawn in: its method (and other parameters; a seed-mean row's "mean over N
+    seeds" as "(seed mean)"); budgets and heads label the points."""
+    params = config.params
+    suffix = ""
+    if params and params.startswith(SEED_MEAN):
+        suffix, params = " (seed mean)", ", ".join(params.split(", ")[1:]) or None
+    return config.method + (" (dynamic)" if config.dynamic else "") + suffix + (f" [{params}]" if params else "")
+
+
+def plotted_rows(rows: Sequence[SummaryRow]) -> list[SummaryRow]:
+    """The rows the plots draw: a seed-mean row stands for its seeds."""
+    return [row for row in rows if not row.seed_member]
 
 
 def point_label(config: RunConfig) -> str:
@@ -362,12 +655,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     header, cells = table(rows)
     write_csv(output_dir / "results.csv", header, cells)
-    (output_dir / "results.md").write_text(markdown(header, cells), encoding="utf-8")
-    print(markdown(header, cells))
+    (output_dir / "results.md").write_text(markdown(*with_intervals_shown(header, cells)), encoding="utf-8")
+    print(markdown(*with_intervals_shown(header, cells)))
+    ranks = rank_table(rows)
+    if ranks[1]:
+        write_csv(output_dir / "ranks.csv", *ranks)
+        (output_dir / "ranks.md").write_text(markdown(*rank_display(*ranks)), encoding="utf-8")
     if not args.no_plots:
-        plot_accuracy_vs_tokens(rows, output_dir / "accuracy_vs_tokens.png")
-        plot_pareto(rows, output_dir / "pareto.png")
-        plot_head_heatmaps(rows, output_dir)
+        plotted = plotted_rows(rows)
+        plot_accuracy_vs_tokens(plotted, output_dir / "accuracy_vs_tokens.png")
+        plot_pareto(plotted, output_dir / "pareto.png")
+        plot_head_heatmaps(plotted, output_dir)
     print(f"wrote {len(rows)} rows to {output_dir}")
     unfinished = [(row.config, name) for row in rows for name in incomplete(row)]
     if unfinished:

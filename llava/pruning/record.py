@@ -105,6 +105,13 @@ class PruningRecord:
     def selection_ms(self) -> float:
         return sum(stage.selection_ms for stage in self.stages)
 
+    def sample_kept_stages(self, sample: int) -> list[dict]:
+        """Per stage ``{"layer", "kept"}`` of one sample: the layer the stage applies from and the span tokens it
+        kept, as offsets in the sample's span (image patch indices for an image span), sorted."""
+        start = int(self.span[sample, 0])
+        return [{"layer": int(stage.layer), "kept": sorted((stage.kept_positions(sample) - start).tolist())}
+                for stage in self.stages]
+
     def kept_mask(self, seq_len: int) -> torch.Tensor:
         """``[B, N]`` bool over the unpruned input: False for span tokens dropped by the last stage."""
         batch = self.span.shape[0]

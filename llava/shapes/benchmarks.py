@@ -12,7 +12,8 @@ project's ``gqa.sh`` / ``pope.sh`` / ``sqa.sh`` and their scorers run unchanged:
 
 Every question has its own scene; benchmark scenes use seeds below the training offset, so training
 never sees them. Each question line also carries ``kind`` (question type) and ``cells`` (0-based cells
-the answer depends on) for per-type tables and overlays.
+the answer depends on, ``Question.evidence_cells``; ``evidence_cells`` reads them back) for per-type
+tables, overlays and evidence recall.
 
     python -m llava.shapes.benchmarks --root playground/data/eval/shapes --per-benchmark 120
 """
@@ -150,6 +151,17 @@ def answer_key(root: Path, benchmark: str) -> dict[str, tuple[str, str]]:
         return {line["question_id"]: (f"exists_{line['category']}", labels[line["question_id"]]) for line in lines}
     problems = json.loads((root / "problems.json").read_text(encoding="utf-8"))
     return {pid: (entry["kind"], OPTION_LETTERS[entry["answer"]].lower()) for pid, entry in problems.items()}
+
+
+def evidence_cells(root: Path, benchmark: str) -> dict[str, list[list[int]]]:
+    """``{question_id: cells}`` of a written benchmark: the cells each answer reads
+    (``Question.evidence_cells``, written as the question's ``cells``)."""
+    if benchmark == "scienceqa":
+        entries = json.loads((root / "llava_test_CQM-A.json").read_text(encoding="utf-8"))
+        return {str(entry["id"]): entry.get("cells", []) for entry in entries}
+    name = "llava_gqa_testdev_balanced.jsonl" if benchmark == "gqa" else "llava_pope_test.jsonl"
+    lines = [json.loads(line) for line in (root / name).read_text(encoding="utf-8").splitlines() if line]
+    return {str(line["question_id"]): line.get("cells", []) for line in lines}
 
 
 def normalise(answer: str) -> str:

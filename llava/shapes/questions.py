@@ -44,6 +44,15 @@ class Question:
     # answer's; the counted / matching objects' cells (count, exists, most_common: all objects)
     cells: tuple[tuple[int, int], ...] = ()
 
+    @property
+    def evidence_cells(self) -> tuple[tuple[int, int], ...]:
+        """The 0-based (row, col) cells holding the objects the answer reads: the asked cell (colour_at,
+        shape_at); the named object's cell, then the answer's (right_of); the counted objects' (count); every
+        object's (most_common); the matching object's for a present ``exists``, none for an absent one or a
+        count of 0. The benchmark files write it as each question's ``cells`` (unchanged, so answers already
+        written stay valid); ``llava.eval.evidence`` maps it to patches for evidence recall."""
+        return self.cells
+
 
 def _cells(objects: Iterable[ShapeObject]) -> tuple[tuple[int, int], ...]:
     return tuple((o.row, o.col) for o in objects)

@@ -26,16 +26,19 @@ def gqa_predictions(answers: Sequence[dict]) -> list[dict]:
 
 
 def score_gqa(ground_truth: dict[str, dict], answers: Sequence[dict]) -> dict:
-    """``accuracy`` in percent over all ground-truth questions, and how many had no answer."""
+    """``accuracy`` in percent over all ground-truth questions, and how many had no answer;
+    ``per_question``: ``{question id: {"correct": 0 | 1}}`` (for ``llava.eval.intervals``)."""
     predictions = {item["questionId"]: item["prediction"] for item in gqa_predictions(answers)}
-    correct = sum(
-        predictions.get(question_id) == normalize_short_answer(entry["answer"])
+    per_question = {
+        question_id: {"correct": int(predictions.get(question_id) == normalize_short_answer(entry["answer"]))}
         for question_id, entry in ground_truth.items()
-    )
+    }
+    correct = sum(outcome["correct"] for outcome in per_question.values())
     return {
         "accuracy": 100 * correct / len(ground_truth) if ground_truth else 0.0,
         "num_questions": len(ground_truth),
         "missing_answers": sum(question_id not in predictions for question_id in ground_truth),
+        "per_question": per_question,
     }
 
 

@@ -2,7 +2,9 @@
 
 Labels come from LLaVA's annotation folder (``coco_pope_<split>.json``, one ``{"label": "yes"|"no"}``
 per line), matched in order to the question file's questions of that ``category`` (LLaVA's
-convention), or from a ``label`` field on each question when no folder is given.
+convention), or from a ``label`` field on each question when no folder is given. ``accuracy_mean`` (the
+mean over splits of the accuracy) stands beside ``f1_mean``; ``per_question`` holds each question's
+``split``, ``label``, ``prediction`` and ``correct`` for the bootstrap intervals of ``llava.eval.intervals``.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def load_labels(questions: Sequence[dict], annotation_dir: str | Path | None) ->
 
 
 def score_pope(answers: Sequence[dict], labels: dict[str, tuple[str, str]]) -> dict:
-    """Per-split metrics, ``f1_mean`` and ``accuracy_mean``; an unanswered question counts as wrong."""
+    """Per-split metrics, ``f1_mean`` and ``accuracy_mean``; an unanswered question counts as wrong;
+    ``per_question``: ``{question id: {"split", "label", "prediction", "correct"}}``."""
     answer_text = {str(answer["question_id"]): answer["text"] for answer in answers}
     by_split: dict[str, tuple[list[str], list[str]]] = {}
     for question_id, (split, label) in labels.items():
@@ -88,12 +91,19 @@ def score_pope(answers: Sequence[dict], labels: dict[str, tuple[str, str]]) -> d
         predictions.append(MISSING if reply is None else parse_pope_answer(reply))
         truths.append(label)
     splits = {split: binary_metrics(*pair) for split, pair in sorted(by_split.items())}
+    per_question = {}
+    for question_id, (split, label) in labels.items():
+        reply = answer_text.get(question_id)
+        prediction = MISSING if reply is None else parse_pope_answer(reply)
+        per_question[question_id] = {"split": split, "label": label, "prediction": prediction,
+                                     "correct": int(prediction == label)}
     return {
         "splits": splits,
         "f1_mean": sum(m["f1"] for m in splits.values()) / len(splits) if splits else 0.0,
         "accuracy_mean": sum(m["accuracy"] for m in splits.values()) / len(splits) if splits else 0.0,
         "num_questions": len(labels),
         "missing_answers": sum(question_id not in answer_text for question_id in labels),
+        "per_question": per_question,
     }
 
 
@@ -114,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Category: {split}, # samples: {split_metrics['num']}")
         print("\t".join(columns))
         print("\t".join(f"{split_metrics[column]:.2f}" for column in columns))
-    print(f"Mean F1: {metrics['f1_mean']:.2f}")
+    print(f"Mean F1: {metrics['f1_mean']:.2f}, mean accuracy: {metrics['accuracy_mean']:.2f}")
     return write_result(args.result_json, build_result("pope", metrics, "f1_mean", answers, args.result_file))
 
 
