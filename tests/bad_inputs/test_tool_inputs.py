@@ -170,7 +170,7 @@ def demo_error(capsys, eval_dir: Path, *flags: str, model: Path = SHAPES_MODEL) 
     (["--tokens", "64", "64"], "give each budget once"),
     (["--tokens", "1"], "unreachable"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (["--per-benchmark", "0"], "--per-benchmark must be >= 1, got 0"),
+    (["--per-benchmark", "0"], "--questions must be >= 1, got 0"),  # the old name of --questions
     (["--overlays", "-1"], "--overlays must be >= 0, got -1"),
     (["--methods", "nope"], "unknown method(s) nope; registered:"),
     (["--methods", "learned_merger"], "needs a trained merger per run"),
