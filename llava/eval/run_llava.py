@@ -195,16 +195,20 @@ def eval_model(args: Any) -> str:
     return outputs
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: print the answer to one query; bad flags stop before loading (exit 2, one line)."""
-    parser = build_run_parser()
+def parsed_and_loaded(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, ModelBundle]:
+    """The flags checked (bad ones stop before loading: exit 2, one line) and the model they name."""
     args, problems = prepare(parser.parse_args(argv), parser)
     if problems:
         setting_error(parser, "; ".join(problems))
     try:
-        bundle = bundle_from_args(args)
+        return args, bundle_from_args(args)
     except ValueError as error:  # the loader's one-line refusals (unsupported checkpoint, quantising a tiny model)
         setting_error(parser, str(error))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: print the answer to one query; bad flags stop before loading (exit 2, one line)."""
+    args, bundle = parsed_and_loaded(build_run_parser(), argv)
     print(answer(bundle, args))
     report_pruning(bundle.model)
     return 0

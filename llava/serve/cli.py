@@ -27,10 +27,9 @@ from transformers import TextStreamer
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation, SeparatorStyle, get_conversation, question_with_image, uses_im_start_end
-from llava.eval.inference import GenerationSettings, ModelBundle, bundle_from_args
-from llava.eval.run_llava import chat_parser, image_tensor, load_image, prepare
+from llava.eval.inference import GenerationSettings, ModelBundle
+from llava.eval.run_llava import chat_parser, image_tensor, load_image, parsed_and_loaded
 from llava.mm_utils import KeywordsStoppingCriteria, get_model_name_from_path, tokenizer_image_token
-from toolkit_common.cli import setting_error
 
 
 def build_cli_parser() -> argparse.ArgumentParser:
@@ -109,14 +108,7 @@ def chat(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: chat about ``--image-file``; bad flags stop before loading (exit 2, one line)."""
-    parser = build_cli_parser()
-    args, problems = prepare(parser.parse_args(argv), parser)
-    if problems:
-        setting_error(parser, "; ".join(problems))
-    try:
-        bundle = bundle_from_args(args)
-    except ValueError as error:  # the loader's one-line refusals (unsupported checkpoint, quantising a tiny model)
-        setting_error(parser, str(error))
+    args, bundle = parsed_and_loaded(build_cli_parser(), argv)
     chat(bundle, args)
     return 0
 
