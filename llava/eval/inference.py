@@ -53,6 +53,12 @@ class ModelBundle:
         return image_features_per_image(self.model.config) if family is None else family.max_image_tokens(self.model.config)
 
     @property
+    def varying_image_tokens(self) -> bool:
+        """Whether the model's family gives each image a token count of its own (LLaVA-NeXT)."""
+        family = family_of(self.model.config)
+        return family is not None and family.fixed_image_tokens is None
+
+    @property
     def expands_images_itself(self) -> bool:
         """Whether the family's processor turns ``<image>`` into its per-image token count (LLaVA-NeXT's anyres)
         and returns the pixel values with it, instead of LLaVA-1.5's ``tokenizer_image_token`` + ``process_images``."""
@@ -129,17 +135,6 @@ def _replanned(bundle: ModelBundle, model_path: str, pruning_method: str | None,
     return bundle
 
 
-def _varying_image_tokens(model_path: str) -> bool:
-    """Whether the checkpoint's family gives each image a token count of its own (LLaVA-NeXT)."""
-    from transformers import AutoConfig
-
-    try:
-        family = family_of(AutoConfig.from_pretrained(model_path))
-    except (OSError, ValueError):
-        return False  # an original-format LLaVA checkpoint (LLaVA-1.5) or one the loader will refuse
-    return family is not None and family.fixed_image_tokens is None
-
-
 def load_model_bundle(
     model_path: str,
     pruning_method: str | None = None,
@@ -154,8 +149,7 @@ def load_model_bundle(
     plan = plan_placement(device, dtype, **placement)
     engine, params = split_engine_fields(method_params or {})
     key = (model_path, str(plan), model_base, tuple(sorted(engine.items())))
-    # tiny models are built per seed; a family whose image token count varies plans its method per prompt
-    reusable = _reused_bundles is not None and model_path not in TINY_MODELS and not _varying_image_tokens(model_path)
+    reusable = _reused_bundles is not None and model_path not in TINY_MODELS  # tiny models: built per seed
     if reusable and key in _reused_bundles:
         return _replanned(_reused_bundles[key], model_path, pruning_method, params)
     tokenizer, model, image_processor, _ = load_pretrained_model(
@@ -170,7 +164,7 @@ def load_model_bundle(
     # a dispatched model takes its inputs on the device of its embeddings (accelerate moves them on)
     input_device = model.device if plan.dispatched else plan.device
     bundle = ModelBundle(tokenizer, model, image_processor, input_device, plan.dtype)
-    if reusable:
+    if reusable and not bundle.varying_image_tokens:  # such a family plans its method per prompt: not replanned here
         _reused_bundles[key] = bundle
     return bundle
 
@@ -232,15 +226,25 @@ def prompt_tokens(bundle: ModelBundle, settings: GenerationSettings, question: s
     return tokenizer_image_token(prompt, bundle.tokenizer, bundle.image_token_id, bundle.num_image_tokens)
 
 
+@dataclass(frozen=True)
+class FittedPrompt:
+    """A question's prompt that leaves room for ``max_new_tokens``: its tokens, the question as it was kept and
+    how many question tokens were cut for it (``truncate_long_prompts``)."""
+
+    tokens: list[int]
+    question: str
+    cut: int = 0
+
+
 def fitted_prompt_tokens(
     bundle: ModelBundle, settings: GenerationSettings, question: str, with_image: bool
-) -> tuple[list[int], int]:
-    """Prompt tokens that leave room for ``max_new_tokens`` in the context, and how many question tokens
-    were cut for it (only with ``truncate_long_prompts``; else a too-long prompt is ``PromptTooLongError``)."""
+) -> FittedPrompt:
+    """The prompt that leaves room for ``max_new_tokens`` in the context, the question cut for it only with
+    ``truncate_long_prompts`` (else a too-long prompt is ``PromptTooLongError``)."""
     tokens = prompt_tokens(bundle, settings, question, with_image)
     limit = context_length(bundle)
     if limit is None or len(tokens) + settings.max_new_tokens <= limit:
-        return tokens, 0
+        return FittedPrompt(tokens, question)
     if not settings.truncate_long_prompts:
         raise PromptTooLongError(
             f"prompt of {len(tokens)} tokens + --max-new-tokens {settings.max_new_tokens} exceeds the model's context "
@@ -252,7 +256,7 @@ def fitted_prompt_tokens(
         shorter = bundle.tokenizer.decode(question_ids[: len(question_ids) - cut], skip_special_tokens=True)
         tokens = prompt_tokens(bundle, settings, shorter, with_image)
         if len(tokens) + settings.max_new_tokens <= limit:
-            return tokens, cut
+            return FittedPrompt(tokens, shorter, cut)
         cut += len(tokens) + settings.max_new_tokens - limit
     raise PromptTooLongError(
         f"the prompt does not fit the model's context of {limit} tokens with --max-new-tokens "
@@ -301,10 +305,10 @@ def answer_batch(
     pad_id = bundle.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = bundle.tokenizer.eos_token_id
-    if with_image and bundle.expands_images_itself:
-        inputs = processor_inputs(bundle, settings, questions, images)
+    if with_image and bundle.expands_images_itself:  # the questions as fitted: cut ones stay cut
+        inputs = processor_inputs(bundle, settings, [prompt.question for prompt in fitted], images)
     else:
-        inputs = llava_inputs(bundle, settings, [tokens for tokens, _ in fitted], images, pad_id)
+        inputs = llava_inputs(bundle, settings, [prompt.tokens for prompt in fitted], images, pad_id)
     inputs = {name: value.to(bundle.device) for name, value in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(bundle.dtype)
@@ -322,7 +326,7 @@ def answer_batch(
             costs.append({name: record.get(name) for name in RECORD_FIELDS})
             if settings.record_kept_patches:
                 costs[-1][KEPT_FIELD] = bundle.model.language_model.pruning_state.record.sample_kept_stages(sample)
-    for cost, (_, cut) in zip(costs, fitted, strict=True):
-        if cut:
-            cost["truncated_question_tokens"] = cut
+    for cost, prompt in zip(costs, fitted, strict=True):
+        if prompt.cut:
+            cost["truncated_question_tokens"] = prompt.cut
     return [answer.strip() for answer in answers], costs

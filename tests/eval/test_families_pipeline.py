@@ -63,3 +63,15 @@ def test_a_batch_of_one_size_answers_as_singles(next_folder, tmp_path):
     singles = [answer_batch(bundle, settings, [q], [image]) for q, image in zip(questions, images, strict=True)]
     assert batched == [answers[0] for answers, _ in singles]
     assert batched_costs == [costs[0] | {"prefill_ms": batched_costs[i]["prefill_ms"]} for i, (_, costs) in enumerate(singles)]
+
+
+@torch.no_grad()
+def test_a_question_cut_to_fit_the_context_is_cut_in_what_the_processor_encodes(next_folder):
+    from PIL import Image
+
+    bundle = load_model_bundle(str(next_folder), "fastv", {"retain_ratio": 0.5})
+    settings = GenerationSettings(max_new_tokens=2, truncate_long_prompts=True)
+    context = bundle.model.config.text_config.max_position_embeddings
+    _, (cost,) = answer_batch(bundle, settings, ["x" * context], [Image.new("RGB", (200, 130), (10, 20, 30))])
+    assert cost["truncated_question_tokens"] > 0
+    assert bundle.model.language_model.pruning_state.prompt_length + settings.max_new_tokens <= context
