@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from llava.conversation import conv_templates
 from llava.eval.run_record import file_digest, model_fingerprint
 from llava.model.placement import plan_placement
+from llava.pruning.budget import budget_problem
 from toolkit_common.cli import setting_error
 
 DEFAULT_MODEL_PATH = "llava-hf/llava-1.5-7b-hf"
@@ -301,10 +302,8 @@ def setting_problems(args: argparse.Namespace) -> list[str]:
         plan_placement(**placement_args(args))
     except ValueError as error:
         problems.append(str(error))
-    if args.retain_ratio is not None and not (math.isfinite(args.retain_ratio) and 0 < args.retain_ratio <= 1):
-        problems.append(f"--retain-ratio must be in (0, 1], got {args.retain_ratio}")
-    if args.retain_ratio is not None and args.visual_token_num is not None:
-        problems.append("--retain-ratio and --visual_token_num both set the budget: give one of them")
+    if problem := budget_problem(args.visual_token_num, args.retain_ratio):
+        problems.append(problem)
     if args.visual_token_num is not None and args.visual_token_num < 1:
         problems.append(f"--visual_token_num must be >= 1, got {args.visual_token_num}")
     if args.question_file is not None and not Path(args.question_file).is_file():

@@ -76,10 +76,15 @@ def tiny_vision_config(**overrides: Any) -> CLIPVisionConfig:
 
 def build_tiny_llava_config(text_overrides: dict | None = None, **pruning_fields: Any) -> LlavaConfig:
     """Config of the tiny LLaVA; its vocabulary matches ``build_tiny_tokenizer()``."""
+    return LlavaConfig(vision_config=tiny_vision_config(), **tiny_vlm_fields(text_overrides, pruning_fields))
+
+
+def tiny_vlm_fields(text_overrides: dict | None, pruning_fields: dict[str, Any]) -> dict[str, Any]:
+    """What every tiny VLM config shares: the tiny Llama with the pruning fields (vocabulary of
+    ``build_tiny_tokenizer()``), its image token, LLaVA's feature layer -2 without CLS and a GELU projector."""
     tokenizer = build_tiny_tokenizer()
     text = tiny_llama_config(vocab_size=len(tokenizer), **(text_overrides or {}))
-    return LlavaConfig(
-        vision_config=tiny_vision_config(),
+    return dict(
         text_config=PruningLlamaConfig.from_llama_config(text, **pruning_fields),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_layer=-2,
@@ -120,16 +125,10 @@ and one newline per tile row: 200-336 image tokens, varying with the image's siz
 
 def build_tiny_llava_next_config(text_overrides: dict | None = None, **pruning_fields: Any) -> LlavaNextConfig:
     """Config of the tiny LLaVA-NeXT (anyres at 112 px tiles); vocabulary as ``build_tiny_tokenizer()``."""
-    tokenizer = build_tiny_tokenizer()
-    text = tiny_llama_config(vocab_size=len(tokenizer), **(text_overrides or {}))
     return LlavaNextConfig(
         vision_config=tiny_vision_config(image_size=TINY_NEXT_TILE),
-        text_config=PruningLlamaConfig.from_llama_config(text, **pruning_fields),
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         image_grid_pinpoints=TINY_NEXT_PINPOINTS,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
+        **tiny_vlm_fields(text_overrides, pruning_fields),
     )
 
 

@@ -22,15 +22,22 @@ from collections.abc import Callable, Sequence
 FLOPS_CONVENTIONS = ("fastv", "swiglu")
 
 
+def budget_problem(visual_token_num: float | None, retain_ratio: float | None) -> str | None:
+    """Why the two ways of giving a budget cannot be read together (one line), or None."""
+    if visual_token_num is not None and retain_ratio is not None:
+        return "give the budget once: visual_token_num (tokens) or retain_ratio (share of the image's tokens)"
+    if retain_ratio is not None and not 0 < retain_ratio <= 1:
+        return f"retain_ratio must lie in (0, 1], got {retain_ratio}"
+    return None
+
+
 def budget_tokens(visual_token_num: float | None, retain_ratio: float | None, span: int | None) -> float | None:
     """The equivalent tokens a budget asks for: ``visual_token_num`` as given, or ``retain_ratio x span`` (the
     share of this image's tokens, for families whose token count varies with the image); None without a budget."""
-    if visual_token_num is not None and retain_ratio is not None:
-        raise ValueError("give the budget once: visual_token_num (tokens) or retain_ratio (share of the image's tokens)")
+    if problem := budget_problem(visual_token_num, retain_ratio):
+        raise ValueError(problem)
     if retain_ratio is None:
         return visual_token_num
-    if not 0 < retain_ratio <= 1:
-        raise ValueError(f"retain_ratio must lie in (0, 1], got {retain_ratio}")
     if span is None:
         raise ValueError("a retain_ratio budget needs the image's token count (the span length)")
     return retain_ratio * span

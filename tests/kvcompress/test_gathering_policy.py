@@ -18,6 +18,7 @@ from kvcompress.methods.dead_heads import DeadHeadPruner
 from kvcompress.methods.gathering import GatheringSnapKV, gathering_kv_groups
 from kvcompress.methods.positional import PositionalHeadOptimizer
 from kvcompress.methods.registry import MethodSettings, build_method, kv_fraction
+from tests.kvcompress.test_windowed import cached_greedy
 from toolkit_common.transformers_compat import cache_kwargs
 
 WINDOWED = [(0, 0), (1, 1), (2, 0), (3, 1)]
@@ -41,16 +42,6 @@ def settings(classification: HeadClassification, length: int, gathering_fraction
              window: int = WINDOW) -> MethodSettings:
     return MethodSettings(classification, SINKS, window, length, snapkv_observation_window=OBSERVATION,
                           gathering_fraction=gathering_fraction)
-
-
-def cached_greedy(model, cache, input_ids, steps):
-    """Greedy tokens and logits of each step on ``cache`` (one prefill, then one token per step)."""
-    logits = [model(input_ids, use_cache=True, **cache_kwargs(cache)).logits[:, -1]]
-    tokens = [logits[-1].argmax(-1, keepdim=True)]
-    for _ in range(steps - 1):
-        logits.append(model(tokens[-1], use_cache=True, **cache_kwargs(cache)).logits[:, -1])
-        tokens.append(logits[-1].argmax(-1, keepdim=True))
-    return torch.cat(tokens, 1), torch.stack(logits, 1)
 
 
 REFERENCE = "kvcompress_test_gathering_reference"
